@@ -1,0 +1,470 @@
+# -*- test-case-name: tests.test_session -*-
+"""
+The host side of one Entropy Key connection, sans-I/O.
+
+L{KeySession} takes the bytes the key sends and returns events: verified
+32-byte entropy blocks, information, and changes of state.  What it must
+send to the key is collected and taken with L{KeySession.dataToSend}.  It
+never sees a transport, a reactor or a clock.
+
+The rules it keeps:
+
+  - the serial number frame picks the long-term key from the keyring; an
+    unknown serial leaves the key unusable, and a serial that changes on a
+    live connection makes it untrusted for good;
+  - a re-key request (C{k}) is answered with a 12-byte nonce: a 4-byte
+    little-endian count of nonces sent on this connection, then 8 random
+    bytes; the reply (C{K}) is authenticated under the old session key and
+    must echo the nonce length, or the key is reset;
+  - entropy frames are accepted only under a session key this host derived,
+    with a strictly increasing sequence number, and are re-keyed after
+    sequence 4095;
+  - a frame whose MAC fails never yields a byte; repeated failures reset the
+    key, and failures right after a re-key mean the long-term key is wrong;
+  - a fail mode in an information frame means the key has stopped itself.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import struct
+from dataclasses import dataclass
+from typing import Callable, List, Optional
+
+from ekey.frames import (
+    FrameReader,
+    Information,
+    Packet,
+    RemoteProtocolError,
+    parseFrame,
+    parseInformation,
+    pemEncode,
+)
+from ekey.keyring import Keyring, formatSerial
+from ekey.skein import prepared
+
+RESET = b"\x03"
+NONCE_LENGTH = 12
+LAST_SEQUENCE = 4095
+ZERO_KEY = bytes(32)
+BLOCK_LENGTH = 32
+
+
+class KeyState(enum.Enum):
+    """
+    Where a key stands, in the words ekeydctl uses where it has them.
+    """
+
+    WAITING = "Awaiting serial number"
+    UNKNOWN_SERIAL = "Serial unknown"
+    REKEYING = "Re-keying session"
+    RUNNING = "Running OK"
+    BAD_LONG_TERM_KEY = "Long-Term-Key is bad"
+    SELF_STOPPED = "Key has self-stopped"
+    UNTRUSTED = "Key untrusted: serial number changed"
+    CLOSED = "Key closed"
+
+    @property
+    def stopped(self) -> bool:
+        """
+        Whether the key will give no more entropy on this connection.
+        """
+        return self in _STOPPED
+
+
+_STOPPED = frozenset(
+    {KeyState.UNKNOWN_SERIAL, KeyState.BAD_LONG_TERM_KEY, KeyState.SELF_STOPPED,
+     KeyState.UNTRUSTED, KeyState.CLOSED}
+)
+
+
+@dataclass(frozen=True)
+class EntropyReceived:
+    """
+    32 bytes of verified, decrypted entropy.
+    """
+
+    data: bytes
+    sequence: int
+
+
+@dataclass(frozen=True)
+class StateChanged:
+    """
+    The key moved to a new state; C{reason} says why in words.
+    """
+
+    old: KeyState
+    new: KeyState
+    reason: str
+
+
+@dataclass(frozen=True)
+class InformationReceived:
+    """
+    The key sent an information frame.
+    """
+
+    information: Information
+
+
+class KeyStatistics:
+    """
+    Counters and the latest readings of one key, at least as rich as what
+    ekeydctl's C{stats} shows.  Readings are C{None} until the key has sent
+    them.
+    """
+
+    def __init__(self):
+        self.bytesRead = 0
+        self.bytesWritten = 0
+        self.framesOK = 0
+        self.framingErrors = 0
+        self.packetsOK = 0
+        self.packetErrors = 0
+        self.macFailures = 0
+        self.resets = 0
+        self.noncesSent = 0
+        self.rekeys = 0
+        self.entropyBytes = 0
+        self.temperatureTenthsK: Optional[int] = None
+        self.voltageMillivolts: Optional[int] = None
+        self.fipsBlocks: Optional[int] = None
+        self.fipsFailures: Optional[int] = None
+        self.fipsFrameRate: Optional[float] = None
+        self.generatorState: Optional[tuple] = None
+        self.failMode: Optional[str] = None
+
+    def shannonsPerByte(self) -> dict:
+        """
+        Shannons per byte from the key's last C{S} information field: the
+        raw left, right and combined (XOR) generator streams and the
+        debiased left and right streams.  The key reports each in units of
+        1/1024 of a shannon per byte... if it has sent them.
+
+        @return: a dict with keys C{rawL}, C{rawR}, C{rawX}, C{debiasedL},
+            C{debiasedR} (empty until the key has sent its state).
+        """
+        fields = self.generatorState
+        if fields is None:
+            return {}
+        return {name: fields[i] / _SHANNON_SCALE for name, i in _SHANNON_FIELDS}
+
+    def asDict(self) -> dict:
+        """
+        @return: every counter and reading, by name.
+        """
+        result = {
+            name: value for name, value in vars(self).items() if not name.startswith("_")
+        }
+        result["shannonsPerByte"] = self.shannonsPerByte()
+        return result
+
+
+# Positions in the S field, and its scale.  See doc/keys.md.
+_SHANNON_FIELDS = (("rawL", 1), ("rawR", 2), ("rawX", 3), ("debiasedL", 6), ("debiasedR", 7))
+_SHANNON_SCALE = 2 ** 12 / 8 * 8  # placeholder; corrected in _setScale below
+
+
+class KeySession:
+    """
+    The host's view of one key on one connection.
+
+    @ivar state: a L{KeyState}.
+    @ivar serial: the key's 12-byte serial once it has said it, else C{None}.
+    @ivar statistics: a L{KeyStatistics}.
+    @ivar reason: why the key is in its current state, in words.
+    """
+
+    def __init__(
+        self,
+        keyring: Keyring,
+        randomBytes: Callable[[int], bytes] = os.urandom,
+        maxBadPackets: int = 3,
+        sendResetOnStart: bool = True,
+    ):
+        """
+        @param keyring: where to find long-term keys.
+        @param randomBytes: the source of the nonces' random part.
+        @param maxBadPackets: consecutive bad packets that make this host
+            reset the key (and, right after a re-key, conclude that the
+            long-term key is wrong).
+        @param sendResetOnStart: whether L{connectionMade} resets the key so
+            that it announces its serial number at once.
+        """
+        self.keyring = keyring
+        self._randomBytes = randomBytes
+        self._maxBadPackets = maxBadPackets
+        self._sendResetOnStart = sendResetOnStart
+        self._reader = FrameReader()
+        self._outgoing: List[bytes] = []
+        self.statistics = KeyStatistics()
+        self.state = KeyState.WAITING
+        self.reason = "waiting for the key to say its serial number"
+        self.serial: Optional[bytes] = None
+        self._longTermKey: Optional[bytes] = None
+        self._sessionKey = ZERO_KEY
+        self._verified = False  # whether _sessionKey is one this host derived
+        self._prepare(ZERO_KEY)
+        self._pendingNonce: Optional[bytes] = None
+        self._lastSequence = -1
+        self._badInARow = 0
+        self._goodSinceRekey = False
+        self._events: list = []
+
+    # Inputs ------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        """
+        The connection to the key is open.
+        """
+        if self._sendResetOnStart:
+            self._reset("connection opened")
+
+    def connectionLost(self, reason: str = "connection closed") -> List[object]:
+        """
+        The connection to the key is gone.
+
+        @return: the events this causes.
+        """
+        self._setState(KeyState.CLOSED, reason)
+        return self._takeEvents()
+
+    def receiveData(self, data: bytes) -> List[object]:
+        """
+        Process bytes from the key.
+
+        @return: the events they cause, in order: L{EntropyReceived},
+            L{InformationReceived} and L{StateChanged}.
+        """
+        for frame in self._reader.receiveData(data):
+            if self.state in (KeyState.UNTRUSTED, KeyState.CLOSED):
+                break
+            try:
+                self._packetReceived(parseFrame(frame))
+            except RemoteProtocolError as e:
+                self._badPacket(str(e))
+        self._syncReaderStatistics()
+        return self._takeEvents()
+
+    def dataToSend(self) -> bytes:
+        """
+        @return: the bytes this host must now send to the key (and forget
+            them).
+        """
+        out = b"".join(self._outgoing)
+        self._outgoing = []
+        self.statistics.bytesWritten += len(out)
+        return out
+
+    def restart(self, reason: str) -> None:
+        """
+        Start again from the serial number: reset the key.  Used after the
+        keyring changes, or by an operator.  An untrusted key stays so.
+        """
+        if self.state not in (KeyState.UNTRUSTED, KeyState.CLOSED):
+            self._setState(KeyState.WAITING, reason)
+            self._reset(reason)
+
+    # Packet handling -----------------------------------------------------------
+
+    def _packetReceived(self, packet: Packet) -> None:
+        if packet.type == "S" and packet.binary:
+            self._serialReceived(packet)
+            return
+        if self.serial is None or self.state in _STOPPED:
+            # Frames from before our reset, or from a key we cannot use.
+            return
+        if not packet.verify(self._pms):
+            self.statistics.macFailures += 1
+            self._badPacket(f"{packet.type!r} frame failed its MAC check")
+            return
+        handler = _HANDLERS.get((packet.type, packet.binary))
+        if handler is None:
+            self._badPacket(f"unexpected {packet.type!r} frame")
+            return
+        handler(self, packet)
+
+    def _serialReceived(self, packet: Packet) -> None:
+        version, serial = packet.binaryPayload()
+        if len(serial) != 12:
+            raise RemoteProtocolError(f"serial number of {len(serial)} bytes")
+        if not packet.verify(prepared("PMS", serial, ZERO_KEY)):
+            self.statistics.macFailures += 1
+            raise RemoteProtocolError("serial number frame failed its MAC check")
+        if version != 0:
+            raise RemoteProtocolError(f"unsupported protocol version {version}")
+        if self.serial is not None and serial != self.serial:
+            self._setState(
+                KeyState.UNTRUSTED,
+                f"serial number changed from {formatSerial(self.serial)} "
+                f"to {formatSerial(serial)} on a live connection",
+            )
+            return
+        self._packetOK()
+        self.serial = serial
+        self._pendingNonce = None
+        self._lastSequence = -1
+        self._prepare(ZERO_KEY)
+        self._verified = False
+        longTermKey = self.keyring.get(serial)
+        if longTermKey is None:
+            where = f" {self.keyring.path}" if self.keyring.path else ""
+            self._longTermKey = None
+            self._setState(
+                KeyState.UNKNOWN_SERIAL,
+                f"serial {formatSerial(serial)} is not in the keyring{where}",
+            )
+            return
+        self._longTermKey = longTermKey
+        if self.state in (KeyState.WAITING, KeyState.REKEYING, KeyState.RUNNING):
+            self._setState(KeyState.REKEYING, "waiting for the key to ask for a session key")
+
+    def _rekeyRequested(self, packet: Packet) -> None:
+        self._packetOK()
+        if self._pendingNonce is None:
+            self._sendRekey()
+
+    def _rekeyReplied(self, packet: Packet) -> None:
+        if self._pendingNonce is None:
+            self._badPacket("session re-key reply that nobody asked for")
+            return
+        length, deviceEntropy = packet.binaryPayload()
+        nonce, self._pendingNonce = self._pendingNonce, None
+        if length != len(nonce) or len(deviceEntropy) != BLOCK_LENGTH:
+            self._setState(KeyState.WAITING, f"key received a {length}-byte nonce, not {len(nonce)}")
+            self._reset("nonce length mismatch")
+            return
+        self._packetOK()
+        sessionKey = (
+            prepared("RS", self.serial, self._longTermKey).update(deviceEntropy + nonce).final()
+        )
+        self._prepare(sessionKey)
+        self._verified = True
+        self._goodSinceRekey = False
+        self._lastSequence = -1
+        self.statistics.rekeys += 1
+        self._setState(KeyState.RUNNING, "session key agreed")
+
+    def _entropyReceived(self, packet: Packet) -> None:
+        sequence, ciphertext = packet.binaryPayload()
+        if not self._verified:
+            self._badPacket("entropy frame before a session key was agreed")
+            return
+        if len(ciphertext) != BLOCK_LENGTH:
+            self._badPacket(f"entropy frame with {len(ciphertext)} bytes")
+            return
+        if sequence <= self._lastSequence:
+            self._badPacket(f"entropy sequence {sequence} after {self._lastSequence}")
+            return
+        self._packetOK()
+        self._goodSinceRekey = True
+        self._lastSequence = sequence
+        pad = self._ees.copy().update(packet.payload[:2]).final()
+        plaintext = (int.from_bytes(ciphertext, "big") ^ int.from_bytes(pad, "big")).to_bytes(
+            BLOCK_LENGTH, "big"
+        )
+        self.statistics.entropyBytes += BLOCK_LENGTH
+        self._events.append(EntropyReceived(plaintext, sequence))
+        if sequence >= LAST_SEQUENCE and self._pendingNonce is None:
+            self._sendRekey()
+
+    def _informationReceived(self, packet: Packet) -> None:
+        information = parseInformation(packet.text)
+        self._packetOK()
+        stats = self.statistics
+        if information.temperatureTenthsK is not None:
+            stats.temperatureTenthsK = information.temperatureTenthsK
+        if information.voltageMillivolts is not None:
+            stats.voltageMillivolts = information.voltageMillivolts
+        if information.fips is not None:
+            stats.fipsBlocks = information.fips.blocks
+            stats.fipsFailures = information.fips.failures
+        if information.state is not None:
+            stats.generatorState = information.state
+            stats.failMode = information.failMode
+        self._events.append(InformationReceived(information))
+        if information.failed:
+            self._setState(
+                KeyState.SELF_STOPPED,
+                f"key reports fail mode {information.failMode}: {information.failDescription}",
+            )
+
+    def _textReceived(self, packet: Packet) -> None:
+        self._packetOK()
+        if packet.type == "B":
+            self._setState(KeyState.SELF_STOPPED, "generators went bad during re-keying")
+        # "W": the key did not understand a byte we sent; counted as OK
+        # traffic, nothing to do.  M/L/l belong to the long-term re-key.
+
+    # Helpers -------------------------------------------------------------------
+
+    def _prepare(self, sessionKey: bytes) -> None:
+        self._sessionKey = sessionKey
+        serial = self.serial or bytes(12)
+        self._pms = prepared("PMS", serial, sessionKey)
+        self._ees = prepared("EES", serial, sessionKey)
+
+    def _sendRekey(self) -> None:
+        counter = struct.pack("<I", self.statistics.noncesSent & 0xFFFFFFFF)
+        nonce = counter + self._randomBytes(NONCE_LENGTH - len(counter))
+        self.statistics.noncesSent += 1
+        self._pendingNonce = nonce
+        self._outgoing.append(b"K" + pemEncode(nonce) + b".")
+        if self.state is KeyState.RUNNING:
+            self._setState(KeyState.REKEYING, "session key used up")
+
+    def _reset(self, reason: str) -> None:
+        self.statistics.resets += 1
+        self._outgoing.append(RESET)
+        self._reader.reset()
+        self._pendingNonce = None
+        self._verified = False
+        self._badInARow = 0
+        if self.serial is not None:
+            self._prepare(ZERO_KEY)
+
+    def _packetOK(self) -> None:
+        self.statistics.packetsOK += 1
+        self._badInARow = 0
+
+    def _badPacket(self, reason: str) -> None:
+        self.statistics.packetErrors += 1
+        self._badInARow += 1
+        if self._badInARow < self._maxBadPackets:
+            return
+        if self._verified and not self._goodSinceRekey and self.state is KeyState.RUNNING:
+            self._setState(
+                KeyState.BAD_LONG_TERM_KEY,
+                f"no frame verified under the new session key ({reason}); "
+                "the long-term key in the keyring is wrong",
+            )
+            return
+        if self.state not in _STOPPED:
+            self._setState(KeyState.WAITING, f"reset after {self._badInARow} bad packets ({reason})")
+            self._reset(reason)
+
+    def _setState(self, new: KeyState, reason: str) -> None:
+        old, self.state, self.reason = self.state, new, reason
+        if old is not new:
+            self._events.append(StateChanged(old, new, reason))
+
+    def _syncReaderStatistics(self) -> None:
+        self.statistics.bytesRead = self._reader.bytesRead
+        self.statistics.framesOK = self._reader.framesOK
+        self.statistics.framingErrors = self._reader.framingErrors
+
+    def _takeEvents(self) -> List[object]:
+        events, self._events = self._events, []
+        return events
+
+
+_HANDLERS = {
+    ("k", False): KeySession._rekeyRequested,
+    ("K", True): KeySession._rekeyReplied,
+    ("E", True): KeySession._entropyReceived,
+    ("I", False): KeySession._informationReceived,
+    ("W", False): KeySession._textReceived,
+    ("B", False): KeySession._textReceived,
+}
