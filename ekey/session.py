@@ -138,18 +138,25 @@ class KeyStatistics:
 
     def shannonsPerByte(self) -> dict:
         """
-        Shannons per byte from the key's last C{S} information field: the
-        raw left, right and combined (XOR) generator streams and the
-        debiased left and right streams.  The key reports each in units of
-        1/1024 of a shannon per byte... if it has sent them.
+        Shannons per byte from the key's last C{S} information field, worked
+        out as ekeyd does: the key reports, for the raw left, right and
+        combined (XOR) streams and the debiased left and right streams, a
+        byte count and an entropy estimate; the figure is
+        C{estimate * 100 // bytes / 100}, only once more than 100 bytes were
+        counted.
 
         @return: a dict with keys C{rawL}, C{rawR}, C{rawX}, C{debiasedL},
-            C{debiasedR} (empty until the key has sent its state).
+            C{debiasedR}, each present only once the key has given it.
         """
         fields = self.generatorState
         if fields is None:
             return {}
-        return {name: fields[i] / _SHANNON_SCALE for name, i in _SHANNON_FIELDS}
+        result = {}
+        for name, countIndex, estimateIndex in _SHANNON_FIELDS:
+            count = fields[countIndex]
+            if count > 100:
+                result[name] = fields[estimateIndex] * 100 // count / 100
+        return result
 
     def asDict(self) -> dict:
         """
@@ -162,9 +169,15 @@ class KeyStatistics:
         return result
 
 
-# Positions in the S field, and its scale.  See doc/keys.md.
-_SHANNON_FIELDS = (("rawL", 1), ("rawR", 2), ("rawX", 3), ("debiasedL", 6), ("debiasedR", 7))
-_SHANNON_SCALE = 2 ** 12 / 8 * 8  # placeholder; corrected in _setScale below
+# The S field is rawBytes:rawL:rawR:rawX:debiasedBytesL:debiasedL:
+# debiasedBytesR:debiasedR:failMode; (name, count index, estimate index).
+_SHANNON_FIELDS = (
+    ("rawL", 0, 1),
+    ("rawR", 0, 2),
+    ("rawX", 0, 3),
+    ("debiasedL", 4, 5),
+    ("debiasedR", 6, 7),
+)
 
 
 class KeySession:

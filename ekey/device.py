@@ -1,0 +1,207 @@
+# -*- test-case-name: tests.test_device -*-
+"""
+Twisted adapters between a key's device path and a L{KeySession}.
+
+A key is a path: a serial device (USB CDC-ACM, C{/dev/ttyACM*} or a udev
+link under C{/dev/entropykey/}, or a pty) driven through
+L{twisted.internet.serialport}, or a Unix stream socket that a key (or the
+simulator) listens on, as ekeyd's C{AddEntropyKey} accepts.
+L{KeyDeviceEndpoint} makes either look like a client endpoint, so that
+L{twisted.application.internet.ClientService} reconnects with backoff
+when the key vanishes, and L{KeyProtocol} only forwards bytes between the
+transport and the session.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from typing import Callable, Optional
+
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.internet import defer
+from twisted.internet.endpoints import UNIXClientEndpoint
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from ekey.keyring import Keyring, formatSerial
+from ekey.session import EntropyReceived, InformationReceived, KeySession, StateChanged
+
+SERIAL_BAUDRATE = 115200
+
+
+class KeyPathError(Exception):
+    """
+    A key's path is missing or is neither a character device nor a socket.
+    """
+
+
+def checkKeyPath(path: str) -> str:
+    """
+    Say what kind of key path this is.
+
+    @return: C{"serial"} or C{"socket"}.
+    @raise KeyPathError: with a message fit for the user, if the path is
+        missing or of another kind.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise KeyPathError(f"no such device or socket: {path}") from None
+    except OSError as e:
+        raise KeyPathError(f"cannot use key {path}: {e.strerror}") from None
+    if stat.S_ISCHR(mode):
+        return "serial"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    raise KeyPathError(f"{path} is neither a serial device nor a Unix socket")
+
+
+@implementer(IStreamClientEndpoint)
+class KeyDeviceEndpoint:
+    """
+    A client endpoint for a key's path, whichever kind it is.
+    """
+
+    def __init__(self, reactor, path: str):
+        """
+        @param reactor: the reactor to connect with.
+        @param path: the device or socket path.
+        """
+        self._reactor = reactor
+        self.path = path
+
+    def connect(self, protocolFactory):
+        """
+        Open the key and connect a protocol from C{protocolFactory} to it.
+
+        @return: a L{Deferred} that fires with the protocol, or fails with
+            L{KeyPathError} or the error of opening it.
+        """
+        try:
+            kind = checkKeyPath(self.path)
+        except KeyPathError:
+            return defer.fail()
+        if kind == "socket":
+            return UNIXClientEndpoint(self._reactor, self.path).connect(protocolFactory)
+        return self._openSerial(protocolFactory)
+
+    def _openSerial(self, protocolFactory):
+        from twisted.internet.serialport import SerialPort
+        import serial
+
+        protocol = protocolFactory.buildProtocol(None)
+        try:
+            SerialPort(protocol, self.path, self._reactor, baudrate=SERIAL_BAUDRATE)
+        except (OSError, serial.SerialException) as e:
+            return defer.fail(KeyPathError(f"cannot open {self.path}: {e}"))
+        return defer.succeed(protocol)
+
+
+class KeyProtocol(Protocol):
+    """
+    Forward bytes between one key and its L{KeySession}.
+
+    @ivar session: the session, created per connection.
+    """
+
+    log = Logger()
+
+    def __init__(self, path: str, session: KeySession, onEntropy: Callable[[bytes], None],
+                 onEvent: Optional[Callable[["KeyProtocol", object], None]] = None):
+        """
+        @param path: the key's path, for logs.
+        @param session: a fresh L{KeySession}.
+        @param onEntropy: called with each verified 32-byte block.
+        @param onEvent: called with every other session event.
+        """
+        self.path = path
+        self.session = session
+        self._onEntropy = onEntropy
+        self._onEvent = onEvent
+
+    def connectionMade(self):
+        self.log.info("Key {path} connected", path=self.path)
+        self.session.connectionMade()
+        self._flush()
+
+    def dataReceived(self, data):
+        self._handle(self.session.receiveData(data))
+        self._flush()
+
+    def connectionLost(self, reason):
+        self._handle(self.session.connectionLost(f"connection lost: {reason.getErrorMessage()}"))
+
+    def _flush(self):
+        out = self.session.dataToSend()
+        if out:
+            self.transport.write(out)
+
+    def _handle(self, events):
+        for event in events:
+            if isinstance(event, EntropyReceived):
+                self._onEntropy(event.data)
+                continue
+            if isinstance(event, StateChanged):
+                serial = formatSerial(self.session.serial) if self.session.serial else "?"
+                self.log.info(
+                    "Key {path} (serial {serial}): {state} ({reason})",
+                    path=self.path,
+                    serial=serial,
+                    state=event.new.value,
+                    reason=event.reason,
+                )
+            elif isinstance(event, InformationReceived) and event.information.unknown:
+                self.log.debug("Key {path} sent unknown information {fields}",
+                               path=self.path, fields=event.information.unknown)
+            if self._onEvent is not None:
+                self._onEvent(self, event)
+
+
+class KeyProtocolFactory(Factory):
+    """
+    Build a L{KeyProtocol} with a fresh session for each connection.
+    """
+
+    def __init__(self, path: str, keyringProvider: Callable[[], Keyring],
+                 onEntropy: Callable[[bytes], None], onEvent=None, **sessionOptions):
+        """
+        @param keyringProvider: returns the keyring in force (it may be
+            reloaded between connections).
+        @param sessionOptions: passed to L{KeySession}.
+        """
+        self.path = path
+        self._keyringProvider = keyringProvider
+        self._onEntropy = onEntropy
+        self._onEvent = onEvent
+        self._sessionOptions = sessionOptions
+
+    def buildProtocol(self, addr):
+        session = KeySession(self._keyringProvider(), **self._sessionOptions)
+        return KeyProtocol(self.path, session, self._onEntropy, self._onEvent)
+
+
+class KeyService(ClientService):
+    """
+    Keep one key connected: open it, and open it again with backoff (one
+    second doubling to a minute, with jitter) whenever it vanishes.
+    """
+
+    def __init__(self, path: str, keyringProvider: Callable[[], Keyring],
+                 onEntropy: Callable[[bytes], None], onEvent=None, reactor=None,
+                 **sessionOptions):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.path = path
+        self.factory = KeyProtocolFactory(path, keyringProvider, onEntropy, onEvent,
+                                          **sessionOptions)
+        ClientService.__init__(
+            self,
+            KeyDeviceEndpoint(reactor, path),
+            self.factory,
+            retryPolicy=backoffPolicy(initialDelay=1.0, maxDelay=60.0),
+            clock=reactor,
+        )
+        self.setName(f"key:{path}")

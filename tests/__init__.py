@@ -1,0 +1,3 @@
+"""
+Tests for ekey, run with trial: C{python3 -m twisted.trial tests}.
+"""

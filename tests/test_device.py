@@ -1,0 +1,136 @@
+"""
+Tests for L{ekey.device}: the Twisted adapters between key paths and
+sessions.
+"""
+
+import os
+import socket
+
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+from twisted.trial import unittest
+
+from ekey.device import (
+    KeyDeviceEndpoint,
+    KeyPathError,
+    KeyProtocolFactory,
+    KeyService,
+    checkKeyPath,
+)
+from ekey.keyring import Keyring
+from ekey.session import KeyState, StateChanged
+from tests.vectors import HOST_NONCE, LONG_TERM_KEY, SERIAL, SESSION, deviceFrames
+
+
+def ring():
+    keyring = Keyring()
+    keyring.set(SERIAL, LONG_TERM_KEY)
+    return keyring
+
+
+class KeyProtocolTests(unittest.TestCase):
+    """
+    L{KeyProtocol} forwards bytes and hands out verified blocks.
+    """
+
+    def test_transcript(self):
+        """
+        Over a transport, the protocol writes the reset and the nonce, and
+        hands exactly the transcript's plaintext to its entropy callback;
+        other events go to the event callback.
+        """
+        blocks, events = [], []
+        factory = KeyProtocolFactory(
+            "/dev/test", ring, blocks.append, lambda p, e: events.append(e),
+            randomBytes=lambda n: HOST_NONCE[4:],
+        )
+        protocol = factory.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        self.assertEqual(transport.value(), b"\x03")
+        transport.clear()
+        for frame in deviceFrames():
+            protocol.dataReceived(frame)
+        self.assertTrue(transport.value().startswith(b"KAAAAAPVgtIxFv4Dw."))
+        self.assertEqual([b.hex() for b in blocks], SESSION["plaintext_in_order"])
+        protocol.connectionLost(Failure(ConnectionError("gone")))
+        self.assertEqual(protocol.session.state, KeyState.CLOSED)
+        self.assertIsInstance(events[-1], StateChanged)
+
+    def test_freshSessionPerConnection(self):
+        """
+        Each connection gets a new session with the keyring in force then.
+        """
+        rings = [ring(), Keyring()]
+        factory = KeyProtocolFactory("/dev/test", lambda: rings[0], lambda b: None)
+        first = factory.buildProtocol(None)
+        rings[0] = rings[1]
+        second = factory.buildProtocol(None)
+        self.assertIsNot(first.session, second.session)
+        self.assertIs(second.session.keyring, rings[1])
+
+
+class EndpointTests(unittest.TestCase):
+    """
+    L{KeyDeviceEndpoint} opens whichever kind of path a key has.
+    """
+
+    def test_missing(self):
+        """
+        A missing path fails with an error naming it.
+        """
+        path = self.mktemp()
+        error = self.assertRaises(KeyPathError, checkKeyPath, path)
+        self.assertIn(path, str(error))
+        d = KeyDeviceEndpoint(MemoryReactorClock(), path).connect(None)
+        self.failureResultOf(d, KeyPathError)
+
+    def test_regularFile(self):
+        """
+        A regular file is neither a serial device nor a socket.
+        """
+        path = self.mktemp()
+        open(path, "w").close()
+        self.assertIn("neither", str(self.assertRaises(KeyPathError, checkKeyPath, path)))
+
+    def test_socketAndSerial(self):
+        """
+        A Unix socket path is connected to as a Unix client; a character
+        device counts as a serial port.
+        """
+        path = self.mktemp()
+        listener = socket.socket(socket.AF_UNIX)
+        self.addCleanup(listener.close)
+        listener.bind(path)
+        self.assertEqual(checkKeyPath(path), "socket")
+        self.assertEqual(checkKeyPath("/dev/null"), "serial")
+        reactor = MemoryReactorClock()
+        KeyDeviceEndpoint(reactor, path).connect(
+            KeyProtocolFactory(path, ring, lambda b: None))
+        self.assertEqual(reactor.unixClients[0][0], path)
+
+
+class KeyServiceTests(unittest.TestCase):
+    """
+    L{KeyService} keeps trying a key that is not there yet.
+    """
+
+    def test_retriesWithBackoff(self):
+        """
+        While the path is missing the service retries with growing delays,
+        and connects once the socket appears.
+        """
+        path = self.mktemp()
+        reactor = MemoryReactorClock()
+        service = KeyService(path, ring, lambda b: None, reactor=reactor)
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.assertEqual(reactor.unixClients, [])
+        reactor.advance(1.5)
+        self.assertEqual(reactor.unixClients, [])
+        listener = socket.socket(socket.AF_UNIX)
+        self.addCleanup(listener.close)
+        listener.bind(path)
+        reactor.advance(120)
+        self.assertEqual(reactor.unixClients[0][0], path)
+        self.assertTrue(os.path.exists(path))

@@ -1,0 +1,283 @@
+"""
+Tests for L{ekey.session.KeySession}, the host's side of a key, in memory.
+"""
+
+from twisted.trial import unittest
+
+from ekey.frames import binaryPayload, buildContent, buildFrame
+from ekey.keyring import Keyring
+from ekey.session import (
+    EntropyReceived,
+    InformationReceived,
+    KeySession,
+    KeyState,
+    StateChanged,
+)
+from ekey.skein import prepared
+from tests.vectors import HOST_NONCE, LONG_TERM_KEY, SERIAL, SESSION, deviceFrames
+
+SESSION_KEY = bytes.fromhex(SESSION["session_key"])
+
+
+def frame(packetType, payload, key=SESSION_KEY, serial=SERIAL, binary=None):
+    """
+    Build a device frame MAC'd under C{key}.
+    """
+    if binary is None:
+        binary = isinstance(payload, tuple)
+    if binary:
+        payload = binaryPayload(*payload)
+    return buildFrame(buildContent(packetType, payload, binary), prepared("PMS", serial, key))
+
+
+def keyring():
+    ring = Keyring("/etc/entropykey/keyring")
+    ring.set(SERIAL, LONG_TERM_KEY)
+    return ring
+
+
+def transcriptSession(**options):
+    """
+    A session that has replayed the vectors' transcript up to and including
+    the re-key reply, so that it holds the vectors' session key.
+    """
+    session = KeySession(keyring(), randomBytes=lambda n: HOST_NONCE[4:], **options)
+    session.connectionMade()
+    session.dataToSend()
+    for f in deviceFrames()[:4]:
+        session.receiveData(f)
+    session.dataToSend()
+    return session
+
+
+def blocks(events):
+    return [e.data for e in events if isinstance(e, EntropyReceived)]
+
+
+class TranscriptTests(unittest.TestCase):
+    """
+    The session decodes the vectors' transcript exactly.
+    """
+
+    def test_transcript(self):
+        """
+        Replaying the device's side of the transcript, the host sends the
+        documented reset and nonce, derives the session key, outputs exactly
+        C{plaintext_in_order}, and rejects and counts the frame whose MAC
+        fails.
+        """
+        session = KeySession(keyring(), randomBytes=lambda n: HOST_NONCE[4:])
+        session.connectionMade()
+        self.assertEqual(session.dataToSend(), b"\x03")
+        out = []
+        hostSends = [e for e in SESSION["events"] if e["from"] == "host"]
+        for event in SESSION["events"]:
+            if event["from"] == "host":
+                self.assertEqual(session.dataToSend(), event["bytes_text"].encode())
+                continue
+            out.extend(blocks(session.receiveData(event["bytes_text"].encode())))
+        self.assertEqual(len(hostSends), 1)
+        self.assertEqual([b.hex() for b in out], SESSION["plaintext_in_order"])
+        self.assertEqual(session._sessionKey, SESSION_KEY)
+        stats = session.statistics
+        self.assertEqual(stats.macFailures, 1)
+        self.assertEqual(stats.packetErrors, 1)
+        self.assertEqual(stats.rekeys, 1)
+        self.assertEqual(stats.entropyBytes, 5 * 32)
+        self.assertEqual(stats.framesOK, 12)
+
+    def test_rekeyAfterLastSequence(self):
+        """
+        After sequence 4095 the host asks for a new session key at once,
+        with the nonce counter advanced to 1.
+        """
+        session = transcriptSession()
+        for f in deviceFrames()[4:9]:
+            session.receiveData(f)
+        sent = session.dataToSend()
+        self.assertTrue(sent.startswith(b"KAQAAA"), sent)
+        self.assertTrue(sent.endswith(b"."))
+        self.assertEqual(session.state, KeyState.REKEYING)
+        self.assertEqual(session.statistics.noncesSent, 2)
+
+    def test_statistics(self):
+        """
+        Information frames update temperature, voltage, FIPS counters and
+        shannons per byte as ekeyd works them out.
+        """
+        session = transcriptSession()
+        for f in deviceFrames()[4:]:
+            session.receiveData(f)
+        stats = session.statistics
+        self.assertEqual(stats.temperatureTenthsK, 3150)
+        self.assertEqual(stats.voltageMillivolts, 3254)
+        self.assertEqual(stats.fipsBlocks, 7342)
+        self.assertEqual(stats.failMode, "0")
+        self.assertEqual(
+            stats.shannonsPerByte(),
+            {"rawL": 2.94, "rawR": 2.95, "rawX": 2.92, "debiasedL": 2.93, "debiasedR": 2.99},
+        )
+        self.assertIn("shannonsPerByte", stats.asDict())
+
+
+class SafetyTests(unittest.TestCase):
+    """
+    Nothing unverified ever comes out, and bad keys stop.
+    """
+
+    def test_unknownSerial(self):
+        """
+        A serial number missing from the keyring makes the key unusable, and
+        the reason names the serial and the keyring.
+        """
+        session = KeySession(Keyring("/tmp/ring"))
+        session.connectionMade()
+        events = session.receiveData(b"".join(deviceFrames()))
+        self.assertEqual(session.state, KeyState.UNKNOWN_SERIAL)
+        self.assertIn(SESSION["serial_pem"], session.reason)
+        self.assertIn("/tmp/ring", session.reason)
+        self.assertEqual(blocks(events), [])
+        self.assertEqual(session.dataToSend(), b"\x03")
+
+    def test_serialChanges(self):
+        """
+        A different serial number on a live connection makes the key
+        untrusted for good: nothing more comes out, even valid frames.
+        """
+        session = transcriptSession()
+        other = bytes(12)
+        events = session.receiveData(frame("S", (0, other), key=bytes(32), serial=other))
+        self.assertEqual(session.state, KeyState.UNTRUSTED)
+        self.assertIsInstance(events[-1], StateChanged)
+        self.assertEqual(blocks(session.receiveData(deviceFrames()[4])), [])
+        session.restart("operator")
+        self.assertEqual(session.state, KeyState.UNTRUSTED)
+
+    def test_nonceLengthMismatch(self):
+        """
+        A re-key reply that says the key received a nonce of another length
+        resets the key and yields no session key.
+        """
+        session = KeySession(keyring(), randomBytes=lambda n: HOST_NONCE[4:])
+        session.connectionMade()
+        session.dataToSend()
+        for f in deviceFrames()[:3]:
+            session.receiveData(f)
+        session.dataToSend()
+        session.receiveData(frame("K", (11, b"e" * 32), key=bytes(32)))
+        self.assertEqual(session.dataToSend(), b"\x03")
+        self.assertEqual(session.state, KeyState.WAITING)
+        self.assertEqual(blocks(session.receiveData(deviceFrames()[5])), [])
+
+    def test_unsolicitedRekeyReply(self):
+        """
+        A re-key reply nobody asked for is a bad packet, not a new key.
+        """
+        session = transcriptSession()
+        session.receiveData(frame("K", (12, b"e" * 32)))
+        self.assertEqual(session._sessionKey, SESSION_KEY)
+        self.assertEqual(session.statistics.packetErrors, 1)
+
+    def test_entropyUnderZeroKey(self):
+        """
+        Entropy frames MAC'd under the all-zero key (which anybody can
+        compute) are never accepted.
+        """
+        session = KeySession(keyring())
+        session.connectionMade()
+        session.receiveData(deviceFrames()[0])
+        events = session.receiveData(frame("E", (0, b"x" * 32), key=bytes(32)))
+        self.assertEqual(blocks(events), [])
+        self.assertEqual(session.statistics.packetErrors, 1)
+
+    def test_replayedSequence(self):
+        """
+        A replayed entropy frame (same sequence number) is refused, so no
+        block is served twice.
+        """
+        session = transcriptSession()
+        first = blocks(session.receiveData(deviceFrames()[4]))
+        again = blocks(session.receiveData(deviceFrames()[4]))
+        self.assertEqual(len(first), 1)
+        self.assertEqual(again, [])
+        self.assertEqual(session.statistics.packetErrors, 1)
+
+    def test_repeatedBadPacketsReset(self):
+        """
+        One bad MAC is counted and skipped; C{maxBadPackets} in a row reset
+        the key, and frames still in flight are ignored until its serial
+        number frame.
+        """
+        session = transcriptSession(maxBadPackets=3)
+        session.receiveData(deviceFrames()[4])
+        bad = deviceFrames()[-1]
+        session.receiveData(bad)
+        self.assertEqual(session.dataToSend(), b"")
+        self.assertEqual(blocks(session.receiveData(deviceFrames()[5])), [bytes.fromhex(
+            SESSION["plaintext_in_order"][1])])
+        session.receiveData(bad * 3)
+        self.assertEqual(session.dataToSend(), b"\x03")
+        self.assertEqual(session.state, KeyState.WAITING)
+        self.assertEqual(session.statistics.resets, 2)
+        self.assertEqual(blocks(session.receiveData(deviceFrames()[6])), [])
+        session.receiveData(deviceFrames()[0])
+        self.assertEqual(session.state, KeyState.REKEYING)
+
+    def test_badLongTermKey(self):
+        """
+        When no frame verifies after a re-key, the long-term key in the
+        keyring is wrong: the key is stopped with that reason.
+        """
+        ring = Keyring()
+        ring.set(SERIAL, b"w" * 32)
+        session = KeySession(ring, randomBytes=lambda n: HOST_NONCE[4:])
+        session.connectionMade()
+        for f in deviceFrames()[:4]:
+            session.receiveData(f)
+        self.assertEqual(session.state, KeyState.RUNNING)
+        events = session.receiveData(b"".join(deviceFrames()[4:8]))
+        self.assertEqual(blocks(events), [])
+        self.assertEqual(session.state, KeyState.BAD_LONG_TERM_KEY)
+        self.assertIn("long-term key", session.reason)
+
+    def test_failMode(self):
+        """
+        An information frame with a fail mode stops the key, with the mode
+        described, and later entropy frames yield nothing.
+        """
+        session = transcriptSession()
+        events = session.receiveData(
+            frame("I", b"S08052:23751:23792:23584:07112:20876:08063:24150:3")
+        )
+        self.assertIsInstance(events[0], InformationReceived)
+        self.assertEqual(session.state, KeyState.SELF_STOPPED)
+        self.assertIn("generators correlated", session.reason)
+        self.assertEqual(blocks(session.receiveData(deviceFrames()[4])), [])
+
+    def test_badGenerators(self):
+        """
+        A C{B} frame (generators went bad while re-keying) stops the key.
+        """
+        session = transcriptSession()
+        session.receiveData(frame("B", b"Bad generators"))
+        self.assertEqual(session.state, KeyState.SELF_STOPPED)
+
+    def test_connectionLost(self):
+        """
+        Losing the connection closes the key.
+        """
+        session = transcriptSession()
+        events = session.connectionLost("unplugged")
+        self.assertEqual(session.state, KeyState.CLOSED)
+        self.assertEqual(events[-1].reason, "unplugged")
+
+    def test_garbage(self):
+        """
+        Garbage on the line is counted as framing errors and never reaches
+        the packet layer; the frames around it still decode.
+        """
+        session = transcriptSession()
+        events = session.receiveData(b"\x00\xff*garbage*" + deviceFrames()[4] + b"* \r\n")
+        self.assertEqual(len(blocks(events)), 1)
+        self.assertGreater(session.statistics.framingErrors, 0)
+        self.assertEqual(session.statistics.packetErrors, 0)

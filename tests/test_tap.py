@@ -1,0 +1,106 @@
+"""
+Tests for L{ekey.tap}: the C{twistd ekey} options and service.
+"""
+
+import socket
+
+from twisted.application.service import IServiceCollection
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python.usage import UsageError
+from twisted.trial import unittest
+
+from ekey.device import KeyService
+from ekey.tap import Options, makeService
+from tests.vectors import VECTORS
+
+
+class OptionsTests(unittest.TestCase):
+    """
+    Bad configuration stops start-up with a clear message.
+    """
+
+    def setUp(self):
+        self.keyring = self.mktemp()
+        with open(self.keyring, "w") as f:
+            f.write(VECTORS["keyring_line_text"] + "\n")
+        self.device = self.mktemp()
+        self.listener = socket.socket(socket.AF_UNIX)
+        self.addCleanup(self.listener.close)
+        self.listener.bind(self.device)
+        self.output = self.mktemp()
+        self.device2 = self.mktemp()
+        self.listener2 = socket.socket(socket.AF_UNIX)
+        self.addCleanup(self.listener2.close)
+        self.listener2.bind(self.device2)
+
+    def parse(self, *args):
+        options = Options()
+        options.parseOptions(list(args))
+        return options
+
+    def test_good(self):
+        """
+        A device, a keyring and an output file make a service with one key
+        service per device.
+        """
+        options = self.parse("--device", self.device, "--device", self.device2,
+                             "--keyring", self.keyring, "--output-file", self.output)
+        service = makeService(options, reactor=MemoryReactorClock())
+        self.assertTrue(IServiceCollection.providedBy(service))
+        keys = [s for s in service if isinstance(s, KeyService)]
+        self.assertEqual(len(keys), 2)
+        self.assertEqual(keys[0].path, self.device)
+        options["sinks"][0].close()
+
+    def assertUsage(self, expected, *args):
+        error = self.assertRaises(UsageError, self.parse, *args)
+        self.assertIn(expected, str(error))
+        self.assertNotIn("\n", str(error))
+
+    def test_noDevice(self):
+        """
+        No device at all is refused.
+        """
+        self.assertUsage("--device", "--keyring", self.keyring, "--output-file", self.output)
+
+    def test_duplicateDevice(self):
+        """
+        The same key twice is refused rather than read by two sessions.
+        """
+        self.assertUsage("more than once", "--device", self.device, "--device", self.device,
+                         "--keyring", self.keyring, "--output-file", self.output)
+
+    def test_missingDevice(self):
+        """
+        A device path that is not there is named in the error.
+        """
+        missing = self.mktemp()
+        self.assertUsage(missing, "--device", missing, "--keyring", self.keyring,
+                         "--output-file", self.output)
+
+    def test_badKeyring(self):
+        """
+        A malformed keyring is refused with its line number; a missing one
+        with its path.
+        """
+        with open(self.keyring, "a") as f:
+            f.write("garbage\n")
+        self.assertUsage("line 2", "--device", self.device, "--keyring", self.keyring,
+                         "--output-file", self.output)
+        missing = self.mktemp()
+        self.assertUsage(missing, "--device", self.device, "--keyring", missing,
+                         "--output-file", self.output)
+
+    def test_noOutput(self):
+        """
+        A daemon with nowhere to put entropy is refused.
+        """
+        self.assertUsage("--output-file", "--device", self.device, "--keyring", self.keyring)
+
+    def test_badOutput(self):
+        """
+        An output file that cannot be opened is refused with its path.
+        """
+        bad = self.mktemp() + "/missing/out"
+        self.assertUsage(bad, "--device", self.device, "--keyring", self.keyring,
+                         "--output-file", bad)
