@@ -19,6 +19,8 @@ import stat
 from typing import Callable, Optional
 
 from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.service import MultiService
+from twisted.internet.task import LoopingCall
 from twisted.internet import defer
 from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.internet.interfaces import IStreamClientEndpoint
@@ -205,3 +207,87 @@ class KeyService(ClientService):
             clock=reactor,
         )
         self.setName(f"key:{path}")
+
+
+class KeyDirectoryService(MultiService):
+    """
+    Watch a directory (such as C{/dev/entropykey}, where udev links keys by
+    serial number) and keep a L{KeyService} for every key in it: one that
+    appears is opened, one that goes away is closed.
+
+    The directory is looked at every C{interval} seconds; a key is any
+    entry that is (or links to) a character device or a Unix socket.  Keys
+    that are already served elsewhere (by C{--device}) are left alone.
+    """
+
+    log = Logger()
+
+    def __init__(self, directory: str, makeKeyService: Callable[[str], KeyService],
+                 interval: float = 1.0, exclude=(), reactor=None):
+        """
+        @param makeKeyService: builds the service for one path.
+        @param exclude: real paths of keys served elsewhere.
+        """
+        MultiService.__init__(self)
+        if reactor is None:
+            from twisted.internet import reactor
+        self.directory = directory
+        self._makeKeyService = makeKeyService
+        self._exclude = {os.path.realpath(p) for p in exclude}
+        self._keys = {}
+        self._loop = LoopingCall(self.scan)
+        self._loop.clock = reactor
+        self._interval = interval
+        self.setName(f"keydir:{directory}")
+
+    def startService(self):
+        MultiService.startService(self)
+        self._loop.start(self._interval, now=True)
+
+    def stopService(self):
+        if self._loop.running:
+            self._loop.stop()
+        return MultiService.stopService(self)
+
+    def _present(self):
+        try:
+            names = sorted(os.listdir(self.directory))
+        except OSError as e:
+            self.log.warn("Cannot read key directory {directory}: {reason}",
+                          directory=self.directory, reason=e.strerror)
+            return None
+        found = {}
+        for name in names:
+            path = os.path.join(self.directory, name)
+            try:
+                checkKeyPath(path)
+            except KeyPathError:
+                continue
+            real = os.path.realpath(path)
+            if real not in self._exclude and real not in found.values():
+                found[path] = real
+        return found
+
+    def scan(self):
+        """
+        Look at the directory once: open new keys, close vanished ones.
+        """
+        found = self._present()
+        if found is None:
+            return
+        for path in sorted(set(self._keys) - set(found)):
+            self.log.info("Key {path} went away", path=path)
+            service = self._keys.pop(path)
+            service.disownServiceParent()
+        for path in sorted(set(found) - set(self._keys)):
+            self.log.info("Key {path} appeared", path=path)
+            service = self._makeKeyService(path)
+            self._keys[path] = service
+            service.setServiceParent(self)
+
+    @property
+    def paths(self):
+        """
+        The keys served now.
+        """
+        return sorted(self._keys)

@@ -3,23 +3,28 @@
 C{twistd ekey}: the daemon, assembled from services under one
 L{MultiService}.
 
-    twistd -n ekey --device /dev/entropykey/XXXX --keyring /etc/entropykey/keyring \\
-        --output-file /var/lib/ekey/entropy
+    twistd -n ekey --device /dev/entropykey/XXXX --port tcp:8888:interface=127.0.0.1
 
-Every option is checked in L{Options.postOptions}, so that bad
-configuration stops C{twistd} at start-up with a one-line message.
+Keys feed one L{EntropyPool}; EGD listeners (C{--port}) and the output
+file (C{--output-file}) draw from it, each byte going to exactly one of
+them.  Every option is checked in L{Options.postOptions}, so that bad
+configuration stops C{twistd} at start-up with a one-line message, and
+listeners are C{strports} services, so that a failed bind does too.
 """
 
 from __future__ import annotations
 
-from typing import List
+import os
 
-from twisted.application.service import MultiService
+from twisted.application import strports
+from twisted.application.service import MultiService, Service
 from twisted.logger import Logger
 from twisted.python import usage
 
-from ekey.device import KeyPathError, KeyService, checkKeyPath
+from ekey.device import KeyDirectoryService, KeyPathError, KeyService, checkKeyPath
 from ekey.keyring import DEFAULT_KEYRING, Keyring, KeyringError
+from ekey.pool import DEFAULT_POOL_SIZE, EntropyPool
+from ekey.server import EGDServerFactory
 from ekey.sinks import FileSink, SinkError
 
 log = Logger()
@@ -32,18 +37,24 @@ class Options(usage.Options):
 
     synopsis = "[options]"
     longdesc = (
-        "Read verified entropy from Entropy Keys and hand it on. "
-        "Every key must be in the keyring."
+        "Read verified entropy from Entropy Keys and serve it over EGD "
+        "(--port) or write it to a file or FIFO (--output-file). Every key "
+        "must be in the keyring. Nothing is ever served that did not come "
+        "from a verified key."
     )
 
     optParameters = [
         ["keyring", "k", DEFAULT_KEYRING, "The keyring of long-term keys (ekeyd's format)."],
         ["output-file", "o", None, "Append verified entropy to this file or FIFO."],
+        ["pool-size", None, DEFAULT_POOL_SIZE, "Bytes of entropy the pool holds.", int],
+        ["device-dir", None, None,
+         "Serve every key that appears in this directory (such as /dev/entropykey)."],
     ]
 
     def __init__(self):
         usage.Options.__init__(self)
-        self["devices"]: List[str] = []
+        self["devices"] = []
+        self["ports"] = []
 
     def opt_device(self, path):
         """
@@ -54,9 +65,38 @@ class Options(usage.Options):
 
     opt_d = opt_device
 
+    def opt_port(self, description):
+        """
+        Serve EGD on this endpoint, such as tcp:8888,
+        tcp:8888:interface=127.0.0.1 or unix:/run/ekey/egd:mode=660.
+        Repeatable.
+        """
+        self["ports"].append(description)
+
+    opt_p = opt_port
+
     def postOptions(self):
-        if not self["devices"]:
-            raise usage.UsageError("give at least one key with --device")
+        self._checkKeys()
+        self._checkPorts()
+        if self["pool-size"] < 1:
+            raise usage.UsageError("--pool-size must be at least 1 byte")
+        try:
+            self["keyringObject"] = Keyring.load(self["keyring"])
+        except KeyringError as e:
+            raise usage.UsageError(str(e)) from None
+        if not self["output-file"] and not self["ports"]:
+            raise usage.UsageError(
+                "nothing to do with the entropy: give --port or --output-file")
+        self["sinks"] = []
+        if self["output-file"]:
+            try:
+                self["sinks"].append(FileSink(self["output-file"]))
+            except SinkError as e:
+                raise usage.UsageError(str(e)) from None
+
+    def _checkKeys(self):
+        if not self["devices"] and not self["device-dir"]:
+            raise usage.UsageError("give at least one key with --device or --device-dir")
         for path in self["devices"]:
             if self["devices"].count(path) > 1:
                 raise usage.UsageError(f"key {path} is given more than once")
@@ -64,43 +104,75 @@ class Options(usage.Options):
                 checkKeyPath(path)
             except KeyPathError as e:
                 raise usage.UsageError(str(e)) from None
-        try:
-            self["keyringObject"] = Keyring.load(self["keyring"])
-        except KeyringError as e:
-            raise usage.UsageError(str(e)) from None
-        if not self["output-file"]:
-            raise usage.UsageError("nothing to do with the entropy: give --output-file")
-        try:
-            self["sinks"] = [FileSink(self["output-file"])]
-        except SinkError as e:
-            raise usage.UsageError(str(e)) from None
+        directory = self["device-dir"]
+        if directory and not os.path.isdir(directory):
+            raise usage.UsageError(f"--device-dir {directory} is not a directory")
+
+    def _checkPorts(self):
+        from twisted.internet import endpoints, reactor
+
+        for description in self["ports"]:
+            if self["ports"].count(description) > 1:
+                raise usage.UsageError(f"--port {description} is given more than once")
+            try:
+                endpoints.serverFromString(reactor, description)
+            except (ValueError, KeyError, TypeError) as e:
+                raise usage.UsageError(f"bad --port {description!r}: {e}") from None
 
 
-class EntropyDispatcher:
+class SinkService(Service):
     """
-    Hand each verified block to every sink, in arrival order.
+    Feed a sink from the pool, in turn with the pool's other readers.
     """
 
-    def __init__(self, sinks):
-        self.sinks = list(sinks)
+    def __init__(self, pool: EntropyPool, sink):
+        self.pool = pool
+        self.sink = sink
+        self._pending = None
 
-    def __call__(self, block: bytes) -> None:
-        for sink in self.sinks:
-            sink.write(block)
+    def startService(self):
+        Service.startService(self)
+        self._pending = self.pool.request(None, self.sink.write)
+
+    def stopService(self):
+        Service.stopService(self)
+        if self._pending is not None:
+            self._pending.cancel()
+            self._pending = None
+        self.sink.close()
 
 
 def makeService(options, reactor=None):
     """
     Build the daemon's services from parsed L{Options}.
 
-    @return: a L{MultiService}.
+    @return: a L{MultiService} with attributes C{pool} and C{egdFactory}.
     """
     top = MultiService()
     keyring = options["keyringObject"]
-    dispatcher = EntropyDispatcher(options["sinks"])
-    top.dispatcher = dispatcher
+    pool = EntropyPool(options["pool-size"])
+    top.pool = pool
+
+    def keyService(path):
+        return KeyService(path, lambda: keyring, pool.add, reactor=reactor)
+
     for path in options["devices"]:
-        KeyService(path, lambda: keyring, dispatcher, reactor=reactor).setServiceParent(top)
-    log.info("ekey starting with {count} key(s) and keyring {keyring}",
-             count=len(options["devices"]), keyring=options["keyring"])
+        keyService(path).setServiceParent(top)
+    if options["device-dir"]:
+        KeyDirectoryService(options["device-dir"], keyService, exclude=options["devices"],
+                            reactor=reactor).setServiceParent(top)
+    top.egdFactory = EGDServerFactory(pool)
+    for description in options["ports"]:
+        strports.service(description, top.egdFactory, reactor=reactor).setServiceParent(top)
+    for sink in options["sinks"]:
+        SinkService(pool, sink).setServiceParent(top)
+    log.info(
+        "ekey starting: {keys} key(s){directory}, keyring {keyring}, pool of {size} bytes, "
+        "EGD on {ports}",
+        keys=len(options["devices"]),
+        directory=f" and keys in {options['device-dir']}" if options["device-dir"] else "",
+        keyring=options["keyring"],
+        size=options["pool-size"],
+        ports=", ".join(options["ports"]) or "no port",
+    )
     return top

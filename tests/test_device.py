@@ -134,3 +134,50 @@ class KeyServiceTests(unittest.TestCase):
         reactor.advance(120)
         self.assertEqual(reactor.unixClients[0][0], path)
         self.assertTrue(os.path.exists(path))
+
+
+class KeyDirectoryServiceTests(unittest.TestCase):
+    """
+    L{KeyDirectoryService} follows keys as they come and go.
+    """
+
+    def test_appearAndVanish(self):
+        """
+        A socket appearing in the directory gets a key service at the next
+        look; a link to it is not served twice; keys served elsewhere are
+        left alone; a vanished key's service is stopped.
+        """
+        directory = self.mktemp()
+        os.mkdir(directory)
+        elsewhere = os.path.join(directory, "elsewhere")
+        reactor = MemoryReactorClock()
+        made = []
+
+        def makeKeyService(path):
+            service = KeyService(path, ring, lambda b: None, reactor=reactor)
+            made.append(service)
+            return service
+
+        from ekey.device import KeyDirectoryService
+
+        watcher = KeyDirectoryService(directory, makeKeyService, exclude=[elsewhere],
+                                      reactor=reactor)
+        watcher.startService()
+        self.addCleanup(watcher.stopService)
+        self.assertEqual(watcher.paths, [])
+        sockets = []
+        for name in ("a-key", "elsewhere"):
+            s = socket.socket(socket.AF_UNIX)
+            self.addCleanup(s.close)
+            s.bind(os.path.join(directory, name))
+            sockets.append(s)
+        os.symlink(os.path.join(directory, "a-key"), os.path.join(directory, "b-link"))
+        open(os.path.join(directory, "not-a-key"), "w").close()
+        reactor.advance(1)
+        self.assertEqual(len(watcher.paths), 1)
+        self.assertTrue(made[0].running)
+        os.unlink(os.path.join(directory, "b-link"))
+        os.unlink(os.path.join(directory, "a-key"))
+        reactor.advance(1)
+        self.assertEqual(watcher.paths, [])
+        self.assertFalse(made[0].running)

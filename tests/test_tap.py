@@ -2,6 +2,7 @@
 Tests for L{ekey.tap}: the C{twistd ekey} options and service.
 """
 
+import os
 import socket
 
 from twisted.application.service import IServiceCollection
@@ -40,17 +41,56 @@ class OptionsTests(unittest.TestCase):
 
     def test_good(self):
         """
-        A device, a keyring and an output file make a service with one key
-        service per device.
+        Devices, a keyring, ports and an output file make a service with one
+        key service per device, a listener per port and the sink, all
+        around one pool; the sink takes what the keys deliver.
         """
         options = self.parse("--device", self.device, "--device", self.device2,
-                             "--keyring", self.keyring, "--output-file", self.output)
-        service = makeService(options, reactor=MemoryReactorClock())
+                             "--keyring", self.keyring, "--output-file", self.output,
+                             "--port", "tcp:0:interface=127.0.0.1", "--pool-size", "4096")
+        reactor = MemoryReactorClock()
+        service = makeService(options, reactor=reactor)
         self.assertTrue(IServiceCollection.providedBy(service))
         keys = [s for s in service if isinstance(s, KeyService)]
         self.assertEqual(len(keys), 2)
         self.assertEqual(keys[0].path, self.device)
-        options["sinks"][0].close()
+        self.assertEqual(service.pool.capacity, 4096)
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.assertEqual(len(reactor.tcpServers), 1)
+        service.pool.add(b"e" * 64)
+        with open(self.output, "rb") as f:
+            self.assertEqual(f.read(), b"e" * 64)
+
+    def test_portOnly(self):
+        """
+        An EGD port alone is enough output; the pool then keeps what the
+        keys deliver for EGD clients.
+        """
+        options = self.parse("--device", self.device, "--keyring", self.keyring,
+                             "--port", "unix:" + self.mktemp() + ":mode=600")
+        service = makeService(options, reactor=MemoryReactorClock())
+        self.assertIs(service.egdFactory.pool, service.pool)
+
+    def test_badPort(self):
+        """
+        A port description Twisted cannot parse is refused at start-up.
+        """
+        self.assertUsage("nosuch:1", "--device", self.device, "--keyring", self.keyring,
+                         "--port", "nosuch:1")
+
+    def test_deviceDirectory(self):
+        """
+        A key directory alone is a source; one that is not a directory is
+        refused.
+        """
+        directory = self.mktemp()
+        os.mkdir(directory)
+        options = self.parse("--device-dir", directory, "--keyring", self.keyring,
+                             "--port", "tcp:0")
+        self.assertEqual(options["devices"], [])
+        self.assertUsage("not a directory", "--device-dir", self.output,
+                         "--keyring", self.keyring, "--port", "tcp:0")
 
     def assertUsage(self, expected, *args):
         error = self.assertRaises(UsageError, self.parse, *args)
@@ -95,7 +135,8 @@ class OptionsTests(unittest.TestCase):
         """
         A daemon with nowhere to put entropy is refused.
         """
-        self.assertUsage("--output-file", "--device", self.device, "--keyring", self.keyring)
+        self.assertUsage("--port or --output-file", "--device", self.device,
+                         "--keyring", self.keyring)
 
     def test_badOutput(self):
         """

@@ -1,0 +1,278 @@
+# -*- test-case-name: tests.test_egd -*-
+"""
+The Entropy Gathering Daemon protocol, sans-I/O, both directions.
+
+Client-initiated and byte oriented, numbers big-endian:
+
+    0x00                      -> U32 bits available
+    0x01 U8 n                 -> U8 count, count bytes (non-blocking)
+    0x02 U8 n                 -> exactly n bytes (blocking)
+    0x03 U16 shannons U8 n .. -> nothing (entropy offered by the client)
+    0x04                      -> U8 length, the PID as decimal text
+
+L{EGDServerParser} turns a client's bytes into commands, however they are
+split or pipelined; L{EGDClientParser} turns a server's bytes into replies
+for the requests a client sent.  Anything else is a L{RemoteProtocolError}.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+from dataclasses import dataclass
+from typing import Deque, List, Union
+
+from ekey.frames import LocalProtocolError, RemoteProtocolError
+
+GET_LEVEL = 0x00
+READ = 0x01
+READ_BLOCKING = 0x02
+WRITE = 0x03
+GET_PID = 0x04
+
+MAX_READ = 255
+
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+
+
+@dataclass(frozen=True)
+class GetLevel:
+    """
+    0x00: how many bits of entropy are available.
+    """
+
+
+@dataclass(frozen=True)
+class Read:
+    """
+    0x01: up to C{n} bytes, now.
+    """
+
+    n: int
+
+
+@dataclass(frozen=True)
+class ReadBlocking:
+    """
+    0x02: exactly C{n} bytes, waiting for them.
+    """
+
+    n: int
+
+
+@dataclass(frozen=True)
+class Write:
+    """
+    0x03: the client offers C{data}, claiming C{shannons} of entropy.
+    """
+
+    shannons: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class GetPID:
+    """
+    0x04: the server's process id.
+    """
+
+
+Command = Union[GetLevel, Read, ReadBlocking, Write, GetPID]
+
+
+class EGDServerParser:
+    """
+    Parse a client's byte stream into commands.
+
+    The parser holds at most one incomplete command (259 bytes).
+    """
+
+    def __init__(self):
+        self._buffer = b""
+
+    @property
+    def buffered(self) -> int:
+        """
+        Bytes of an incomplete command held.
+        """
+        return len(self._buffer)
+
+    def receiveData(self, data: bytes) -> List[Command]:
+        """
+        @return: the complete commands in the stream so far, in order.
+        @raise RemoteProtocolError: on an unknown command byte; the stream
+            cannot be trusted after it.
+        """
+        buffer = self._buffer + data
+        commands: List[Command] = []
+        offset = 0
+        while offset < len(buffer):
+            command, used = self._parseOne(buffer, offset)
+            if command is None:
+                break
+            commands.append(command)
+            offset += used
+        self._buffer = buffer[offset:]
+        return commands
+
+    def _parseOne(self, buffer: bytes, offset: int):
+        code = buffer[offset]
+        available = len(buffer) - offset
+        if code == GET_LEVEL:
+            return GetLevel(), 1
+        if code == GET_PID:
+            return GetPID(), 1
+        if code in (READ, READ_BLOCKING):
+            if available < 2:
+                return None, 0
+            n = buffer[offset + 1]
+            return (Read(n) if code == READ else ReadBlocking(n)), 2
+        if code == WRITE:
+            if available < 4:
+                return None, 0
+            shannons = _U16.unpack_from(buffer, offset + 1)[0]
+            n = buffer[offset + 3]
+            if available < 4 + n:
+                return None, 0
+            return Write(shannons, bytes(buffer[offset + 4 : offset + 4 + n])), 4 + n
+        raise RemoteProtocolError(f"unknown EGD command 0x{code:02x}")
+
+
+def encodeLevel(bits: int) -> bytes:
+    """
+    @return: the reply to 0x00 (saturating at 2**32 - 1 bits).
+    """
+    return _U32.pack(min(max(bits, 0), 0xFFFFFFFF))
+
+
+def encodeRead(data: bytes) -> bytes:
+    """
+    @return: the reply to 0x01.
+    @raise LocalProtocolError: if C{data} is over 255 bytes.
+    """
+    if len(data) > MAX_READ:
+        raise LocalProtocolError("a 0x01 reply carries at most 255 bytes")
+    return bytes((len(data),)) + data
+
+
+def encodePID(pid: Union[int, str]) -> bytes:
+    """
+    @return: the reply to 0x04.
+    """
+    text = str(pid).encode("ascii")
+    return bytes((len(text),)) + text
+
+
+# The client's side -----------------------------------------------------------------
+
+
+def _checkCount(n: int) -> None:
+    if not 0 <= n <= MAX_READ:
+        raise LocalProtocolError(f"an EGD request asks for 0 to 255 bytes, not {n}")
+
+
+def encodeRequest(command: Command) -> bytes:
+    """
+    @return: the bytes a client sends for C{command}.
+    @raise LocalProtocolError: if a count is out of range.
+    """
+    if isinstance(command, GetLevel):
+        return bytes((GET_LEVEL,))
+    if isinstance(command, GetPID):
+        return bytes((GET_PID,))
+    if isinstance(command, (Read, ReadBlocking)):
+        _checkCount(command.n)
+        code = READ if isinstance(command, Read) else READ_BLOCKING
+        return bytes((code, command.n))
+    if isinstance(command, Write):
+        _checkCount(len(command.data))
+        if not 0 <= command.shannons <= 0xFFFF:
+            raise LocalProtocolError("shannons must fit in 16 bits")
+        return bytes((WRITE,)) + _U16.pack(command.shannons) + bytes((len(command.data),)) \
+            + command.data
+    raise LocalProtocolError(f"not an EGD command: {command!r}")
+
+
+@dataclass(frozen=True)
+class Reply:
+    """
+    A server's complete reply to one request.
+
+    @ivar command: the request it answers.
+    @ivar value: bits (0x00), bytes (0x01, 0x02), the PID text (0x04), or
+        C{None} (0x03, which has no reply).
+    """
+
+    command: Command
+    value: Union[int, bytes, str, None]
+
+
+class EGDClientParser:
+    """
+    Match a server's bytes to the requests sent, in order.
+
+    Call L{sent} for each request, then L{receiveData} with what arrives.
+    """
+
+    def __init__(self):
+        self._expected: Deque[Command] = deque()
+        self._buffer = b""
+        self._partial = b""
+
+    @property
+    def outstanding(self) -> int:
+        """
+        Requests not yet fully answered.
+        """
+        return len(self._expected)
+
+    def sent(self, command: Command) -> None:
+        """
+        Note that C{command} was sent; a 0x03 write is answered at once.
+        """
+        self._expected.append(command)
+
+    def receiveData(self, data: bytes) -> List[Reply]:
+        """
+        @return: the replies completed, in order.
+        @raise RemoteProtocolError: on bytes nobody asked for, or a reply
+            that breaks the protocol.
+        """
+        self._buffer += data
+        out: List[Reply] = []
+        while self._expected:
+            command = self._expected[0]
+            if isinstance(command, Write):
+                out.append(Reply(command, None))
+            elif isinstance(command, GetLevel):
+                if len(self._buffer) < 4:
+                    break
+                out.append(Reply(command, _U32.unpack(self._buffer[:4])[0]))
+                self._buffer = self._buffer[4:]
+            elif isinstance(command, (Read, GetPID)):
+                if not self._buffer:
+                    break
+                count = self._buffer[0]
+                if isinstance(command, Read) and count > command.n:
+                    raise RemoteProtocolError(
+                        f"server sent {count} bytes for a {command.n}-byte read")
+                if len(self._buffer) < 1 + count:
+                    break
+                body, self._buffer = self._buffer[1 : 1 + count], self._buffer[1 + count :]
+                if isinstance(command, GetPID):
+                    out.append(Reply(command, body.decode("ascii", "replace")))
+                else:
+                    out.append(Reply(command, body))
+            else:
+                need = command.n - len(self._partial)
+                self._partial += self._buffer[:need]
+                self._buffer = self._buffer[need:]
+                if len(self._partial) < command.n:
+                    break
+                out.append(Reply(command, self._partial))
+                self._partial = b""
+            self._expected.popleft()
+        if self._buffer and not self._expected:
+            raise RemoteProtocolError(f"server sent {len(self._buffer)} bytes nobody asked for")
+        return out

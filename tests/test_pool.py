@@ -1,0 +1,150 @@
+"""
+Tests for L{ekey.pool.EntropyPool}.
+"""
+
+from twisted.trial import unittest
+
+from ekey.pool import POLLING_RESERVE, EntropyPool
+
+
+def chunks(count, size=32):
+    return [bytes([i % 256]) * size for i in range(count)]
+
+
+class PoolTests(unittest.TestCase):
+    """
+    The pool is a bounded FIFO that hands every byte out once.
+    """
+
+    def test_fifo(self):
+        """
+        Bytes come out in the order they went in.
+        """
+        pool = EntropyPool(1000)
+        pool.add(b"abc")
+        pool.add(b"def")
+        self.assertEqual(pool.take(2), b"ab")
+        self.assertEqual(pool.take(10), b"cdef")
+        self.assertEqual(pool.take(10), b"")
+        self.assertEqual((pool.bytesIn, pool.bytesOut), (6, 6))
+
+    def test_bounded(self):
+        """
+        A full pool refuses what does not fit and counts it.
+        """
+        pool = EntropyPool(10)
+        self.assertEqual(pool.add(b"x" * 8), 8)
+        self.assertEqual(pool.add(b"y" * 8), 2)
+        self.assertEqual(pool.level, 10)
+        self.assertEqual(pool.bytesRefused, 6)
+        self.assertRaises(ValueError, EntropyPool, 0)
+
+    def test_compaction(self):
+        """
+        Long use keeps memory near the level, and order survives compaction.
+        """
+        pool = EntropyPool(1 << 20)
+        out = []
+        for block in chunks(10000):
+            pool.add(block)
+            out.append(pool.take(32))
+        self.assertEqual(out, chunks(10000))
+        self.assertLess(len(pool._buffer), 200000)
+
+    def test_waitingReaderServedAsBytesArrive(self):
+        """
+        A waiting reader receives bytes as they arrive until it has what it
+        asked for, and is then done.
+        """
+        pool = EntropyPool(1000)
+        got = []
+        pending = pool.request(40, got.append)
+        pool.add(b"a" * 32)
+        self.assertTrue(pending.active)
+        pool.add(b"b" * 32)
+        self.assertEqual(b"".join(got), b"a" * 32 + b"b" * 8)
+        self.assertFalse(pending.active)
+        self.assertEqual(pool.level, 24)
+
+    def test_roundRobin(self):
+        """
+        Waiting readers take turns, a quantum each, in request order: a big
+        request does not starve a small one.
+        """
+        pool = EntropyPool(1000)
+        big, small = [], []
+        pool.request(255, big.append)
+        pool.request(32, small.append)
+        pool.add(b"x" * 64)
+        self.assertEqual(len(b"".join(big)), 32)
+        self.assertEqual(len(b"".join(small)), 32)
+
+    def test_pausedSkipped(self):
+        """
+        A paused reader is skipped; its turn resumes when it does.
+        """
+        pool = EntropyPool(1000)
+        first, second = [], []
+        a = pool.request(64, first.append)
+        pool.request(64, second.append)
+        a.pause()
+        pool.add(b"z" * 64)
+        self.assertEqual(first, [])
+        self.assertEqual(len(b"".join(second)), 64)
+        pool.add(b"y" * 10)
+        a.resume()
+        self.assertEqual(b"".join(first), b"y" * 10)
+
+    def test_cancelLosesNothing(self):
+        """
+        A cancelled reader leaves every undelivered byte in the pool.
+        """
+        pool = EntropyPool(1000)
+        got = []
+        pending = pool.request(100, got.append)
+        pool.add(b"q" * 40)
+        pending.cancel()
+        pool.add(b"r" * 40)
+        self.assertEqual(pool.take(100), b"r" * 40)
+        self.assertEqual(len(b"".join(got)), 40)
+        self.assertEqual(pool.waiting, 0)
+
+    def test_zeroRequest(self):
+        """
+        A request for nothing is done at once.
+        """
+        pool = EntropyPool(10)
+        self.assertFalse(pool.request(0, lambda d: self.fail(d)).active)
+
+    def test_pollingReadersKeepAShare(self):
+        """
+        While a reader waits for everything, a registered polling reader
+        still finds bytes in the pool, in proportion; when it goes away its
+        reserve returns to the waiting reader.
+        """
+        pool = EntropyPool(10000)
+        greedy = []
+        pool.request(None, greedy.append)
+        remove = pool.addPollingReader()
+        for block in chunks(4):
+            pool.add(block)
+        self.assertEqual(pool.level, 64)
+        self.assertEqual(len(b"".join(greedy)), 64)
+        self.assertEqual(len(pool.take(255)), 64)
+        for block in chunks(40):
+            pool.add(block)
+        self.assertEqual(pool.level, POLLING_RESERVE)
+        remove()
+        self.assertEqual(pool.level, 0)
+        self.assertEqual(len(b"".join(greedy)) + 64, 44 * 32)
+
+    def test_levelObservers(self):
+        """
+        Observers hear of every change of level.
+        """
+        pool = EntropyPool(100)
+        levels = []
+        pool.observeLevel(lambda p: levels.append(p.level))
+        pool.add(b"a" * 10)
+        pool.take(4)
+        self.assertEqual(levels, [10, 6])

@@ -1,0 +1,188 @@
+"""
+Tests for L{ekey.server} and L{ekey.client}: EGD server and client over an
+in-memory connection.
+"""
+
+from twisted.internet.defer import Deferred
+from twisted.internet.testing import StringTransport
+from twisted.test import iosim
+from twisted.trial import unittest
+
+from ekey.client import EGDClientProtocol, EGDConnectionLost, readExactly
+from ekey.pool import EntropyPool
+from ekey.server import MAX_QUEUED_COMMANDS, EGDServerFactory
+
+
+def connect(factory):
+    """
+    Connect a client to a new server protocol in memory.
+
+    @return: C{(client, server, pump)}.
+    """
+    server = factory.buildProtocol(None)
+    client = EGDClientProtocol()
+    serverTransport = iosim.FakeTransport(server, isServer=True)
+    clientTransport = iosim.FakeTransport(client, isServer=False)
+    pump = iosim.connect(server, serverTransport, client, clientTransport)
+    return client, server, pump
+
+
+class ServerTests(unittest.TestCase):
+    """
+    The server answers every command from the pool.
+    """
+
+    def setUp(self):
+        self.pool = EntropyPool(4096)
+        self.factory = EGDServerFactory(self.pool, pid=4242)
+
+    def test_commands(self):
+        """
+        Level, non-blocking read, blocking read, write and PID are answered
+        in order; written entropy never enters the pool.
+        """
+        client, server, pump = connect(self.factory)
+        self.pool.add(b"0123456789")
+        results = [client.level(), client.read(4), client.write(64, b"x" * 8),
+                   client.readBlocking(3), client.pid(), client.level()]
+        pump.flush()
+        values = [self.successResultOf(d) for d in results]
+        self.assertEqual(values, [80, b"0123", None, b"456", "4242", 24])
+        self.assertEqual(self.pool.level, 3)
+        self.assertEqual(server.bytesServed, 7)
+        self.assertEqual(self.factory.requests["Write"], 1)
+
+    def test_blockingReadWaits(self):
+        """
+        A blocking read is answered as bytes arrive, and later commands on
+        that connection wait for it.
+        """
+        client, server, pump = connect(self.factory)
+        big = client.readBlocking(100)
+        after = client.level()
+        pump.flush()
+        self.assertNoResult(big)
+        self.assertNoResult(after)
+        self.pool.add(b"a" * 60)
+        pump.flush()
+        self.assertNoResult(big)
+        self.pool.add(b"b" * 60)
+        pump.flush()
+        self.assertEqual(self.successResultOf(big), b"a" * 60 + b"b" * 40)
+        self.assertEqual(self.successResultOf(after), 160)
+
+    def test_fairness(self):
+        """
+        A client looping on 0x02 255 does not stop a 0x01 client from being
+        served bytes.
+        """
+        greedy, _, greedyPump = connect(self.factory)
+        poller, _, pollerPump = connect(self.factory)
+        greedyGot, pollerGot = [], []
+
+        def loop(data=b""):
+            greedyGot.append(data)
+            greedy.readBlocking(255).addCallback(loop)
+
+        loop()
+        poller.read(1)
+        for _ in range(50):
+            self.pool.add(b"k" * 32)
+            greedyPump.flush()
+            poller.read(255).addCallback(pollerGot.append)
+            pollerPump.flush()
+        self.assertGreater(len(b"".join(pollerGot)), 300)
+        self.assertGreater(len(b"".join(greedyGot)), 300)
+
+    def test_unknownCommand(self):
+        """
+        An unknown command closes that connection at once (the stream
+        cannot be trusted, so even the commands pipelined before it go
+        unanswered), is counted, and leaves other clients alone.
+        """
+        bad, _, badPump = connect(self.factory)
+        good, _, goodPump = connect(self.factory)
+        pending = bad.level()
+        bad.transport.write(b"\x09")
+        badPump.flush()
+        self.failureResultOf(pending, EGDConnectionLost)
+        self.assertEqual(self.factory.protocolErrors, 1)
+        self.pool.add(b"ok")
+        d = good.read(2)
+        goodPump.flush()
+        self.assertEqual(self.successResultOf(d), b"ok")
+        self.assertEqual(len(self.factory.clients), 1)
+
+    def test_vanishedClientLosesNothing(self):
+        """
+        A client that disconnects mid-request leaves the pool's bytes for
+        others, and its request is dropped.
+        """
+        gone, server, pump = connect(self.factory)
+        d = gone.readBlocking(200)
+        pump.flush()
+        self.pool.add(b"m" * 50)
+        pump.flush()
+        gone.transport.loseConnection()
+        pump.flush()
+        self.failureResultOf(d, EGDConnectionLost)
+        self.assertEqual(self.pool.waiting, 0)
+        self.pool.add(b"n" * 50)
+        self.assertEqual(self.pool.take(100), b"n" * 50)
+
+    def test_slowReaderBounded(self):
+        """
+        A client that never reads makes the server stop taking bytes from
+        the pool and stop reading its commands.
+        """
+        server = self.factory.buildProtocol(None)
+        transport = StringTransport()
+        server.makeConnection(transport)
+        self.assertIs(transport.producer, server)
+        server.pauseProducing()
+        self.assertEqual(transport.producerState, "paused")
+        server.dataReceived(b"\x02\xff" * 10)
+        self.pool.add(b"p" * 1000)
+        self.assertEqual(transport.value(), b"")
+        self.assertEqual(self.pool.level, 1000)
+        server.resumeProducing()
+        self.assertEqual(len(transport.value()), 1000)
+
+    def test_queueBounded(self):
+        """
+        Commands queued behind a blocking read stop the server reading
+        from that client once they reach the bound.
+        """
+        server = self.factory.buildProtocol(None)
+        transport = StringTransport()
+        server.makeConnection(transport)
+        server.dataReceived(b"\x02\x01" + b"\x00" * (MAX_QUEUED_COMMANDS + 5))
+        self.assertEqual(transport.producerState, "paused")
+        self.pool.add(b"!")
+        self.assertEqual(transport.producerState, "producing")
+        self.assertEqual(len(transport.value()), 1 + 4 * (MAX_QUEUED_COMMANDS + 5))
+
+
+class ClientTests(unittest.TestCase):
+    """
+    The client's API.
+    """
+
+    def test_readExactlySplits(self):
+        """
+        Reading more than 255 bytes pipelines several requests.
+        """
+        pool = EntropyPool(4096)
+        client, server, pump = connect(EGDServerFactory(pool))
+        pool.add(bytes(range(256)) * 3)
+        d = Deferred.fromCoroutine(readExactly(client, 600))
+        pump.flush()
+        self.assertEqual(self.successResultOf(d), (bytes(range(256)) * 3)[:600])
+        self.assertEqual(server.requests["ReadBlocking"], 3)
+
+    def test_notConnected(self):
+        """
+        Requests on a closed connection fail at once.
+        """
+        client = EGDClientProtocol()
+        self.failureResultOf(client.level(), EGDConnectionLost)
