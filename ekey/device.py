@@ -29,7 +29,14 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from ekey.keyring import Keyring, formatSerial
-from ekey.session import EntropyReceived, InformationReceived, KeySession, StateChanged
+from ekey.session import (
+    EntropyReceived,
+    InformationReceived,
+    REKEY_TIMEOUT,
+    KeySession,
+    KeyState,
+    StateChanged,
+)
 
 SERIAL_BAUDRATE = 115200
 
@@ -112,17 +119,24 @@ class KeyProtocol(Protocol):
     log = Logger()
 
     def __init__(self, path: str, session: KeySession, onEntropy: Callable[[bytes], None],
-                 onEvent: Optional[Callable[["KeyProtocol", object], None]] = None):
+                 onEvent: Optional[Callable[["KeyProtocol", object], None]] = None,
+                 clock=None):
         """
         @param path: the key's path, for logs.
         @param session: a fresh L{KeySession}.
         @param onEntropy: called with each verified 32-byte block.
         @param onEvent: called with every other session event.
+        @param clock: an L{IReactorTime} for the re-key time-out (default
+            the reactor).
         """
         self.path = path
         self.session = session
         self._onEntropy = onEntropy
         self._onEvent = onEvent
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self._clock = clock
+        self._rekeyTimer = None
 
     def connectionMade(self):
         self.log.info("Key {path} connected", path=self.path)
@@ -134,12 +148,29 @@ class KeyProtocol(Protocol):
         self._flush()
 
     def connectionLost(self, reason):
+        if self._rekeyTimer is not None:
+            self._rekeyTimer.cancel()
+            self._rekeyTimer = None
         self._handle(self.session.connectionLost(f"connection lost: {reason.getErrorMessage()}"))
 
     def _flush(self):
         out = self.session.dataToSend()
         if out:
             self.transport.write(out)
+        waiting = self.session.awaitingRekeyReply
+        if waiting and self._rekeyTimer is None:
+            self._rekeyTimer = self._clock.callLater(REKEY_TIMEOUT, self._rekeyTimedOut)
+        elif not waiting and self._rekeyTimer is not None:
+            self._rekeyTimer.cancel()
+            self._rekeyTimer = None
+
+    def _rekeyTimedOut(self):
+        self._rekeyTimer = None
+        self.log.warn("Key {path} did not answer a session re-key in {seconds:g} s; resetting it",
+                      path=self.path, seconds=REKEY_TIMEOUT)
+        self.session.rekeyTimedOut()
+        self._handle(self.session.receiveData(b""))
+        self._flush()
 
     def _handle(self, events):
         for event in events:
@@ -148,7 +179,13 @@ class KeyProtocol(Protocol):
                 continue
             if isinstance(event, StateChanged):
                 serial = formatSerial(self.session.serial) if self.session.serial else "?"
-                self.log.info(
+                if event.new is KeyState.CLOSED:
+                    emit = self.log.warn
+                elif event.new.stopped:
+                    emit = self.log.error
+                else:
+                    emit = self.log.info
+                emit(
                     "Key {path} (serial {serial}): {state} ({reason})",
                     path=self.path,
                     serial=serial,
@@ -168,13 +205,16 @@ class KeyProtocolFactory(Factory):
     """
 
     def __init__(self, path: str, keyringProvider: Callable[[], Keyring],
-                 onEntropy: Callable[[bytes], None], onEvent=None, **sessionOptions):
+                 onEntropy: Callable[[bytes], None], onEvent=None, clock=None,
+                 **sessionOptions):
         """
         @param keyringProvider: returns the keyring in force (it may be
             reloaded between connections).
+        @param clock: passed to L{KeyProtocol}.
         @param sessionOptions: passed to L{KeySession}.
         """
         self.path = path
+        self._clock = clock
         self._keyringProvider = keyringProvider
         self._onEntropy = onEntropy
         self._onEvent = onEvent
@@ -182,7 +222,7 @@ class KeyProtocolFactory(Factory):
 
     def buildProtocol(self, addr):
         session = KeySession(self._keyringProvider(), **self._sessionOptions)
-        return KeyProtocol(self.path, session, self._onEntropy, self._onEvent)
+        return KeyProtocol(self.path, session, self._onEntropy, self._onEvent, self._clock)
 
 
 class KeyService(ClientService):
@@ -198,7 +238,7 @@ class KeyService(ClientService):
             from twisted.internet import reactor
         self.path = path
         self.factory = KeyProtocolFactory(path, keyringProvider, onEntropy, onEvent,
-                                          **sessionOptions)
+                                          clock=reactor, **sessionOptions)
         ClientService.__init__(
             self,
             KeyDeviceEndpoint(reactor, path),

@@ -15,12 +15,19 @@ The rules it keeps:
   - a re-key request (C{k}) is answered with a 12-byte nonce: a 4-byte
     little-endian count of nonces sent on this connection, then 8 random
     bytes; the reply (C{K}) is authenticated under the old session key and
-    must echo the nonce length, or the key is reset;
+    must echo the nonce length, or the key is reset.  While a nonce is
+    outstanding, further requests are ignored (the key may have sent them
+    before it read the nonce), even across a serial number frame: a key
+    that announces itself when it is plugged in and again after the host's
+    reset would otherwise get two nonces and answer the first;
+  - after the host resets the key, frames still in flight are ignored
+    until the key's serial number frame;
   - entropy frames are accepted only under a session key this host derived,
     with a strictly increasing sequence number, and are re-keyed after
     sequence 4095;
   - a frame whose MAC fails never yields a byte; repeated failures reset the
-    key, and failures right after a re-key mean the long-term key is wrong;
+    key; a re-key after which nothing verifies is tried once more from a
+    reset, and if that fails too the long-term key is wrong;
   - a fail mode in an information frame means the key has stopped itself.
 """
 
@@ -49,6 +56,14 @@ NONCE_LENGTH = 12
 LAST_SEQUENCE = 4095
 ZERO_KEY = bytes(32)
 BLOCK_LENGTH = 32
+
+#: Re-key requests ignored while a nonce is outstanding before the host
+#: gives up on that nonce and resets the key (ekeyd resets on the sixth).
+MAX_IGNORED_REQUESTS = 5
+
+#: Seconds an adapter should wait for a re-key reply before calling
+#: L{KeySession.rekeyTimedOut}.
+REKEY_TIMEOUT = 10.0
 
 
 class KeyState(enum.Enum):
@@ -224,6 +239,9 @@ class KeySession:
         self._lastSequence = -1
         self._badInARow = 0
         self._goodSinceRekey = False
+        self._failedRekeys = 0
+        self._ignoredRequests = 0
+        self._awaitingSerial = False
         self._events: list = []
 
     # Inputs ------------------------------------------------------------------
@@ -271,6 +289,23 @@ class KeySession:
         self.statistics.bytesWritten += len(out)
         return out
 
+    @property
+    def awaitingRekeyReply(self) -> bool:
+        """
+        Whether a nonce has been sent and not yet answered.  An adapter
+        with a clock calls L{rekeyTimedOut} if this stays true for
+        C{REKEY_TIMEOUT} seconds.
+        """
+        return self._pendingNonce is not None and self.state not in _STOPPED
+
+    def rekeyTimedOut(self) -> None:
+        """
+        The key did not answer a nonce in time: reset it.
+        """
+        if self.awaitingRekeyReply:
+            self._setState(KeyState.WAITING, "no answer to the session re-key; resetting")
+            self._reset("re-key timed out")
+
     def restart(self, reason: str) -> None:
         """
         Start again from the serial number: reset the key.  Used after the
@@ -286,8 +321,9 @@ class KeySession:
         if packet.type == "S" and packet.binary:
             self._serialReceived(packet)
             return
-        if self.serial is None or self.state in _STOPPED:
-            # Frames from before our reset, or from a key we cannot use.
+        if self.serial is None or self._awaitingSerial or self.state in _STOPPED:
+            # Frames still in flight from before our reset, or from a key
+            # we cannot use.
             return
         if not packet.verify(self._pms):
             self.statistics.macFailures += 1
@@ -316,8 +352,10 @@ class KeySession:
             )
             return
         self._packetOK()
+        self._awaitingSerial = False
         self.serial = serial
-        self._pendingNonce = None
+        # An outstanding nonce is kept: the key may read it after this
+        # reset and answer it.
         self._lastSequence = -1
         self._prepare(ZERO_KEY)
         self._verified = False
@@ -338,6 +376,11 @@ class KeySession:
         self._packetOK()
         if self._pendingNonce is None:
             self._sendRekey()
+            return
+        self._ignoredRequests += 1
+        if self._ignoredRequests > MAX_IGNORED_REQUESTS:
+            self._setState(KeyState.WAITING, "the key keeps asking for a session key; resetting")
+            self._reset("repeated re-key requests")
 
     def _rekeyReplied(self, packet: Packet) -> None:
         if self._pendingNonce is None:
@@ -345,6 +388,7 @@ class KeySession:
             return
         length, deviceEntropy = packet.binaryPayload()
         nonce, self._pendingNonce = self._pendingNonce, None
+        self._ignoredRequests = 0
         if length != len(nonce) or len(deviceEntropy) != BLOCK_LENGTH:
             self._setState(KeyState.WAITING, f"key received a {length}-byte nonce, not {len(nonce)}")
             self._reset("nonce length mismatch")
@@ -373,6 +417,7 @@ class KeySession:
             return
         self._packetOK()
         self._goodSinceRekey = True
+        self._failedRekeys = 0
         self._lastSequence = sequence
         pad = self._ees.copy().update(packet.payload[:2]).final()
         plaintext = (int.from_bytes(ciphertext, "big") ^ int.from_bytes(pad, "big")).to_bytes(
@@ -433,6 +478,8 @@ class KeySession:
         self._outgoing.append(RESET)
         self._reader.reset()
         self._pendingNonce = None
+        self._ignoredRequests = 0
+        self._awaitingSerial = True
         self._verified = False
         self._badInARow = 0
         if self.serial is not None:
@@ -448,12 +495,14 @@ class KeySession:
         if self._badInARow < self._maxBadPackets:
             return
         if self._verified and not self._goodSinceRekey and self.state is KeyState.RUNNING:
-            self._setState(
-                KeyState.BAD_LONG_TERM_KEY,
-                f"no frame verified under the new session key ({reason}); "
-                "the long-term key in the keyring is wrong",
-            )
-            return
+            self._failedRekeys += 1
+            if self._failedRekeys >= 2:
+                self._setState(
+                    KeyState.BAD_LONG_TERM_KEY,
+                    f"no frame verified under two new session keys ({reason}); "
+                    "the long-term key in the keyring is wrong",
+                )
+                return
         if self.state not in _STOPPED:
             self._setState(KeyState.WAITING, f"reset after {self._badInARow} bad packets ({reason})")
             self._reset(reason)

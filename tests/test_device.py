@@ -6,6 +6,7 @@ sessions.
 import os
 import socket
 
+from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial import unittest
@@ -18,7 +19,7 @@ from ekey.device import (
     checkKeyPath,
 )
 from ekey.keyring import Keyring
-from ekey.session import KeyState, StateChanged
+from ekey.session import REKEY_TIMEOUT, KeyState, StateChanged
 from tests.vectors import HOST_NONCE, LONG_TERM_KEY, SERIAL, SESSION, deviceFrames
 
 
@@ -42,7 +43,7 @@ class KeyProtocolTests(unittest.TestCase):
         blocks, events = [], []
         factory = KeyProtocolFactory(
             "/dev/test", ring, blocks.append, lambda p, e: events.append(e),
-            randomBytes=lambda n: HOST_NONCE[4:],
+            clock=Clock(), randomBytes=lambda n: HOST_NONCE[4:],
         )
         protocol = factory.buildProtocol(None)
         transport = StringTransport()
@@ -56,6 +57,26 @@ class KeyProtocolTests(unittest.TestCase):
         protocol.connectionLost(Failure(ConnectionError("gone")))
         self.assertEqual(protocol.session.state, KeyState.CLOSED)
         self.assertIsInstance(events[-1], StateChanged)
+
+    def test_rekeyTimeout(self):
+        """
+        A nonce the key never answers makes the protocol reset the key after
+        the re-key time-out; an answer in time cancels the timer.
+        """
+        clock = Clock()
+        factory = KeyProtocolFactory("/dev/test", ring, lambda b: None, clock=clock,
+                                     randomBytes=lambda n: HOST_NONCE[4:])
+        protocol = factory.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        protocol.dataReceived(b"".join(deviceFrames()[:3]))
+        transport.clear()
+        clock.advance(REKEY_TIMEOUT)
+        self.assertEqual(transport.value(), b"\x03")
+        self.assertEqual(clock.getDelayedCalls(), [])
+        protocol.dataReceived(b"".join(deviceFrames()[:4]))
+        self.assertEqual(protocol.session.state, KeyState.RUNNING)
+        self.assertEqual(clock.getDelayedCalls(), [])
 
     def test_freshSessionPerConnection(self):
         """

@@ -225,20 +225,86 @@ class SafetyTests(unittest.TestCase):
 
     def test_badLongTermKey(self):
         """
-        When no frame verifies after a re-key, the long-term key in the
-        keyring is wrong: the key is stopped with that reason.
+        When nothing verifies after a re-key, the host resets the key and
+        tries once more; when nothing verifies after that one either, the
+        long-term key in the keyring is wrong and the key is stopped.
         """
         ring = Keyring()
         ring.set(SERIAL, b"w" * 32)
         session = KeySession(ring, randomBytes=lambda n: HOST_NONCE[4:])
         session.connectionMade()
-        for f in deviceFrames()[:4]:
-            session.receiveData(f)
-        self.assertEqual(session.state, KeyState.RUNNING)
-        events = session.receiveData(b"".join(deviceFrames()[4:8]))
-        self.assertEqual(blocks(events), [])
+        for attempt in range(2):
+            for f in deviceFrames()[:4]:
+                session.receiveData(f)
+            self.assertEqual(session.state, KeyState.RUNNING)
+            events = session.receiveData(b"".join(deviceFrames()[4:8]))
+            self.assertEqual(blocks(events), [])
+            if attempt == 0:
+                self.assertEqual(session.state, KeyState.WAITING)
+                self.assertTrue(session.dataToSend().endswith(b"\x03"))
         self.assertEqual(session.state, KeyState.BAD_LONG_TERM_KEY)
         self.assertIn("long-term key", session.reason)
+
+    def test_keyAnnouncesItselfOnConnect(self):
+        """
+        A key that says S, I, k when plugged in and again after the host's
+        reset gets one nonce only, and its answer to that nonce gives the
+        right session key.
+        """
+        session = KeySession(keyring(), randomBytes=lambda n: HOST_NONCE[4:])
+        session.connectionMade()
+        self.assertEqual(session.dataToSend(), b"\x03")
+        announce = b"".join(deviceFrames()[:3])
+        session.receiveData(announce)
+        self.assertEqual(session.dataToSend(), b"KAAAAAPVgtIxFv4Dw.")
+        session.receiveData(announce)
+        self.assertEqual(session.dataToSend(), b"")
+        self.assertTrue(session.awaitingRekeyReply)
+        session.receiveData(deviceFrames()[3])
+        self.assertEqual(session.state, KeyState.RUNNING)
+        out = blocks(session.receiveData(deviceFrames()[4]))
+        self.assertEqual([b.hex() for b in out], SESSION["plaintext_in_order"][:1])
+
+    def test_repeatedRequestsReset(self):
+        """
+        A key that keeps asking for a session key while a nonce is
+        outstanding (it never got the nonce) is reset after five requests.
+        """
+        session = KeySession(keyring(), randomBytes=lambda n: HOST_NONCE[4:])
+        session.receiveData(b"".join(deviceFrames()[:3]))
+        self.assertTrue(session.dataToSend().startswith(b"K"))
+        session.receiveData(deviceFrames()[2] * 5)
+        self.assertEqual(session.dataToSend(), b"")
+        session.receiveData(deviceFrames()[2])
+        self.assertEqual(session.dataToSend(), b"\x03")
+        self.assertFalse(session.awaitingRekeyReply)
+
+    def test_rekeyTimeout(self):
+        """
+        An adapter's time-out on an unanswered nonce resets the key.
+        """
+        session = KeySession(keyring(), randomBytes=lambda n: HOST_NONCE[4:])
+        session.receiveData(b"".join(deviceFrames()[:3]))
+        session.dataToSend()
+        session.rekeyTimedOut()
+        self.assertEqual(session.dataToSend(), b"\x03")
+        self.assertEqual(session.state, KeyState.WAITING)
+        session.rekeyTimedOut()
+        self.assertEqual(session.dataToSend(), b"")
+
+    def test_inFlightIgnoredAfterReset(self):
+        """
+        After the host resets the key, frames still in flight (under the
+        old session key) are ignored rather than counted as bad packets, so
+        one reset does not cause another.
+        """
+        session = transcriptSession(maxBadPackets=1)
+        session.receiveData(deviceFrames()[-1])
+        self.assertEqual(session.dataToSend(), b"\x03")
+        errors = session.statistics.packetErrors
+        session.receiveData(b"".join(deviceFrames()[5:8]) + deviceFrames()[-1] * 3)
+        self.assertEqual(session.statistics.packetErrors, errors)
+        self.assertEqual(session.dataToSend(), b"")
 
     def test_failMode(self):
         """
