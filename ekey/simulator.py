@@ -1029,3 +1029,7 @@ def main(argv: Optional[List[str]] = None, _reactor=None) -> None:
             [textFileLogObserver(sys.stderr)], redirectStandardIO=False
         )
     react(_serve, (args, key, endpoint), _reactor=_reactor)
+
+
+if __name__ == "__main__":
+    main()
