@@ -1,24 +1,35 @@
 #!/bin/sh
-# Run the ekey daemon on a simulated Entropy Key, in the foreground.
+# Run the ekey daemon on a simulated Entropy Key, in the foreground, serving
+# EGD on 127.0.0.1:8888.
 #
 #   sh examples/quickstart.sh [DIR]
 #
 # The simulator listens on a Unix socket in DIR (default: a new temporary
 # directory) and adds its serial number and long-term key to DIR/keyring;
-# the daemon reads the key through that socket and appends verified entropy
-# to DIR/entropy.  The simulator is NOT a hardware entropy source: use it to
-# try things out, never to feed a real system.  Ctrl-C stops both.
+# the daemon reads the key through that socket and serves what it verifies.
+# From another terminal:
+#
+#   ekey-egd --connect tcp:127.0.0.1:8888 level
+#   ekey-egd --connect tcp:127.0.0.1:8888 get 64 | xxd
+#
+# The simulator is NOT a hardware entropy source: use it to try things out,
+# never to feed a real system.  Ctrl-C stops both.
 set -eu
+# Twisted finds the ekey plugin in twisted/plugins/ beside the package; an
+# editable install does not put this checkout on sys.path, so put it there.
+root=$(cd "$(dirname "$0")/.." && pwd)
+export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
 dir=${1:-$(mktemp -d "${TMPDIR:-/tmp}/ekey-demo.XXXXXX")}
+port=${EKEY_PORT:-8888}
 mkdir -p "$dir"
 chmod 700 "$dir"
 rm -f "$dir/key.sock"
 
-ekey-sim --listen "unix:$dir/key.sock" --keyring "$dir/keyring" --seed quickstart &
+ekey-sim --listen "unix:$dir/key.sock" --keyring "$dir/keyring" &
 sim=$!
 trap 'kill $sim 2>/dev/null || true' EXIT INT TERM
 for _ in $(seq 50); do [ -S "$dir/key.sock" ] && break; sleep 0.1; done
 
-echo "ekey quick start: entropy goes to $dir/entropy (try: xxd $dir/entropy | tail)" >&2
+echo "ekey quick start: EGD on 127.0.0.1:$port; try: ekey-egd --connect tcp:127.0.0.1:$port get 64 | xxd" >&2
 twistd --nodaemon --pidfile= ekey --device "$dir/key.sock" --keyring "$dir/keyring" \
-    --output-file "$dir/entropy"
+    --port "tcp:$port:interface=127.0.0.1"
