@@ -227,6 +227,14 @@ class EGDClientParser:
         """
         return len(self._expected)
 
+    def takePartial(self) -> bytes:
+        """
+        Take the bytes of a blocking read received so far, for a caller
+        whose connection ended before the read was complete.
+        """
+        partial, self._partial = self._partial, b""
+        return partial
+
     def sent(self, command: Command) -> None:
         """
         Note that C{command} was sent; a 0x03 write is answered at once.

@@ -26,6 +26,7 @@ from ekey.keyring import DEFAULT_KEYRING, Keyring, KeyringError
 from ekey.pool import DEFAULT_POOL_SIZE, EntropyPool
 from ekey.server import EGDServerFactory
 from ekey.sinks import FileSink, SinkError
+from ekey.upstream import DEFAULT_HIGH_WATER, DEFAULT_LOW_WATER, PullPolicy, UpstreamService
 
 log = Logger()
 
@@ -49,12 +50,17 @@ class Options(usage.Options):
         ["pool-size", None, DEFAULT_POOL_SIZE, "Bytes of entropy the pool holds.", int],
         ["device-dir", None, None,
          "Serve every key that appears in this directory (such as /dev/entropykey)."],
+        ["low-water", None, DEFAULT_LOW_WATER,
+         "Pull from upstreams when the pool holds fewer bytes than this.", int],
+        ["high-water", None, DEFAULT_HIGH_WATER,
+         "Stop pulling from upstreams when the pool holds this many bytes.", int],
     ]
 
     def __init__(self):
         usage.Options.__init__(self)
         self["devices"] = []
         self["ports"] = []
+        self["upstreams"] = []
 
     def opt_device(self, path):
         """
@@ -75,15 +81,30 @@ class Options(usage.Options):
 
     opt_p = opt_port
 
+    def opt_upstream(self, description):
+        """
+        Pull entropy from this EGD server: a client endpoint such as
+        tcp:host:8888, unix:/run/ekey/egd or
+        tls:host:8888:trustRoots=DIR:certificate=FILE:privateKey=FILE.
+        Repeatable.
+        """
+        self["upstreams"].append(description)
+
+    opt_u = opt_upstream
+
     def postOptions(self):
         self._checkKeys()
         self._checkPorts()
         if self["pool-size"] < 1:
             raise usage.UsageError("--pool-size must be at least 1 byte")
-        try:
-            self["keyringObject"] = Keyring.load(self["keyring"])
-        except KeyringError as e:
-            raise usage.UsageError(str(e)) from None
+        if self["upstreams"]:
+            self._checkUpstreams()
+        self["keyringObject"] = None
+        if self["devices"] or self["device-dir"]:
+            try:
+                self["keyringObject"] = Keyring.load(self["keyring"])
+            except KeyringError as e:
+                raise usage.UsageError(str(e)) from None
         if not self["output-file"] and not self["ports"]:
             raise usage.UsageError(
                 "nothing to do with the entropy: give --port or --output-file")
@@ -95,8 +116,9 @@ class Options(usage.Options):
                 raise usage.UsageError(str(e)) from None
 
     def _checkKeys(self):
-        if not self["devices"] and not self["device-dir"]:
-            raise usage.UsageError("give at least one key with --device or --device-dir")
+        if not self["devices"] and not self["device-dir"] and not self["upstreams"]:
+            raise usage.UsageError(
+                "give at least one source: --device, --device-dir or --upstream")
         for path in self["devices"]:
             if self["devices"].count(path) > 1:
                 raise usage.UsageError(f"key {path} is given more than once")
@@ -107,6 +129,21 @@ class Options(usage.Options):
         directory = self["device-dir"]
         if directory and not os.path.isdir(directory):
             raise usage.UsageError(f"--device-dir {directory} is not a directory")
+
+    def _checkUpstreams(self):
+        from twisted.internet import endpoints, reactor
+
+        if not 0 <= self["low-water"] < self["high-water"] <= self["pool-size"]:
+            raise usage.UsageError(
+                f"need 0 <= --low-water ({self['low-water']}) < --high-water "
+                f"({self['high-water']}) <= --pool-size ({self['pool-size']})")
+        for description in self["upstreams"]:
+            if self["upstreams"].count(description) > 1:
+                raise usage.UsageError(f"--upstream {description} is given more than once")
+            try:
+                endpoints.clientFromString(reactor, description)
+            except (ValueError, KeyError, TypeError, OSError) as e:
+                raise usage.UsageError(f"bad --upstream {description!r}: {e}") from None
 
     def _checkPorts(self):
         from twisted.internet import endpoints, reactor
@@ -161,15 +198,21 @@ def makeService(options, reactor=None):
     if options["device-dir"]:
         KeyDirectoryService(options["device-dir"], keyService, exclude=options["devices"],
                             reactor=reactor).setServiceParent(top)
+    if options["upstreams"]:
+        policy = PullPolicy(pool, options["low-water"], options["high-water"])
+        top.pullPolicy = policy
+        for description in options["upstreams"]:
+            UpstreamService(description, policy, reactor=reactor).setServiceParent(top)
     top.egdFactory = EGDServerFactory(pool)
     for description in options["ports"]:
         strports.service(description, top.egdFactory, reactor=reactor).setServiceParent(top)
     for sink in options["sinks"]:
         SinkService(pool, sink).setServiceParent(top)
     log.info(
-        "ekey starting: {keys} key(s){directory}, keyring {keyring}, pool of {size} bytes, "
-        "EGD on {ports}",
+        "ekey starting: {keys} key(s){directory}, {upstreams} upstream(s), keyring {keyring}, "
+        "pool of {size} bytes, EGD on {ports}",
         keys=len(options["devices"]),
+        upstreams=len(options["upstreams"]),
         directory=f" and keys in {options['device-dir']}" if options["device-dir"] else "",
         keyring=options["keyring"],
         size=options["pool-size"],

@@ -1,0 +1,291 @@
+# -*- test-case-name: tests.test_upstream -*-
+"""
+Upstream EGD sources: what makes a daemon a relay.
+
+Each C{--upstream} is a client endpoint (C{tcp:}, C{unix:}, C{tls:} with
+its certificate checks) kept connected by a L{ClientService} with backoff
+and jitter.  All upstreams share one L{PullPolicy}: when the pool falls
+below the low watermark they pull, with pipelined blocking reads (0x02), up
+to the high watermark, and then stop until it falls again.  Bytes pulled
+go into the pool as they arrive (not only when a read is complete), in
+order and each once; bytes of a read cut short by a lost connection are
+kept, since the upstream handed them to us and to nobody else.  When every upstream is down the daemon says so and
+serves only what its pool holds: it never makes anything up.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.internet import defer
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from ekey.client import EGDClientProtocol
+from ekey.egd import MAX_READ
+from ekey.pool import EntropyPool
+
+#: Blocking reads each upstream connection keeps in flight.
+MAX_PIPELINE = 8
+
+DEFAULT_LOW_WATER = 16 * 1024
+DEFAULT_HIGH_WATER = 64 * 1024
+
+
+class PullPolicy:
+    """
+    Decide, for all upstreams together, how much to pull: start below the
+    low watermark, stop at the high one (counting bytes requested but not
+    yet received).
+
+    @ivar upstreams: every L{Upstream}.
+    """
+
+    log = Logger()
+
+    def __init__(self, pool: EntropyPool, lowWater: int = DEFAULT_LOW_WATER,
+                 highWater: int = DEFAULT_HIGH_WATER):
+        """
+        @raise ValueError: unless C{0 <= lowWater < highWater <= capacity}.
+        """
+        if not 0 <= lowWater < highWater <= pool.capacity:
+            raise ValueError(
+                f"watermarks must satisfy 0 <= low ({lowWater}) < high ({highWater}) "
+                f"<= pool size ({pool.capacity})"
+            )
+        self.pool = pool
+        self.lowWater = lowWater
+        self.highWater = highWater
+        self.upstreams: List["Upstream"] = []
+        self.inFlight = 0
+        self.filling = True
+        self._wasDown = False
+        pool.observeLevel(self._levelChanged)
+
+    def wanted(self) -> int:
+        """
+        @return: bytes to request now (0 when the pool is full enough).
+        """
+        if not self.filling:
+            return 0
+        want = self.highWater - self.pool.level - self.inFlight
+        if want <= 0:
+            self.filling = False
+            return 0
+        return want
+
+    def _levelChanged(self, pool):
+        if not self.filling and pool.level < self.lowWater:
+            self.filling = True
+            self.kick()
+
+    def kick(self):
+        """
+        Ask every connected upstream to pull what is wanted.
+        """
+        for upstream in self.upstreams:
+            if upstream.protocol is not None:
+                upstream.protocol.pull()
+
+    @property
+    def upCount(self) -> int:
+        """
+        Upstreams connected now.
+        """
+        return sum(1 for u in self.upstreams if u.protocol is not None)
+
+    def stateChanged(self):
+        """
+        An upstream came or went: say so when none is left, and when one is
+        back.
+        """
+        down = self.upCount == 0
+        if down and not self._wasDown:
+            self.log.warn(
+                "Every upstream is down: serving only the {poolLevel} bytes the pool holds "
+                "until one comes back",
+                poolLevel=self.pool.level,
+            )
+        elif not down and self._wasDown:
+            self.log.info("An upstream is back: pulling again")
+        self._wasDown = down
+
+
+class UpstreamProtocol(EGDClientProtocol):
+    """
+    An EGD client that fills the pool.
+    """
+
+    def __init__(self, upstream: "Upstream"):
+        EGDClientProtocol.__init__(self)
+        self.upstream = upstream
+        self._requested = 0
+
+    def connectionMade(self):
+        EGDClientProtocol.connectionMade(self)
+        self.upstream.connected(self)
+        self.pull()
+
+    def pull(self):
+        """
+        Request what the policy wants, up to L{MAX_PIPELINE} reads in flight.
+        """
+        policy = self.upstream.policy
+        while self.connected and self.outstanding < MAX_PIPELINE:
+            n = min(MAX_READ, policy.wanted())
+            if n <= 0:
+                return
+            policy.inFlight += n
+            self._requested += n
+            self.readBlocking(n).addCallbacks(self._received, lambda failure: None)
+
+    def dataReceived(self, data):
+        EGDClientProtocol.dataReceived(self, data)
+        # Bytes of a blocking read not yet complete go to the pool at once:
+        # a relay passes entropy on as it arrives, not 255 bytes at a time.
+        partial = self._parser.takePartial()
+        if partial:
+            self._arrived(partial)
+
+    def _received(self, data: bytes):
+        self._arrived(data)
+        self.pull()
+
+    def _arrived(self, data: bytes):
+        self.upstream.policy.inFlight -= len(data)
+        self._requested -= len(data)
+        self.upstream.received(data)
+
+    def connectionLost(self, reason):
+        partial = self._parser.takePartial()
+        if partial:
+            self._arrived(partial)
+        EGDClientProtocol.connectionLost(self, reason)
+        self.upstream.policy.inFlight -= self._requested
+        self._requested = 0
+        self.upstream.disconnected(self, reason)
+
+
+class Upstream(Factory):
+    """
+    One upstream: its state for logs and status, and the factory of its
+    connections.
+
+    @ivar description: the endpoint string.
+    @ivar protocol: the connected L{UpstreamProtocol}, or C{None}.
+    @ivar bytesPulled: bytes received from it and added to the pool.
+    @ivar lastError: why it last failed or went away, in words.
+    """
+
+    log = Logger()
+
+    def __init__(self, description: str, policy: PullPolicy):
+        self.description = description
+        self.policy = policy
+        self.protocol: Optional[UpstreamProtocol] = None
+        self.bytesPulled = 0
+        self.bytesRefused = 0
+        self.connections = 0
+        self.lastError: Optional[str] = None
+        policy.upstreams.append(self)
+
+    @property
+    def state(self) -> str:
+        """
+        C{"up"} or C{"down"}.
+        """
+        return "up" if self.protocol is not None else "down"
+
+    def buildProtocol(self, addr):
+        return UpstreamProtocol(self)
+
+    def connected(self, protocol: UpstreamProtocol):
+        self.protocol = protocol
+        self.connections += 1
+        self.log.info("Upstream {upstream} connected", upstream=self.description)
+        self.policy.stateChanged()
+
+    def received(self, data: bytes):
+        accepted = self.policy.pool.add(data)
+        self.bytesPulled += accepted
+        self.bytesRefused += len(data) - accepted
+
+    def disconnected(self, protocol: UpstreamProtocol, reason):
+        if self.protocol is protocol:
+            self.protocol = None
+        self.lastError = _describeFailure(reason)
+        self.log.warn("Upstream {upstream} lost: {reason}", upstream=self.description,
+                      reason=self.lastError)
+        self.policy.stateChanged()
+
+    def connectionFailed(self, failure):
+        self.lastError = _describeFailure(failure)
+        self.log.warn("Upstream {upstream} unreachable: {reason}", upstream=self.description,
+                      reason=self.lastError)
+
+
+def _describeFailure(failure) -> str:
+    """
+    Say why a connection failed or closed, including TLS verification
+    failures (a certificate for another host, an untrusted CA, an expired
+    certificate), which arrive as lists of OpenSSL errors.
+    """
+    value = failure.value
+    try:
+        from service_identity import VerificationError
+    except ImportError:  # pragma: no cover
+        VerificationError = ()
+    if isinstance(value, VerificationError):
+        names = ", ".join(type(e).__name__ for e in value.errors)
+        return f"the upstream's certificate does not name the host connected to ({names})"
+    args = getattr(value, "args", ())
+    if args and isinstance(args[0], list) and args[0] and isinstance(args[0][0], tuple):
+        reasons = ", ".join(str(entry[-1]) for entry in args[0])
+        return f"TLS handshake failed: {reasons}"
+    return failure.getErrorMessage()
+
+
+@implementer(IStreamClientEndpoint)
+class _ReportingEndpoint:
+    """
+    Wrap an endpoint so that failed connection attempts reach the
+    L{Upstream} (L{ClientService} only logs them).
+    """
+
+    def __init__(self, endpoint, upstream: Upstream):
+        self._endpoint = endpoint
+        self._upstream = upstream
+
+    def connect(self, factory):
+        d = defer.maybeDeferred(self._endpoint.connect, factory)
+
+        def failed(failure):
+            self._upstream.connectionFailed(failure)
+            return failure
+
+        return d.addErrback(failed)
+
+
+class UpstreamService(ClientService):
+    """
+    Keep one upstream connected, reconnecting with backoff (one second
+    doubling to thirty, with jitter).
+    """
+
+    def __init__(self, description: str, policy: PullPolicy, reactor=None):
+        from twisted.internet.endpoints import clientFromString
+
+        if reactor is None:
+            from twisted.internet import reactor
+        self.upstream = Upstream(description, policy)
+        ClientService.__init__(
+            self,
+            _ReportingEndpoint(clientFromString(reactor, description), self.upstream),
+            self.upstream,
+            retryPolicy=backoffPolicy(initialDelay=1.0, maxDelay=30.0),
+            clock=reactor,
+        )
+        self.setName(f"upstream:{description}")

@@ -1,0 +1,3 @@
+from ekey.mtls import MutualTLSServerParser
+
+mtls = MutualTLSServerParser()
