@@ -22,6 +22,13 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from ekey.device import KeyDirectoryService, KeyPathError, KeyService, checkKeyPath
+from ekey.feeder import KernelFeeder, openKernel
+from ekey.kernel import (
+    DEFAULT_BYTES,
+    DEFAULT_INTERVAL,
+    DEFAULT_SHANNONS_PER_BYTE,
+    KernelError,
+)
 from ekey.keyring import DEFAULT_KEYRING, Keyring, KeyringError
 from ekey.pool import DEFAULT_POOL_SIZE, EntropyPool
 from ekey.server import EGDServerFactory
@@ -54,6 +61,15 @@ class Options(usage.Options):
          "Pull from upstreams when the pool holds fewer bytes than this.", int],
         ["high-water", None, DEFAULT_HIGH_WATER,
          "Stop pulling from upstreams when the pool holds this many bytes.", int],
+        ["shannons-per-byte", None, DEFAULT_SHANNONS_PER_BYTE,
+         "Entropy credited to the kernel per byte (0 to 8).", int],
+        ["kernel-interval", None, DEFAULT_INTERVAL,
+         "Seconds between top-ups of the kernel's pool.", float],
+        ["kernel-bytes", None, DEFAULT_BYTES, "Bytes per top-up of the kernel's pool.", int],
+    ]
+    optFlags = [
+        ["kernel", None, "Feed the Linux kernel's random pool (RNDADDENTROPY; needs "
+         "CAP_SYS_ADMIN), on old kernels and new."],
     ]
 
     def __init__(self):
@@ -105,9 +121,17 @@ class Options(usage.Options):
                 self["keyringObject"] = Keyring.load(self["keyring"])
             except KeyringError as e:
                 raise usage.UsageError(str(e)) from None
-        if not self["output-file"] and not self["ports"]:
+        if not self["output-file"] and not self["ports"] and not self["kernel"]:
             raise usage.UsageError(
-                "nothing to do with the entropy: give --port or --output-file")
+                "nothing to do with the entropy: give --port, --output-file or --kernel")
+        self["kernelFeed"] = None
+        if self["kernel"]:
+            if not 0 <= self["shannons-per-byte"] <= 8:
+                raise usage.UsageError("--shannons-per-byte must be between 0 and 8")
+            try:
+                self["kernelFeed"] = openKernel(self["kernel-interval"], self["kernel-bytes"])
+            except KernelError as e:
+                raise usage.UsageError(f"--kernel: {e}") from None
         self["sinks"] = []
         if self["output-file"]:
             try:
@@ -208,6 +232,11 @@ def makeService(options, reactor=None):
         strports.service(description, top.egdFactory, reactor=reactor).setServiceParent(top)
     for sink in options["sinks"]:
         SinkService(pool, sink).setServiceParent(top)
+    if options["kernelFeed"] is not None:
+        kernel, policy = options["kernelFeed"]
+        top.kernelFeeder = KernelFeeder(pool, kernel, policy, options["shannons-per-byte"],
+                                        reactor=reactor)
+        top.kernelFeeder.setServiceParent(top)
     log.info(
         "ekey starting: {keys} key(s){directory}, {upstreams} upstream(s), keyring {keyring}, "
         "pool of {size} bytes, EGD on {ports}",

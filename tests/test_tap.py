@@ -135,7 +135,7 @@ class OptionsTests(unittest.TestCase):
         """
         A daemon with nowhere to put entropy is refused.
         """
-        self.assertUsage("--port or --output-file", "--device", self.device,
+        self.assertUsage("--port, --output-file or --kernel", "--device", self.device,
                          "--keyring", self.keyring)
 
     def test_badOutput(self):
