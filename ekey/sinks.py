@@ -3,9 +3,10 @@
 Places verified entropy goes to other than EGD clients.
 
 L{FileSink} appends to a file or writes into a FIFO.  A sink never blocks
-the daemon: the file is opened non-blocking, bytes a full FIFO cannot take
-are held (up to a bound) and retried, and a failing sink reports its error
-once and keeps trying, without affecting any other sink.
+the daemon: the file is opened non-blocking, bytes a full FIFO (or a full
+disk) cannot take are held (up to a bound) and retried, a file that is
+removed is created again, and a failing sink reports its error once and
+keeps trying, without affecting any other sink.
 """
 
 from __future__ import annotations
@@ -75,6 +76,9 @@ class FileSink:
         """
         Write verified entropy, or hold it while the sink cannot take it.
         """
+        if self._fd is not None and not self.isFIFO and self._vanished():
+            self.log.warn("Output {path} was removed; creating it again", path=self.path)
+            self.close()
         if self._fd is None:
             self._open()
         self._pending += data
@@ -84,6 +88,12 @@ class FileSink:
         if excess > 0:
             self.bytesDropped += excess
             self._pending = self._pending[excess:]
+
+    def _vanished(self) -> bool:
+        try:
+            return os.fstat(self._fd).st_nlink == 0
+        except OSError:
+            return True
 
     def _drain(self) -> None:
         while self._pending:

@@ -68,3 +68,32 @@ class FileSinkTests(unittest.TestCase):
         self.assertLessEqual(len(sink._pending), 4096)
         self.assertEqual(sink.bytesWritten + len(sink._pending) + sink.bytesDropped, 5000 * 32)
         self.assertGreater(sink.bytesDropped, 0)
+
+    def test_vanishedFile(self):
+        """
+        A file removed while the daemon writes to it is created again, and
+        later blocks land in the new file.
+        """
+        path = self.mktemp()
+        sink = FileSink(path)
+        self.addCleanup(sink.close)
+        sink.write(b"1" * 32)
+        os.unlink(path)
+        sink.write(b"2" * 32)
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), b"2" * 32)
+
+    def test_fullDisk(self):
+        """
+        A full disk (here /dev/full) is reported, not raised, and what it
+        cannot take is held within the bound and counted when dropped.
+        """
+        if not os.path.exists("/dev/full"):
+            raise unittest.SkipTest("no /dev/full")
+        sink = FileSink("/dev/full", pendingLimit=64)
+        self.addCleanup(sink.close)
+        for _ in range(4):
+            sink.write(b"f" * 32)
+        self.assertIn("space", sink._lastError)
+        self.assertEqual(sink.bytesWritten, 0)
+        self.assertEqual(sink.bytesDropped, 64)
