@@ -28,6 +28,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from ekey.health import HealthMonitor
 from ekey.keyring import Keyring, formatSerial
 from ekey.session import (
     EntropyReceived,
@@ -120,17 +121,22 @@ class KeyProtocol(Protocol):
 
     def __init__(self, path: str, session: KeySession, onEntropy: Callable[[bytes], None],
                  onEvent: Optional[Callable[["KeyProtocol", object], None]] = None,
-                 clock=None):
+                 clock=None, health: Optional[HealthMonitor] = None):
         """
         @param path: the key's path, for logs.
         @param session: a fresh L{KeySession}.
-        @param onEntropy: called with each verified 32-byte block.
+        @param onEntropy: called with verified entropy that passed the health
+            tests (in chunks of 2,500 bytes).
         @param onEvent: called with every other session event.
         @param clock: an L{IReactorTime} for the re-key time-out (default
             the reactor).
+        @param health: the key's L{HealthMonitor}, kept across connections
+            so that a key that failed stays stopped (default a new one).
         """
         self.path = path
         self.session = session
+        self.health = health if health is not None else HealthMonitor()
+        self.readingPaused = False
         self._onEntropy = onEntropy
         self._onEvent = onEvent
         if clock is None:
@@ -140,12 +146,32 @@ class KeyProtocol(Protocol):
 
     def connectionMade(self):
         self.log.info("Key {path} connected", path=self.path)
+        if self.health.failure is not None:
+            self._handle(self.session.halt(KeyState.FAILED_HEALTH, self.health.failure))
+            return
         self.session.connectionMade()
         self._flush()
 
     def dataReceived(self, data):
         self._handle(self.session.receiveData(data))
         self._flush()
+
+    def pauseReading(self):
+        """
+        Stop reading from the key (the pool is full); it holds its frames
+        until L{resumeReading}.
+        """
+        if not self.readingPaused and self.transport is not None:
+            self.readingPaused = True
+            self.transport.pauseProducing()
+
+    def resumeReading(self):
+        """
+        Read from the key again.
+        """
+        if self.readingPaused:
+            self.readingPaused = False
+            self.transport.resumeProducing()
 
     def connectionLost(self, reason):
         if self._rekeyTimer is not None:
@@ -175,7 +201,7 @@ class KeyProtocol(Protocol):
     def _handle(self, events):
         for event in events:
             if isinstance(event, EntropyReceived):
-                self._onEntropy(event.data)
+                self._checked(event.data)
                 continue
             if isinstance(event, StateChanged):
                 serial = formatSerial(self.session.serial) if self.session.serial else "?"
@@ -199,6 +225,15 @@ class KeyProtocol(Protocol):
                 self._onEvent(self, event)
 
 
+    def _checked(self, data: bytes):
+        if self.session.state.stopped:
+            return
+        for chunk in self.health.feed(data):
+            self._onEntropy(chunk)
+        if self.health.failure is not None:
+            self._handle(self.session.halt(KeyState.FAILED_HEALTH, self.health.failure))
+
+
 class KeyProtocolFactory(Factory):
     """
     Build a L{KeyProtocol} with a fresh session for each connection.
@@ -206,15 +241,26 @@ class KeyProtocolFactory(Factory):
 
     def __init__(self, path: str, keyringProvider: Callable[[], Keyring],
                  onEntropy: Callable[[bytes], None], onEvent=None, clock=None,
-                 **sessionOptions):
+                 pool=None, **sessionOptions):
         """
         @param keyringProvider: returns the keyring in force (it may be
             reloaded between connections).
+        @param onEntropy: called with verified, healthy entropy; ignored
+            when C{pool} is given.
         @param clock: passed to L{KeyProtocol}.
+        @param pool: an L{EntropyPool} to feed; when it is full, the key is
+            not read until there is room again, so that a fast key costs no
+            work the pool would throw away.
         @param sessionOptions: passed to L{KeySession}.
         """
         self.path = path
         self._clock = clock
+        self.health = HealthMonitor()
+        self.protocol = None
+        self._pool = pool
+        if pool is not None:
+            onEntropy = self._feedPool
+            pool.observeLevel(self._poolLevelChanged)
         self._keyringProvider = keyringProvider
         self._onEntropy = onEntropy
         self._onEvent = onEvent
@@ -222,7 +268,18 @@ class KeyProtocolFactory(Factory):
 
     def buildProtocol(self, addr):
         session = KeySession(self._keyringProvider(), **self._sessionOptions)
-        return KeyProtocol(self.path, session, self._onEntropy, self._onEvent, self._clock)
+        self.protocol = KeyProtocol(self.path, session, self._onEntropy, self._onEvent,
+                                    self._clock, self.health)
+        return self.protocol
+
+    def _feedPool(self, data: bytes):
+        self._pool.add(data)
+        if self._pool.space == 0 and self.protocol is not None:
+            self.protocol.pauseReading()
+
+    def _poolLevelChanged(self, pool):
+        if self.protocol is not None and self.protocol.readingPaused and pool.space > 0:
+            self.protocol.resumeReading()
 
 
 class KeyService(ClientService):
@@ -232,13 +289,13 @@ class KeyService(ClientService):
     """
 
     def __init__(self, path: str, keyringProvider: Callable[[], Keyring],
-                 onEntropy: Callable[[bytes], None], onEvent=None, reactor=None,
-                 **sessionOptions):
+                 onEntropy: Optional[Callable[[bytes], None]], onEvent=None, reactor=None,
+                 pool=None, **sessionOptions):
         if reactor is None:
             from twisted.internet import reactor
         self.path = path
         self.factory = KeyProtocolFactory(path, keyringProvider, onEntropy, onEvent,
-                                          clock=reactor, **sessionOptions)
+                                          clock=reactor, pool=pool, **sessionOptions)
         ClientService.__init__(
             self,
             KeyDeviceEndpoint(reactor, path),

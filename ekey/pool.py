@@ -17,7 +17,13 @@ reader drains every byte as it arrives.  Such readers register with
 L{EntropyPool.addPollingReader}; each arrival is then split between the
 waiting readers and the polling ones in proportion to their numbers, and the
 polling readers' share is held in the pool for them (up to
-C{POLLING_RESERVE} bytes each) rather than handed to the waiting ones.
+C{POLLING_RESERVE} bytes each, or the size of the latest arrival if that is
+larger, since keys deliver in chunks of 2,500 bytes) rather than handed to
+the waiting ones.
+
+While there is plenty, waiting readers get more than one quantum per turn:
+an equal split of what is available, so that a pool with much in it serves
+a large request in one piece.
 
 The pool knows nothing of time, sockets or reactors.
 """
@@ -96,6 +102,7 @@ class EntropyPool:
         self._levelObservers: List[Callable[["EntropyPool"], None]] = []
         self._pollingReaders = 0
         self._reserved = 0
+        self._lastArrival = 0
         self.bytesIn = 0
         self.bytesOut = 0
         self.bytesRefused = 0
@@ -141,7 +148,8 @@ class EntropyPool:
         return remove
 
     def _reserveLimit(self) -> int:
-        return min(self._pollingReaders * POLLING_RESERVE, self.level)
+        perReader = max(POLLING_RESERVE, self._lastArrival)
+        return min(self._pollingReaders * perReader, self.level)
 
     def observeLevel(self, observer: Callable[["EntropyPool"], None]) -> None:
         """
@@ -163,6 +171,7 @@ class EntropyPool:
         if accepted:
             self._buffer += data[:accepted] if accepted < len(data) else data
             self.bytesIn += accepted
+            self._lastArrival = accepted
             if self._pollingReaders:
                 waiting = sum(1 for p in self._waiting if not p.paused)
                 share = accepted * self._pollingReaders // (waiting + self._pollingReaders)
@@ -238,7 +247,9 @@ class EntropyPool:
                     skipped += 1
                     continue
                 skipped = 0
-                size = min(pending.quantum, self.level - self._reserved)
+                free = self.level - self._reserved
+                # An equal split among the readers waiting, this one included.
+                size = min(max(pending.quantum, free // (len(self._waiting) + 1)), free)
                 if pending.remaining is not None:
                     size = min(size, pending.remaining)
                 reserved = self._reserved

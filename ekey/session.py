@@ -77,6 +77,7 @@ class KeyState(enum.Enum):
     RUNNING = "Running OK"
     BAD_LONG_TERM_KEY = "Long-Term-Key is bad"
     SELF_STOPPED = "Key has self-stopped"
+    FAILED_HEALTH = "Failed health tests"
     UNTRUSTED = "Key untrusted: serial number changed"
     CLOSED = "Key closed"
 
@@ -90,7 +91,7 @@ class KeyState(enum.Enum):
 
 _STOPPED = frozenset(
     {KeyState.UNKNOWN_SERIAL, KeyState.BAD_LONG_TERM_KEY, KeyState.SELF_STOPPED,
-     KeyState.UNTRUSTED, KeyState.CLOSED}
+     KeyState.FAILED_HEALTH, KeyState.UNTRUSTED, KeyState.CLOSED}
 )
 
 
@@ -305,6 +306,21 @@ class KeySession:
         if self.awaitingRekeyReply:
             self._setState(KeyState.WAITING, "no answer to the session re-key; resetting")
             self._reset("re-key timed out")
+
+    def halt(self, state: KeyState, reason: str) -> List[object]:
+        """
+        Stop using the key for a reason found outside the protocol (such as
+        failed health tests of its output).
+
+        @param state: a stopped L{KeyState}.
+        @return: the events this causes.
+        @raise ValueError: if C{state} is not a stopped state.
+        """
+        if not state.stopped:
+            raise ValueError(f"{state} is not a stopped state")
+        if not self.state.stopped:
+            self._setState(state, reason)
+        return self._takeEvents()
 
     def restart(self, reason: str) -> None:
         """

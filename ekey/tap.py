@@ -215,7 +215,7 @@ def makeService(options, reactor=None):
     top.pool = pool
 
     def keyService(path):
-        return KeyService(path, lambda: keyring, pool.add, reactor=reactor)
+        return KeyService(path, lambda: keyring, None, reactor=reactor, pool=pool)
 
     for path in options["devices"]:
         keyService(path).setServiceParent(top)

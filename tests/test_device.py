@@ -29,6 +29,31 @@ def ring():
     return keyring
 
 
+class PassThrough:
+    """
+    A health monitor that passes everything at once.
+    """
+
+    failure = None
+
+    def feed(self, data):
+        return [data]
+
+
+def entropyFrame(sequence, plaintext):
+    """
+    An entropy frame under the vectors' session key.
+    """
+    from ekey.frames import binaryPayload, buildContent, buildFrame, encodeSubcode
+    from ekey.skein import prepared
+
+    key = bytes.fromhex(SESSION["session_key"])
+    pad = prepared("EES", SERIAL, key).update(encodeSubcode(sequence)).final()
+    ciphertext = bytes(a ^ b for a, b in zip(plaintext, pad))
+    content = buildContent("E", binaryPayload(sequence, ciphertext), True)
+    return buildFrame(content, prepared("PMS", SERIAL, key))
+
+
 class KeyProtocolTests(unittest.TestCase):
     """
     L{KeyProtocol} forwards bytes and hands out verified blocks.
@@ -45,6 +70,7 @@ class KeyProtocolTests(unittest.TestCase):
             "/dev/test", ring, blocks.append, lambda p, e: events.append(e),
             clock=Clock(), randomBytes=lambda n: HOST_NONCE[4:],
         )
+        factory.health = PassThrough()
         protocol = factory.buildProtocol(None)
         transport = StringTransport()
         protocol.makeConnection(transport)
@@ -57,6 +83,73 @@ class KeyProtocolTests(unittest.TestCase):
         protocol.connectionLost(Failure(ConnectionError("gone")))
         self.assertEqual(protocol.session.state, KeyState.CLOSED)
         self.assertIsInstance(events[-1], StateChanged)
+
+    def test_healthFailureStopsKey(self):
+        """
+        A key whose decrypted output repeats a block fails its health
+        tests: it is stopped with the reason, nothing it sent is handed on,
+        and it stays stopped when it connects again.
+        """
+        blocks = []
+        factory = KeyProtocolFactory("/dev/test", ring, blocks.append, clock=Clock(),
+                                     randomBytes=lambda n: HOST_NONCE[4:])
+        protocol = factory.buildProtocol(None)
+        protocol.makeConnection(StringTransport())
+        for frame in deviceFrames()[:4]:
+            protocol.dataReceived(frame)
+        stuck = bytes(range(100, 132))
+        protocol.dataReceived(entropyFrame(0, stuck) + entropyFrame(1, stuck))
+        self.assertEqual(protocol.session.state, KeyState.FAILED_HEALTH)
+        self.assertIn("stuck", protocol.session.reason)
+        self.assertEqual(blocks, [])
+        again = factory.buildProtocol(None)
+        again.makeConnection(StringTransport())
+        self.assertEqual(again.session.state, KeyState.FAILED_HEALTH)
+        self.assertEqual(again.transport.value(), b"")
+
+    def test_healthyOutputReleasedInChunks(self):
+        """
+        Healthy output is handed on once a whole 2,500-byte FIPS block has
+        passed.
+        """
+        import os
+
+        blocks = []
+        factory = KeyProtocolFactory("/dev/test", ring, blocks.append, clock=Clock(),
+                                     randomBytes=lambda n: HOST_NONCE[4:])
+        protocol = factory.buildProtocol(None)
+        protocol.makeConnection(StringTransport())
+        for frame in deviceFrames()[:4]:
+            protocol.dataReceived(frame)
+        sent = [os.urandom(32) for _ in range(100)]
+        protocol.dataReceived(b"".join(entropyFrame(i, p) for i, p in enumerate(sent)))
+        self.assertEqual(b"".join(blocks), b"".join(sent)[:2500])
+        self.assertEqual(protocol.session.state, KeyState.RUNNING)
+
+    def test_fullPoolPausesKey(self):
+        """
+        When the pool it feeds is full, the key is not read; it is read
+        again once there is room.
+        """
+        from ekey.pool import EntropyPool
+
+        pool = EntropyPool(2500)
+        factory = KeyProtocolFactory("/dev/test", ring, None, clock=Clock(), pool=pool,
+                                     randomBytes=lambda n: HOST_NONCE[4:])
+        factory.health = PassThrough()
+        protocol = factory.buildProtocol(None)
+        protocol.health = factory.health
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        for frame in deviceFrames()[:4]:
+            protocol.dataReceived(frame)
+        import os
+
+        protocol.dataReceived(b"".join(entropyFrame(i, os.urandom(32)) for i in range(79)))
+        self.assertEqual(pool.level, 2500)
+        self.assertEqual(transport.producerState, "paused")
+        pool.take(100)
+        self.assertEqual(transport.producerState, "producing")
 
     def test_rekeyTimeout(self):
         """

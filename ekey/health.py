@@ -1,0 +1,209 @@
+# -*- test-case-name: tests.test_health -*-
+"""
+Continuous health tests on a key's decrypted stream, sans-I/O.
+
+A key tests its own generators and reports a fail mode when they go bad;
+the host checks the output too, because a key can fail in ways it cannot
+see itself, and a man in the middle with the session key could feed
+anything.  L{HealthMonitor} runs, on every byte a key delivers:
+
+  - the SP 800-90B repetition count test (4.4.1) and adaptive proportion
+    test (4.4.2) on bytes, for an assessed min-entropy of C{H} bits per byte
+    and a false-alarm probability of C{2**-40} per test;
+  - a repetition test on whole 32-byte blocks (a repeated 256-bit block
+    is a stuck generator, never chance);
+  - the FIPS 140-2 monobit, poker, runs and long-run tests on every
+    20,000-bit block, as rngd does.  Random data fails one of these about
+    once in 1,250 blocks, so a key is only stopped when
+    C{FIPS_FAILURE_LIMIT} of the last C{FIPS_WINDOW} blocks failed.
+
+Bytes are held until the FIPS block they belong to has passed, so nothing
+from a failing block ever leaves the monitor; once a test fails the
+monitor is failed for good and releases nothing more.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter, deque
+from typing import List, Optional
+
+FIPS_BLOCK_BYTES = 2500
+FIPS_WINDOW = 100
+FIPS_FAILURE_LIMIT = 5
+DEFAULT_MIN_ENTROPY = 7.0
+ALPHA_EXPONENT = 40
+APT_WINDOW = 512
+
+# FIPS 140-2 (change notice 1) bounds, as rngd applies them.
+_MONOBIT = (9725, 10275)
+_POKER = (2.16, 46.17)
+_RUNS = {1: (2315, 2685), 2: (1114, 1386), 3: (527, 723), 4: (240, 384), 5: (103, 209),
+         6: (103, 209)}
+_LONG_RUN = 26
+
+
+def repetitionCutoff(minEntropy: float, alphaExponent: int = ALPHA_EXPONENT) -> int:
+    """
+    SP 800-90B 4.4.1: C{C = 1 + ceil(alphaExponent / H)}.
+    """
+    return 1 + math.ceil(alphaExponent / minEntropy)
+
+
+def proportionCutoff(minEntropy: float, window: int = APT_WINDOW,
+                     alphaExponent: int = ALPHA_EXPONENT) -> int:
+    """
+    SP 800-90B 4.4.2: the smallest C{C} such that, for a source of
+    min-entropy C{H}, the first sample of a window appears C{C} or more
+    times in it with probability at most C{2**-alphaExponent}.
+    """
+    p = 2.0 ** -minEntropy
+    n = window - 1
+    alpha = 2.0 ** -alphaExponent
+    # P(1 + Binomial(n, p) >= c), summed from the top down.
+    tail = 0.0
+    for k in range(n, -1, -1):
+        tail += math.comb(n, k) * p ** k * (1 - p) ** (n - k)
+        if tail > alpha:
+            return k + 2
+    return 1
+
+
+def fipsFailures(block: bytes) -> List[str]:
+    """
+    Run the FIPS 140-2 tests on one 2,500-byte block.
+
+    @return: the names of the tests it failed (empty when it passed).
+    """
+    if len(block) != FIPS_BLOCK_BYTES:
+        raise ValueError("a FIPS 140-2 block is 2,500 bytes")
+    failed = []
+    number = int.from_bytes(block, "big")
+    if not _MONOBIT[0] < number.bit_count() < _MONOBIT[1]:
+        failed.append("monobit")
+    nibbles = [0] * 16
+    for value, count in Counter(block).items():
+        nibbles[value >> 4] += count
+        nibbles[value & 15] += count
+    poker = 16 / 5000 * sum(c * c for c in nibbles) - 5000
+    if not _POKER[0] < poker < _POKER[1]:
+        failed.append("poker")
+    runs = _runCounts(number) + _runCounts(~number & _BLOCK_MASK)
+    if any(not low <= count <= high for count, (low, high) in zip(runs, _RUN_BOUNDS * 2)):
+        failed.append("runs")
+    if _hasRun(number, _LONG_RUN) or _hasRun(~number & _BLOCK_MASK, _LONG_RUN):
+        failed.append("long run")
+    return failed
+
+
+_BLOCK_MASK = (1 << (8 * FIPS_BLOCK_BYTES)) - 1
+_RUN_BOUNDS = [_RUNS[n] for n in range(1, 7)]
+
+
+def _runsAtLeast(ones: int) -> int:
+    # A run of ones ends where the next higher bit is 0.
+    return (ones & ~(ones >> 1)).bit_count()
+
+
+def _runCounts(x: int) -> List[int]:
+    """
+    Count the runs of ones in C{x} of lengths 1 to 5 and of 6 or more, with
+    big-integer operations rather than a loop over 20,000 bits: the bits of
+    C{y_k = x & x>>1 & ... & x>>(k-1)} are the starts of k ones in a row, so
+    every run of length C{L >= k} in C{x} is one run in C{y_k}.
+    """
+    atLeast = []
+    y = x
+    for k in range(1, 7):
+        if k > 1:
+            y &= x >> (k - 1)
+        atLeast.append(_runsAtLeast(y))
+    return [atLeast[k] - atLeast[k + 1] for k in range(5)] + [atLeast[5]]
+
+
+def _hasRun(x: int, length: int) -> bool:
+    y = x
+    for k in range(1, length):
+        y &= x >> k
+        if not y:
+            return False
+    return bool(y)
+
+
+class HealthMonitor:
+    """
+    The health tests of one key's output.
+
+    @ivar failure: why the stream failed, in words, or C{None}.
+    @ivar fipsBlocks: FIPS 140-2 blocks tested.
+    @ivar fipsFailed: of those, blocks that failed a test.
+    """
+
+    def __init__(self, minEntropy: float = DEFAULT_MIN_ENTROPY):
+        self.repetitionCutoff = repetitionCutoff(minEntropy)
+        self.proportionCutoff = proportionCutoff(minEntropy)
+        self._repeated = re.compile(rb"(.)\1{%d}" % (self.repetitionCutoff - 1), re.DOTALL)
+        self.failure: Optional[str] = None
+        self.fipsBlocks = 0
+        self.fipsFailed = 0
+        self._recentFIPS: deque = deque(maxlen=FIPS_WINDOW)
+        # Bytes not yet released; the last len(_window) of them are in an
+        # adaptive proportion window not yet complete.
+        self._held = bytearray()
+        self._window = b""
+        self._tail = b""
+        self._lastBlock = b""
+
+    def feed(self, data: bytes) -> List[bytes]:
+        """
+        Test more of the stream.
+
+        @return: the chunks that are now cleared to be used (whole FIPS
+            blocks that passed, and whose adaptive proportion windows
+            passed), possibly none.
+        """
+        if self.failure is not None:
+            return []
+        if len(data) == 32:
+            if data == self._lastBlock:
+                return self._fail("a 32-byte block repeated: the generator is stuck")
+            self._lastBlock = data
+        # Repetition count test, across the boundary with earlier data.
+        run = self._repeated.search(self._tail + data)
+        if run is not None:
+            return self._fail(f"byte 0x{run.group(1)[0]:02x} repeated "
+                              f"{self.repetitionCutoff} times (repetition count test)")
+        self._tail = (self._tail + data)[-(self.repetitionCutoff - 1):]
+        # Adaptive proportion test, on whole windows.
+        window = self._window + data
+        while len(window) >= APT_WINDOW:
+            current, window = window[:APT_WINDOW], window[APT_WINDOW:]
+            count = current.count(current[0])
+            if count >= self.proportionCutoff:
+                return self._fail(f"byte 0x{current[0]:02x} appeared {count} times in "
+                                  f"{APT_WINDOW} (adaptive proportion test)")
+        self._window = window
+        self._held += data
+        released = []
+        while len(self._held) - len(self._window) >= FIPS_BLOCK_BYTES:
+            block = bytes(self._held[:FIPS_BLOCK_BYTES])
+            del self._held[:FIPS_BLOCK_BYTES]
+            failed = fipsFailures(block)
+            self.fipsBlocks += 1
+            self._recentFIPS.append(bool(failed))
+            if failed:
+                self.fipsFailed += 1
+                if sum(self._recentFIPS) >= FIPS_FAILURE_LIMIT:
+                    return self._fail(
+                        f"{sum(self._recentFIPS)} of the last {len(self._recentFIPS)} "
+                        f"FIPS 140-2 blocks failed (last: {', '.join(failed)})")
+                continue
+            released.append(block)
+        return released
+
+    def _fail(self, reason: str) -> List[bytes]:
+        self.failure = reason
+        self._held.clear()
+        self._window = b""
+        return []

@@ -1,0 +1,161 @@
+"""
+Tests for L{ekey.health}: continuous tests on a key's output.
+"""
+
+import os
+from collections import Counter
+from itertools import groupby
+
+from twisted.trial import unittest
+
+from ekey import health
+from ekey.health import (
+    FIPS_BLOCK_BYTES,
+    HealthMonitor,
+    fipsFailures,
+    proportionCutoff,
+    repetitionCutoff,
+)
+
+
+def naiveRuns(block):
+    """
+    Run lengths of a block's bits, counted bit by bit.
+    """
+    bits = format(int.from_bytes(block, "big"), f"0{8 * len(block)}b")
+    runs = {"0": Counter(), "1": Counter()}
+    longest = 0
+    for bit, group in groupby(bits):
+        length = len(list(group))
+        longest = max(longest, length)
+        runs[bit][min(length, 6)] += 1
+    return [runs["1"][n] for n in range(1, 7)] + [runs["0"][n] for n in range(1, 7)], longest
+
+
+class CutoffTests(unittest.TestCase):
+    """
+    The SP 800-90B cut-offs for 7 bits of min-entropy per byte and a false
+    alarm rate of 2**-40.
+    """
+
+    def test_values(self):
+        """
+        The repetition count cut-off is 1 + ceil(40 / 7) = 7; the adaptive
+        proportion cut-off for a 512-byte window is 27.
+        """
+        self.assertEqual(repetitionCutoff(7), 7)
+        self.assertEqual(proportionCutoff(7), 27)
+        self.assertEqual(repetitionCutoff(1), 41)
+
+
+class FIPSTests(unittest.TestCase):
+    """
+    The FIPS 140-2 tests.
+    """
+
+    def test_runsMatchNaiveCount(self):
+        """
+        The big-integer run counting agrees with counting bit by bit, also
+        for blocks starting and ending with zeros.
+        """
+        for block in [os.urandom(FIPS_BLOCK_BYTES) for _ in range(20)] + [
+                bytes(3) + os.urandom(FIPS_BLOCK_BYTES - 6) + bytes(3)]:
+            x = int.from_bytes(block, "big")
+            counts = health._runCounts(x) + health._runCounts(~x & health._BLOCK_MASK)
+            expected, longest = naiveRuns(block)
+            self.assertEqual(counts, expected)
+            self.assertEqual(
+                health._hasRun(x, 26) or health._hasRun(~x & health._BLOCK_MASK, 26),
+                longest >= 26)
+
+    def test_badBlocks(self):
+        """
+        Constant, biased and patterned blocks fail the tests they should.
+        """
+        self.assertIn("monobit", fipsFailures(bytes(FIPS_BLOCK_BYTES)))
+        self.assertIn("long run", fipsFailures(bytes(FIPS_BLOCK_BYTES)))
+        self.assertIn("poker", fipsFailures(b"\x0f" * FIPS_BLOCK_BYTES))
+        self.assertIn("runs", fipsFailures(b"\x55" * FIPS_BLOCK_BYTES))
+        self.assertRaises(ValueError, fipsFailures, b"short")
+
+    def test_randomPasses(self):
+        """
+        Random blocks almost always pass (about one in 1,250 fails).
+        """
+        failures = sum(bool(fipsFailures(os.urandom(FIPS_BLOCK_BYTES))) for _ in range(50))
+        self.assertLessEqual(failures, 2)
+
+
+class MonitorTests(unittest.TestCase):
+    """
+    L{HealthMonitor} releases only tested bytes and stops for good.
+    """
+
+    def test_releasesWholeBlocks(self):
+        """
+        Random data comes out unchanged, in order, in whole FIPS blocks.
+        """
+        monitor = HealthMonitor()
+        data = os.urandom(32 * 400)
+        out = []
+        for i in range(0, len(data), 32):
+            out.extend(monitor.feed(data[i : i + 32]))
+        self.assertEqual(b"".join(out), data[: len(out) * FIPS_BLOCK_BYTES])
+        # 12,800 bytes: five FIPS blocks, and 25 whole proportion windows.
+        self.assertEqual(len(out), 5)
+        self.assertIsNone(monitor.failure)
+
+    def test_repetitionAcrossChunks(self):
+        """
+        A byte repeated seven times fails, even split across two feeds, and
+        nothing held is released afterwards.
+        """
+        monitor = HealthMonitor()
+        monitor.feed(os.urandom(100) + b"\x07" * 4)
+        self.assertEqual(monitor.feed(b"\x07" * 3 + os.urandom(5000)), [])
+        self.assertIn("repetition count", monitor.failure)
+        self.assertEqual(monitor.feed(os.urandom(5000)), [])
+
+    def test_adaptiveProportion(self):
+        """
+        A byte making up a tenth of a window fails the proportion test.
+        """
+        monitor = HealthMonitor()
+        window = bytes(i % 10 * 17 for i in range(512))
+        self.assertEqual(monitor.feed(window), [])
+        self.assertIn("adaptive proportion", monitor.failure)
+
+    def test_stuckBlock(self):
+        """
+        A repeated 32-byte block is a stuck generator.
+        """
+        monitor = HealthMonitor()
+        block = bytes(range(32))
+        monitor.feed(block)
+        monitor.feed(block)
+        self.assertIn("stuck", monitor.failure)
+
+    def test_fipsFailureRate(self):
+        """
+        Occasional FIPS failures are dropped but tolerated; five in the last
+        hundred blocks stop the monitor.
+        """
+        monitor = HealthMonitor()
+
+        def biased():
+            # Every byte's top bit set: fails monobit, passes the others.
+            return bytes(b | 0x80 for b in os.urandom(FIPS_BLOCK_BYTES))
+
+        good = os.urandom(FIPS_BLOCK_BYTES)
+        released = monitor.feed(biased())
+        self.assertEqual(released, [])
+        self.assertIsNone(monitor.failure)
+        for _ in range(3):
+            monitor.feed(biased())
+        self.assertIsNone(monitor.failure)
+        monitor.feed(biased())
+        # The fifth block is tested once its last proportion window is
+        # complete, which the next bytes do; they are not released.
+        self.assertEqual(monitor.feed(good), [])
+        self.assertIn("FIPS 140-2", monitor.failure)
+        self.assertEqual(monitor.feed(good), [])
