@@ -592,3 +592,775 @@ def assertNoTraceback(testCase, *texts: str) -> None:
     for text in texts:
         if "Traceback (most recent call last)" in text or "Unhandled Error" in text:
             testCase.fail(f"a Python traceback was printed:\n{text[-4000:]}")
+
+
+# EGD over real sockets (added for the EGD interop and conformance tests) ----
+
+
+def freeTCPPort(host: str = "127.0.0.1") -> int:
+    """
+    @return: a TCP port on C{host} that nothing listens on right now (the
+        kernel's choice for a port-0 bind; a tiny race with other
+        programs is possible and accepted).
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def isListeningTCP(port: int, host: str = "127.0.0.1") -> bool:
+    """
+    Whether a TCP socket listens on C{host:port}, judged from
+    C{/proc/net/tcp} so as not to take a connection from the server.
+    """
+    wanted = f"{socket.htonl(int.from_bytes(socket.inet_aton(host), 'big')):08X}:{port:04X}"
+    anyAddress = f"00000000:{port:04X}"
+    try:
+        with open("/proc/net/tcp") as f:
+            lines = f.read().splitlines()[1:]
+    except OSError:
+        try:
+            socket.create_connection((host, port), timeout=1).close()
+            return True
+        except OSError:
+            return False
+    for line in lines:
+        fields = line.split()
+        # sl local_address rem_address st ...; st 0A is LISTEN
+        if len(fields) > 3 and fields[3] == "0A" and fields[1] in (wanted, anyAddress):
+            return True
+    return False
+
+
+def waitForListeningTCP(port: int, host: str = "127.0.0.1", timeout: float = DEFAULT_TIMEOUT,
+                        process: Optional[RunningProcess] = None) -> None:
+    """
+    Wait until a TCP socket listens on C{host:port}.
+    """
+    waitFor(lambda: isListeningTCP(port, host), timeout, f"a listener on {host}:{port}",
+            process)
+
+
+def startDaemonEGD(testCase, directory: str, devices: Sequence[str], keyring: str,
+                   port: Optional[int] = None, extra: Sequence[str] = (),
+                   name: str = "ekey", timeout: float = DEFAULT_TIMEOUT) -> RunningProcess:
+    """
+    Start our daemon serving EGD on C{tcp:PORT:interface=127.0.0.1} and wait
+    until it listens.
+
+    @param port: the port (a free one if C{None}); also in C{process.egdPort}.
+    @return: the running daemon.
+    """
+    port = port or freeTCPPort()
+    process = startDaemon(
+        testCase, directory, devices, keyring, None,
+        extra=["--port", f"tcp:{port}:interface=127.0.0.1"] + list(extra), name=name,
+    )
+    process.egdHost = "127.0.0.1"
+    process.egdPort = port
+    waitForListeningTCP(port, timeout=timeout, process=process)
+    return process
+
+
+def startEkeydEGD(testCase, directory: str, keys: Sequence[str], keyring: str,
+                  port: Optional[int] = None,
+                  timeout: float = DEFAULT_TIMEOUT) -> RunningProcess:
+    """
+    Run the real C{ekeyd} in the foreground serving EGD with
+    C{EGDTCPSocket(PORT, "127.0.0.1")} (its only output), its control
+    socket in C{directory}, and the given keys (Unix sockets that must
+    already listen).
+
+    @param port: the port (a free one if C{None}); also in C{process.egdPort}.
+    @return: the running ekeyd, once its EGD port listens.
+    """
+    ekeyd = findPeer("ekeyd")
+    port = port or freeTCPPort()
+    control = socketPath(testCase, directory, "ctl.sock")
+
+    def lua(text: str) -> str:
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    lines = [
+        "Daemonise(false)",
+        f"Keyring {lua(keyring)}",
+        f"UnixControlSocket {lua(control)}",
+        # The output must be configured before any key.
+        f'EGDTCPSocket({port}, "127.0.0.1")',
+    ]
+    lines += [f"AddEntropyKey {lua(key)}" for key in keys]
+    config = os.path.join(directory, "ekeyd-egd.conf")
+    with open(config, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    process = RunningProcess(
+        testCase, "ekeyd", [ekeyd, "-f", config, "-p", os.path.join(directory, "ekeyd.pid")],
+        directory,
+    )
+    process.controlPath = control
+    process.configPath = config
+    process.egdHost = "127.0.0.1"
+    process.egdPort = port
+    waitForListening(control, timeout, process)
+    waitForListeningTCP(port, timeout=timeout, process=process)
+    return process
+
+
+class EGDSocket:
+    """
+    A plain blocking EGD client socket with a timeout on every operation,
+    for interop tests (C{TCP_NODELAY}, so that each C{send} is a segment).
+
+    @ivar sock: the socket.
+    """
+
+    def __init__(self, host: str, port: int, timeout: float = 10.0):
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.timeout = timeout
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def abort(self) -> None:
+        """
+        Close with a reset (C{SO_LINGER} 0), as a vanished client would.
+        """
+        import struct
+
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def sendByteByByte(self, data: bytes, pause: float = 0.003) -> None:
+        """
+        Send C{data} one byte per C{send}, pausing between them.
+        """
+        for byte in data:
+            self.sock.sendall(bytes((byte,)))
+            time.sleep(pause)
+
+    def recvExactly(self, n: int, what: str = "a reply") -> bytes:
+        """
+        @return: exactly C{n} bytes.
+        @raise FailTest: on time-out or end of stream.
+        """
+        data = bytearray()
+        deadline = time.monotonic() + self.timeout
+        while len(data) < n:
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                chunk = self.sock.recv(n - len(data))
+            except socket.timeout:
+                raise FailTest(f"timed out after {self.timeout:g} s with {len(data)} of "
+                               f"{n} bytes of {what}") from None
+            except ConnectionResetError:
+                chunk = b""
+            if not chunk:
+                raise FailTest(f"connection closed after {len(data)} of {n} bytes of {what}")
+            data += chunk
+        self.sock.settimeout(self.timeout)
+        return bytes(data)
+
+    def assertNothingMore(self, wait: float = 0.2) -> None:
+        """
+        @raise FailTest: if the server sends anything (or closes) within
+            C{wait} seconds.
+        """
+        self.sock.settimeout(wait)
+        try:
+            chunk = self.sock.recv(4096)
+        except socket.timeout:
+            return
+        finally:
+            self.sock.settimeout(self.timeout)
+        raise FailTest(f"the server sent {chunk!r} that nobody asked for"
+                       if chunk else "the server closed the connection")
+
+    def waitForClose(self, timeout: Optional[float] = None) -> bytes:
+        """
+        Read until the server closes the connection.
+
+        @return: what came before the end.
+        @raise FailTest: if it is still open after C{timeout} seconds.
+        """
+        timeout = self.timeout if timeout is None else timeout
+        data = bytearray()
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise FailTest(f"the server kept the connection open for {timeout:g} s "
+                               f"(after sending {bytes(data)[:64]!r})")
+            self.sock.settimeout(remaining)
+            try:
+                chunk = self.sock.recv(65536)
+            except socket.timeout:
+                continue
+            except ConnectionResetError:
+                return bytes(data)
+            if not chunk:
+                return bytes(data)
+            data += chunk
+
+    # Commands
+
+    def level(self) -> int:
+        """
+        0x00: @return: the bits available.
+        """
+        self.send(b"\x00")
+        return int.from_bytes(self.recvExactly(4, "a 0x00 reply"), "big")
+
+    def read(self, n: int) -> bytes:
+        """
+        0x01: @return: what the server had, up to C{n} bytes.
+        """
+        self.send(bytes((0x01, n)))
+        return self.readReply(n)
+
+    def readReply(self, n: int) -> bytes:
+        """
+        @return: the body of a 0x01 reply to an C{n}-byte request.
+        @raise FailTest: if it claims more than C{n} bytes.
+        """
+        count = self.recvExactly(1, "a 0x01 count")[0]
+        if count > n:
+            raise FailTest(f"a 0x01 reply of {count} bytes to a {n}-byte request")
+        return self.recvExactly(count, "a 0x01 body")
+
+    def get(self, n: int) -> bytes:
+        """
+        0x02, in requests of at most 255 bytes, pipelined.
+
+        @return: exactly C{n} bytes.
+        """
+        requests = b"".join(bytes((0x02, min(255, n - offset))) for offset in range(0, n, 255))
+        self.send(requests)
+        return self.recvExactly(n, f"{n} bytes of 0x02 replies")
+
+    def pid(self) -> str:
+        """
+        0x04: @return: the PID text.
+        """
+        self.send(b"\x04")
+        return self.pidReply()
+
+    def pidReply(self) -> str:
+        length = self.recvExactly(1, "a 0x04 length")[0]
+        return self.recvExactly(length, "a 0x04 body").decode("ascii", "replace")
+
+
+def waitForLevel(host: str, port: int, bits: int, timeout: float = DEFAULT_TIMEOUT,
+                 process: Optional[RunningProcess] = None) -> int:
+    """
+    Wait until an EGD server reports at least C{bits} of entropy (0x00).
+
+    @return: the level reported then.
+    """
+    with EGDSocket(host, port, timeout=timeout) as s:
+        def enough():
+            level = s.level()
+            return level if level >= bits else None
+
+        return waitFor(enough, timeout, f"{bits} bits at the EGD server {host}:{port}",
+                       process)
+
+
+def residentKilobytes(pid: int) -> int:
+    """
+    @return: a process's resident set size (C{VmRSS}) in kB.
+    """
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise FailTest(f"no VmRSS for process {pid}")
+
+
+def openFileDescriptors(pid: int) -> int:
+    """
+    @return: how many file descriptors a process has open.
+    """
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+# Relays and TLS (added for the relay interop tests) -------------------------
+
+
+def quoteEndpointArgument(text: str) -> str:
+    """
+    @return: C{text} escaped for use as a value in an endpoint string
+        (backslashes, colons and equals signs).
+    """
+    return text.replace("\\", "\\\\").replace(":", "\\:").replace("=", "\\=")
+
+
+def writeCertificateAuthority(directory: str, commonName: str = "ekey relay CA"):
+    """
+    Make a CA with L{ekey.certs.makeCA} and write C{ca.pem} and C{ca.key}
+    in C{directory} (created if need be), as C{python3 -m ekey.certs ca}
+    does.  C{directory} is then a C{trustRoots=} directory for C{tls:}.
+
+    @return: C{(certificate, privateKey)}, for L{writeHostCertificate}.
+    """
+    from ekey import certs
+
+    os.makedirs(directory, exist_ok=True)
+    ca = certs.makeCA(commonName)
+    certs.writePrivate(os.path.join(directory, "ca.key"), certs.keyPEM(ca[1]))
+    certs.writePublic(os.path.join(directory, "ca.pem"), certs.certificatePEM(ca[0]))
+    return ca
+
+
+def writeHostCertificate(directory: str, hostname: str, ca, days: Optional[int] = None,
+                         notBefore=None, name: Optional[str] = None):
+    """
+    Make a host certificate with L{ekey.certs.makeHost} and write
+    C{NAME.crt} and C{NAME.key} in C{directory}.
+
+    @param name: the files' base name (default C{hostname}).
+    @return: C{(certificatePath, keyPath)}.
+    """
+    from ekey import certs
+
+    kwargs = {} if days is None else {"days": days}
+    certificate, key = certs.makeHost(hostname, ca, notBefore=notBefore, **kwargs)
+    base = os.path.join(directory, name or hostname)
+    certs.writePrivate(base + ".key", certs.keyPEM(key))
+    certs.writePublic(base + ".crt", certs.certificatePEM(certificate))
+    return base + ".crt", base + ".key"
+
+
+def mtlsServerEndpoint(port: int, certificate: str, key: str, caCerts: str,
+                       interface: str = "127.0.0.1") -> str:
+    """
+    @return: an C{mtls:} server endpoint string on loopback.
+    """
+    q = quoteEndpointArgument
+    return (f"mtls:{port}:certKey={q(certificate)}:privateKey={q(key)}"
+            f":caCerts={q(caCerts)}:interface={q(interface)}")
+
+
+def tlsClientEndpoint(host: str, port: int, trustRoots: str,
+                      certificate: Optional[str] = None, key: Optional[str] = None) -> str:
+    """
+    @return: a C{tls:} client endpoint string, with a client certificate
+        if C{certificate} and C{key} are given.
+    """
+    q = quoteEndpointArgument
+    text = f"tls:{host}:{port}:trustRoots={q(trustRoots)}"
+    if certificate is not None:
+        text += f":certificate={q(certificate)}:privateKey={q(key)}"
+    return text
+
+
+def startRelay(testCase, directory: str, upstreams: Sequence[str], ports: Sequence[str],
+               name: str, extra: Sequence[str] = ()) -> RunningProcess:
+    """
+    Start our daemon as a relay (C{twistd -n ekey --upstream ... --port
+    ...}, no key), logging to C{process.logPath}.  It is not waited for:
+    wait for its listener with L{waitForListening} or
+    L{waitForListeningTCP}.
+
+    @return: the running relay (the command is in C{process.argv}, so
+        that L{restartProcess} can run it again).
+    """
+    arguments: List[str] = []
+    for description in upstreams:
+        arguments += ["--upstream", description]
+    for description in ports:
+        arguments += ["--port", description]
+    return startDaemon(testCase, directory, [], None, None, extra=arguments + list(extra),
+                       name=name)
+
+
+def restartProcess(testCase, process: RunningProcess, directory: str) -> RunningProcess:
+    """
+    Run a stopped process's command again, with the same name (its output
+    files are started afresh; a twistd log is appended to).
+
+    @return: the new process.
+    """
+    again = RunningProcess(testCase, process.name, process.argv, directory,
+                           env=pythonEnvironment())
+    if getattr(process, "logPath", None):
+        again.logPath = process.logPath
+    return again
+
+
+def waitForLog(process: RunningProcess, text: str, timeout: float = DEFAULT_TIMEOUT,
+               start: int = 0) -> str:
+    """
+    Wait until the daemon's log, from offset C{start}, contains C{text}.
+
+    @return: the line holding it.
+    """
+    def found():
+        log = daemonLog(process)[start:]
+        for line in log.splitlines():
+            if text in line:
+                return line
+        return None
+
+    try:
+        return waitFor(found, timeout, f"{text!r} in {process.name}'s log", None)
+    except FailTest as e:
+        raise FailTest(f"{e}\n{process.describe()}") from None
+
+
+class EGDUnixSocket(EGDSocket):
+    """
+    L{EGDSocket} over a Unix stream socket.
+    """
+
+    def __init__(self, path: str, timeout: float = 10.0):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        try:
+            self.sock.connect(path)
+        except OSError:
+            self.sock.close()
+            raise
+        self.timeout = timeout
+
+    def recvAvailable(self, wait: float) -> bytes:
+        """
+        @return: what arrives within C{wait} seconds (until a pause of
+            C{wait} seconds), possibly nothing.
+        """
+        data = bytearray()
+        self.sock.settimeout(wait)
+        try:
+            while True:
+                try:
+                    chunk = self.sock.recv(65536)
+                except socket.timeout:
+                    break
+                if not chunk:
+                    break
+                data += chunk
+        finally:
+            self.sock.settimeout(self.timeout)
+        return bytes(data)
+
+
+def startStunnel(testCase, directory: str, acceptPort: int, connectPort: int,
+                 certificate: str, key: str, name: str = "stunnel",
+                 timeout: float = DEFAULT_TIMEOUT) -> RunningProcess:
+    """
+    Run C{stunnel} in the foreground as a TLS server on
+    C{127.0.0.1:acceptPort} forwarding to C{127.0.0.1:connectPort}, with a
+    configuration file in C{directory}.
+
+    @return: the running stunnel, once it listens.
+    """
+    stunnel = findPeer("stunnel4") if shutil.which("stunnel4") else findPeer("stunnel")
+    config = os.path.join(directory, f"{name}.conf")
+    with open(config, "w") as f:
+        f.write("\n".join([
+            "foreground = yes",
+            "pid =",
+            "debug = info",
+            f"[{name}]",
+            f"accept = 127.0.0.1:{acceptPort}",
+            f"connect = 127.0.0.1:{connectPort}",
+            f"cert = {certificate}",
+            f"key = {key}",
+        ]) + "\n")
+    process = RunningProcess(testCase, name, [stunnel, config], directory)
+    process.configPath = config
+    waitForListeningTCP(acceptPort, timeout=timeout, process=process)
+    return process
+
+
+def runOpenSSLClient(testCase, port: int, arguments: Sequence[str], request: bytes,
+                     expected: int, timeout: float = 10.0):
+    """
+    Run C{openssl s_client -quiet -connect 127.0.0.1:PORT ARGUMENTS}, send
+    C{request}, and read its standard output until C{expected} bytes have
+    come, it exits, or C{timeout} seconds pass; then kill it.
+
+    @return: C{(returnCode, stdout, stderr)}; the return code is C{None}
+        if it had to be killed.
+    """
+    import select
+
+    openssl = findPeer("openssl")
+    argv = [openssl, "s_client", "-quiet", "-connect", f"127.0.0.1:{port}"] + list(arguments)
+    process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, start_new_session=True)
+
+    def stop():
+        if process.poll() is None:
+            process.kill()
+        process.wait(5)
+
+    testCase.addCleanup(stop)
+    returnCode = None
+    output = bytearray()
+    try:
+        process.stdin.write(request)
+        process.stdin.flush()
+    except BrokenPipeError:
+        pass
+    deadline = time.monotonic() + timeout
+    while len(output) < expected:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        ready, _, _ = select.select([process.stdout], [], [], min(remaining, 0.2))
+        if ready:
+            chunk = os.read(process.stdout.fileno(), 65536)
+            if not chunk:
+                break
+            output += chunk
+        elif process.poll() is not None:
+            break
+    try:
+        returnCode = process.wait(min(1.0, max(0.0, deadline - time.monotonic())))
+    except subprocess.TimeoutExpired:
+        returnCode = None
+    stop()
+    stderr = process.stderr.read().decode("utf-8", "replace")
+    for stream in (process.stdin, process.stdout, process.stderr):
+        try:
+            stream.close()
+        except OSError:
+            pass
+    return returnCode, bytes(output), stderr
+
+
+# Kernel feeding under strace (added for the kernel interop tests) ----------
+
+#: How strace shows the RNDADDENTROPY request: by name, or by number when it
+#: cannot decode it.
+RNDADDENTROPY_REQUESTS = ("RNDADDENTROPY", "0x40085203")
+
+
+def straceArgv(outputPath: str, argv: Sequence[str], trace: str = "ioctl") -> List[str]:
+    """
+    @return: C{argv} run under C{strace -f}, tracing the system calls in
+        C{trace} into C{outputPath}, with file descriptors' paths shown
+        (C{-y}) and strings in hex (C{-xx}, up to 512 bytes) so that
+        L{straceCalls} can read them back exactly.
+    @raise SkipTest: if strace is missing (L{findPeer}).
+    """
+    strace = findPeer("strace")
+    return [strace, "-f", "-y", "-xx", "-s", "512", "-e", f"trace={trace}",
+            "-o", outputPath] + list(argv)
+
+
+def startTraced(testCase, name: str, argv: Sequence[str], directory: str,
+                trace: str = "ioctl", env: Optional[dict] = None) -> RunningProcess:
+    """
+    Start C{argv} under strace (L{straceArgv}); the trace goes to
+    C{process.tracePath}.  Stop it with L{stopTraced}.
+    """
+    tracePath = os.path.join(directory, f"{name}.strace")
+    process = RunningProcess(testCase, name, straceArgv(tracePath, argv, trace), directory,
+                             env=env)
+    process.tracePath = tracePath
+    return process
+
+
+def childPids(pid: int) -> List[int]:
+    """
+    @return: the ids of C{pid}'s children, from C{/proc}.
+    """
+    children = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat_ = f.read()
+        except OSError:
+            continue
+        # pid (comm) state ppid ...; comm may hold spaces and parentheses.
+        fields = stat_[stat_.rfind(")") + 2:].split()
+        if len(fields) > 1 and int(fields[1]) == pid:
+            children.append(int(entry))
+    return children
+
+
+def stopTraced(process: RunningProcess, timeout: float = 5.0) -> Optional[int]:
+    """
+    Stop a process started by L{startTraced}: SIGTERM to the traced
+    command (strace itself may not pass a signal on, or exit on one, while
+    its tracee sleeps), then wait for strace to finish writing its trace.
+
+    @return: strace's exit status (the traced command's, normally).
+    """
+    for child in childPids(process.pid):
+        try:
+            os.kill(child, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    try:
+        return process.process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        for child in childPids(process.pid):
+            try:
+                os.kill(child, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return process.terminate(timeout)
+
+
+def _unescapeStrace(text: str) -> bytes:
+    """
+    @return: the bytes of a string strace printed with C{-xx} (C{\\xHH}
+        escapes), tolerating other escapes.
+    """
+    import codecs
+
+    return codecs.escape_decode(text.encode("latin-1"))[0]
+
+
+class StraceCall:
+    """
+    One system call read from a trace.
+
+    @ivar pid: the thread that made it.
+    @ivar name: the call, such as C{"ioctl"}.
+    @ivar arguments: the text between its parentheses.
+    @ivar result: the return value (an integer), or C{None} if unknown.
+    @ivar line: the whole line (joined, for calls strace split in two).
+    """
+
+    def __init__(self, pid: int, name: str, arguments: str, result: Optional[int], line: str):
+        self.pid = pid
+        self.name = name
+        self.arguments = arguments
+        self.result = result
+        self.line = line
+
+    def __repr__(self):
+        return f"<StraceCall {self.line!r}>"
+
+
+def straceCalls(path: str) -> List[StraceCall]:
+    """
+    Read the system calls of a trace written by L{straceArgv}, joining
+    calls that strace split across threads (C{<unfinished ...>} and
+    C{<... name resumed>}).
+    """
+    import re
+
+    callPattern = re.compile(r"^(\d+)\s+(\w+)\((.*)\)\s+=\s+(-?\d+|\?|0x[0-9a-f]+)")
+    unfinished = {}
+    calls = []
+    try:
+        with open(path, "r", encoding="latin-1") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        return []
+    for line in lines:
+        if line.endswith("<unfinished ...>"):
+            pid = line.split(None, 1)[0]
+            unfinished[pid] = line[:-len("<unfinished ...>")].rstrip()
+            continue
+        resumed = re.match(r"^(\d+)\s+<\.\.\. \w+ resumed>\s?(.*)$", line)
+        if resumed and resumed.group(1) in unfinished:
+            line = unfinished.pop(resumed.group(1)) + resumed.group(2)
+        match = callPattern.match(line)
+        if match is None:
+            continue
+        value = match.group(4)
+        result = None if value == "?" else int(value, 0)
+        calls.append(StraceCall(int(match.group(1)), match.group(2), match.group(3), result,
+                                line))
+    return calls
+
+
+class EntropyAddition:
+    """
+    One C{RNDADDENTROPY} ioctl on the random device, read from a trace.
+
+    @ivar device: the path of the file descriptor (C{/dev/random}).
+    @ivar bits: the entropy credited.
+    @ivar size: the C{buf_size} given.
+    @ivar data: the bytes added (as strace showed them; at most 512).
+    @ivar result: the ioctl's return value (0 for success).
+    @ivar line: the trace's line.
+    """
+
+    def __init__(self, device, bits, size, data, result, line):
+        self.device = device
+        self.bits = bits
+        self.size = size
+        self.data = data
+        self.result = result
+        self.line = line
+
+    def __repr__(self):
+        return (f"<EntropyAddition {self.device} bits={self.bits} size={self.size} "
+                f"result={self.result}>")
+
+
+def entropyAdditions(path: str) -> List[EntropyAddition]:
+    """
+    @return: every C{RNDADDENTROPY} ioctl (by name or by its number,
+        C{0x40085203}) in a trace written by L{straceArgv}, in order.
+    """
+    import re
+
+    additions = []
+    for call in straceCalls(path):
+        if call.name != "ioctl":
+            continue
+        match = re.match(r"(\d+)(?:<([^>]*)>)?,\s*([\w]+),\s*(.*)$", call.arguments, re.S)
+        if match is None or match.group(3) not in RNDADDENTROPY_REQUESTS:
+            continue
+        device = _unescapeStrace(match.group(2) or "").decode("utf-8", "replace")
+        rest = match.group(4)
+        bits = re.search(r"entropy_count=(\d+)", rest)
+        size = re.search(r"buf_size=(\d+)", rest)
+        data = re.search(r'buf="((?:[^"\\]|\\.)*)"', rest)
+        additions.append(EntropyAddition(
+            device,
+            int(bits.group(1)) if bits else None,
+            int(size.group(1)) if size else None,
+            _unescapeStrace(data.group(1)) if data else None,
+            call.result,
+            call.line,
+        ))
+    return additions
+
+
+def withoutCapability(argv: Sequence[str], capability: str = "sys_admin") -> List[str]:
+    """
+    @return: C{argv} run by C{setpriv} as the same user but without
+        C{capability} in its bounding set (so that root, too, lacks it).
+    """
+    setpriv = findPeer("setpriv", "util-linux")
+    return [setpriv, f"--bounding-set=-{capability}", f"--inh-caps=-{capability}"] + list(argv)
+
+
+def asNobody(argv: Sequence[str], uid: int = 65534, gid: int = 65534) -> List[str]:
+    """
+    @return: C{argv} run by C{setpriv} as user and group C{nobody}
+        (65534), with no supplementary groups and so no capabilities.
+    """
+    setpriv = findPeer("setpriv", "util-linux")
+    return [setpriv, f"--reuid={uid}", f"--regid={gid}", "--clear-groups"] + list(argv)
+
+
+def feedKernelCommand(*arguments: str) -> List[str]:
+    """
+    @return: the command that runs C{ekey-feed-kernel} (C{ekey.feeder:main})
+        with this interpreter, from the source tree (with
+        L{pythonEnvironment}).
+    """
+    return [sys.executable, "-m", "ekey.feeder"] + list(arguments)

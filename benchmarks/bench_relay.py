@@ -1,0 +1,643 @@
+"""
+Relay chains: bytes per second and added latency through 0, 1, 2 and 3 TLS
+relays (twistd ekey --upstream tls:... with mtls: listeners), and the same
+chain built with stunnel, in one run.
+
+    python3 benchmarks/bench_relay.py [--duration 3] [--hops 3] [--samples 1000]
+
+What is measured
+----------------
+
+    key rate     ekey-sim --rate 0 (as fast as the host reads) into a daemon K;
+                 a client drains K.  This is what one key gives a chain today:
+                 the pure-Python key session (Skein MACs, decryption) decodes
+                 only a few thousand frames/s, so the key path, not the
+                 relays, limits any real chain.
+    ekey N       A fast source -> daemon A (big pool) -> N ekey relays, each
+                 pulling from the one before over TLS (client certificates,
+                 names checked) and serving mtls:, the last also serving plain
+                 TCP to the client.  N = 0 is A itself.
+    stunnel N    The same N TLS links made by stunnel (mutual TLS, names
+                 checked) in front of A's plain TCP port: per hop one stunnel
+                 process holding a server service (TLS in, plain out towards
+                 A) and a client service (plain in, TLS out to that server),
+                 so each hop costs one process one TLS decryption and one
+                 encryption, as an ekey relay does.  Every request travels
+                 the whole chain to A and back.
+
+The fast source is this script serving EGD from os.urandom on a Unix socket
+(it answers every read at once).  It is a stand-in for "an upstream that is
+never the bottleneck", so that the figures are those of the relays, not of
+the key; A is a real twistd ekey that pulls from it through its --upstream.
+
+Throughput: one client keeps 64 pipelined blocking reads (0x02 255) in
+flight on the last hop for --duration seconds (after a warm-up) and counts
+the bytes.  The cpu columns are each process's share of one core meanwhile,
+which says what limited the figure (the machine has few cores, shared by
+every process of the chain).
+
+Latency: with the pools full (the last hop's level checked first), one
+client sends --samples blocking 32-byte reads one after another and times
+each; "added per hop" is (pN - p0) / N against 0 hops in the same run.
+
+Targets: ekey throughput at least stunnel's at each hop count; ekey's added
+p99 latency per hop under 2 ms on loopback.
+
+This is a benchmark, not a test: it prints figures and asserts nothing.
+Every process it starts is stopped by its id before it exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import selectors
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Dict, List, Optional
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO_ROOT)
+
+TARGET_P99_PER_HOP_MS = 2.0
+PIPELINE = 64
+READ = 255
+START_TIMEOUT = 20.0
+
+
+# The fast source (a subprocess) -----------------------------------------------
+
+
+def runFastSource(path: str) -> None:
+    """
+    Serve EGD on a Unix socket from os.urandom, answering every request at
+    once, until killed.
+    """
+    sel = selectors.DefaultSelector()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(16)
+    listener.setblocking(False)
+    sel.register(listener, selectors.EVENT_READ, None)
+    state: Dict[socket.socket, list] = {}
+    while True:
+        for key, events in sel.select(1.0):
+            sock = key.fileobj
+            if sock is listener:
+                conn, _ = listener.accept()
+                conn.setblocking(False)
+                state[conn] = [b"", b""]
+                sel.register(conn, selectors.EVENT_READ, None)
+                continue
+            inbuf, outbuf = state[sock]
+            if events & selectors.EVENT_READ:
+                try:
+                    data = sock.recv(65536)
+                except OSError:
+                    data = b""
+                if not data:
+                    sel.unregister(sock)
+                    sock.close()
+                    del state[sock]
+                    continue
+                inbuf += data
+                replies = []
+                while inbuf:
+                    c = inbuf[0]
+                    if c in (1, 2):
+                        if len(inbuf) < 2:
+                            break
+                        n = inbuf[1]
+                        replies.append((bytes([n]) if c == 1 else b"") + os.urandom(n))
+                        inbuf = inbuf[2:]
+                    elif c == 0:
+                        replies.append((1 << 30).to_bytes(4, "big"))
+                        inbuf = inbuf[1:]
+                    elif c == 4:
+                        pid = str(os.getpid()).encode()
+                        replies.append(bytes([len(pid)]) + pid)
+                        inbuf = inbuf[1:]
+                    else:
+                        inbuf = b""
+                outbuf += b"".join(replies)
+            if outbuf:
+                try:
+                    sent = sock.send(outbuf)
+                except BlockingIOError:
+                    sent = 0
+                except OSError:
+                    sent = len(outbuf)
+                outbuf = outbuf[sent:]
+            state[sock] = [inbuf, outbuf]
+            sel.modify(sock, selectors.EVENT_READ | (selectors.EVENT_WRITE if outbuf else 0))
+
+
+# Processes ------------------------------------------------------------------------
+
+
+class Processes:
+    """
+    Every subprocess started, stopped by id at the end.
+    """
+
+    def __init__(self, directory: str):
+        self.directory = directory
+        self.running: List[subprocess.Popen] = []
+        self.names: Dict[int, str] = {}
+        self.env = dict(os.environ)
+        self.env["PYTHONPATH"] = os.pathsep.join(
+            [REPO_ROOT] + ([self.env["PYTHONPATH"]] if self.env.get("PYTHONPATH") else []))
+        self.env["PYTHONUNBUFFERED"] = "1"
+
+    def start(self, name: str, argv: List[str]) -> subprocess.Popen:
+        log = open(os.path.join(self.directory, f"{name}.out"), "wb")
+        try:
+            p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                 env=self.env, cwd=self.directory, start_new_session=True)
+        finally:
+            log.close()
+        self.running.append(p)
+        self.names[p.pid] = name
+        return p
+
+    def tail(self, p: subprocess.Popen) -> str:
+        name = self.names[p.pid]
+        text = ""
+        for suffix in (".out", ".log"):
+            path = os.path.join(self.directory, name + suffix)
+            if os.path.exists(path):
+                with open(path, "rb") as f:
+                    text += f.read()[-1500:].decode("utf-8", "replace")
+        return text
+
+    def stop(self, p: subprocess.Popen) -> None:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
+        if p in self.running:
+            self.running.remove(p)
+
+    def stopAll(self) -> None:
+        for p in list(reversed(self.running)):
+            self.stop(p)
+
+
+def freePort() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def waitListening(port: int, p: subprocess.Popen, procs: Processes,
+                  timeout: float = START_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if p.poll() is not None:
+            raise RuntimeError(f"{procs.names[p.pid]} exited:\n{procs.tail(p)}")
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{procs.names[p.pid]}: nothing on port {port}:\n{procs.tail(p)}")
+
+
+def waitPath(path: str, p: subprocess.Popen, procs: Processes) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while not os.path.exists(path):
+        if p.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{procs.names[p.pid]}: no {path}:\n{procs.tail(p)}")
+        time.sleep(0.05)
+
+
+def cpuSeconds(pid: int) -> Optional[float]:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+# Clients --------------------------------------------------------------------------
+
+
+def egdLevel(port: int, timeout: float = 2.0) -> Optional[int]:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout) as s:
+            s.sendall(b"\x00")
+            data = b""
+            while len(data) < 4:
+                chunk = s.recv(4 - len(data))
+                if not chunk:
+                    return None
+                data += chunk
+            return int.from_bytes(data, "big") // 8
+    except OSError:
+        return None
+
+
+def waitLevel(port: int, wanted: int, timeout: float) -> Optional[int]:
+    deadline = time.monotonic() + timeout
+    level = None
+    while time.monotonic() < deadline:
+        level = egdLevel(port)
+        if level is not None and level >= wanted:
+            return level
+        time.sleep(0.1)
+    return level
+
+
+def throughput(port: int, duration: float, warmup: float, pids: Dict[str, int]) -> dict:
+    """
+    Keep PIPELINE blocking reads in flight; count the bytes in the window.
+    """
+    sock = socket.create_connection(("127.0.0.1", port), 5)
+    sock.setblocking(False)
+    request = bytes([2, READ])
+    try:
+        sock.sendall(request * PIPELINE)
+    except BlockingIOError:
+        pass
+    received = 0
+    windowBytes = 0
+    lastProgress = start = time.monotonic()
+    windowStart = start + warmup
+    end = windowStart + duration
+    cpu0: Dict[str, Optional[float]] = {}
+    pendingRequests = b""
+    sel = selectors.DefaultSelector()
+    sel.register(sock, selectors.EVENT_READ)
+    inWindow = False
+    while True:
+        now = time.monotonic()
+        if not inWindow and now >= windowStart:
+            inWindow = True
+            cpu0 = {name: cpuSeconds(pid) for name, pid in pids.items()}
+            windowBytes = 0
+            windowStart = now
+        if now >= end:
+            break
+        for _ in sel.select(min(0.1, max(0.0, end - now))):
+            try:
+                data = sock.recv(1 << 17)
+            except BlockingIOError:
+                continue
+            if not data:
+                end = 0
+                break
+            lastProgress = time.monotonic()
+            before = received // READ
+            received += len(data)
+            windowBytes += len(data) if inWindow else 0
+            pendingRequests += request * (received // READ - before)
+        if pendingRequests:
+            try:
+                sent = sock.send(pendingRequests)
+                pendingRequests = pendingRequests[sent:]
+            except BlockingIOError:
+                pass
+    elapsed = time.monotonic() - windowStart
+    cpu = {}
+    for name, pid in pids.items():
+        c1 = cpuSeconds(pid)
+        if c1 is not None and cpu0.get(name) is not None:
+            cpu[name] = 100.0 * (c1 - cpu0[name]) / elapsed
+    sock.close()
+    return {"bps": windowBytes / elapsed if elapsed > 0 else 0.0, "total": received,
+            "stalled": time.monotonic() - lastProgress > 1.0, "cpu": cpu}
+
+
+def latency(port: int, samples: int, limit: float = 10.0) -> dict:
+    """
+    Blocking 32-byte reads, one after another; the time of each.
+    """
+    times: List[float] = []
+    timeouts = 0
+    deadline = time.monotonic() + limit
+    with socket.create_connection(("127.0.0.1", port), 5) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.settimeout(1.0)
+        for _ in range(samples):
+            if time.monotonic() > deadline:
+                break
+            t0 = time.perf_counter()
+            s.sendall(b"\x02\x20")
+            got = 0
+            try:
+                while got < 32:
+                    chunk = s.recv(32 - got)
+                    if not chunk:
+                        raise OSError("closed")
+                    got += len(chunk)
+            except (socket.timeout, OSError):
+                timeouts += 1
+                break
+            times.append((time.perf_counter() - t0) * 1000.0)
+    times.sort()
+
+    def pct(f):
+        return times[min(len(times) - 1, int(f * len(times)))] if times else None
+
+    return {"p50": pct(0.50), "p99": pct(0.99), "n": len(times), "timeouts": timeouts}
+
+
+# Building chains ------------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, args, directory: str):
+        self.args = args
+        self.dir = directory
+        self.procs = Processes(directory)
+        self.pki = os.path.join(directory, "pki")
+        self.trust = os.path.join(directory, "trust")
+        self.stunnel = shutil.which("stunnel4") or shutil.which("stunnel")
+
+    def makeCertificates(self) -> None:
+        from ekey import certs
+
+        os.makedirs(self.pki)
+        os.makedirs(self.trust)
+        ca = certs.makeCA()
+        host = certs.makeHost("localhost", ca)
+        certs.writePublic(os.path.join(self.pki, "ca.pem"), certs.certificatePEM(ca[0]))
+        certs.writePublic(os.path.join(self.trust, "ca.pem"), certs.certificatePEM(ca[0]))
+        certs.writePublic(os.path.join(self.pki, "localhost.crt"), certs.certificatePEM(host[0]))
+        certs.writePrivate(os.path.join(self.pki, "localhost.key"), certs.keyPEM(host[1]))
+
+    def twistd(self, name: str, ekeyArgs: List[str]) -> subprocess.Popen:
+        common = ["--nodaemon", "--pidfile=", f"--logfile={name}.log", "ekey"]
+        argv = [sys.executable, "-c",
+                "import sys; from twisted.scripts.twistd import run; "
+                "sys.argv[0] = 'twistd'; run()"]
+        return self.procs.start(name, argv + common + ekeyArgs)
+
+    def mtls(self, port: int) -> str:
+        return (f"mtls:{port}:certKey={self.pki}/localhost.crt:privateKey={self.pki}/localhost.key"
+                f":caCerts={self.pki}/ca.pem:interface=127.0.0.1")
+
+    def tlsUpstream(self, port: int) -> str:
+        return (f"tls:localhost:{port}:trustRoots={self.trust}:certificate={self.pki}/localhost.crt"
+                f":privateKey={self.pki}/localhost.key:endpoint=tcp\\:127.0.0.1\\:{port}")
+
+    def startSource(self) -> None:
+        path = os.path.join(self.dir, "fast.sock")
+        p = self.procs.start("fast-source", [sys.executable, os.path.abspath(__file__),
+                                             "--as-fast-source", path])
+        waitPath(path, p, self.procs)
+        self.sourcePath = path
+        self.source = p
+
+    def startA(self) -> None:
+        """
+        Daemon A: pulls from the fast source, big pool, plain TCP and mtls:.
+        """
+        self.aTCP, self.aTLS = freePort(), freePort()
+        size = 8 << 20
+        self.a = self.twistd("A", [
+            "--upstream", f"unix:{self.sourcePath}",
+            "--pool-size", str(size), "--low-water", str(size // 2), "--high-water", str(size),
+            "--port", f"tcp:{self.aTCP}:interface=127.0.0.1", "--port", self.mtls(self.aTLS),
+        ])
+        waitListening(self.aTCP, self.a, self.procs)
+        waitLevel(self.aTCP, size // 2, 30.0)
+
+    def ekeyChain(self, hops: int) -> (int, Dict[str, int], list):
+        """
+        @return: the last hop's plain TCP port, the pids, the processes.
+        """
+        started = []
+        upstreamTLS = self.aTLS
+        port = self.aTCP
+        pids = {"A": self.a.pid}
+        for i in range(1, hops + 1):
+            tcpPort, tlsPort = freePort(), freePort()
+            p = self.twistd(f"R{i}", [
+                "--upstream", self.tlsUpstream(upstreamTLS),
+                "--port", f"tcp:{tcpPort}:interface=127.0.0.1", "--port", self.mtls(tlsPort),
+            ])
+            started.append(p)
+            waitListening(tcpPort, p, self.procs)
+            upstreamTLS, port = tlsPort, tcpPort
+            pids[f"R{i}"] = p.pid
+        return port, pids, started
+
+    def stunnelChain(self, hops: int) -> (int, Dict[str, int], list):
+        """
+        hops TLS links in front of A's plain TCP port.
+        """
+        started = []
+        pids = {"A": self.a.pid}
+        # Server beside A: TLS in, plain to A.
+        nextTarget = self.aTCP
+        for i in range(hops):
+            tlsPort = freePort()
+            services = [("server", tlsPort, nextTarget, False)]
+            # Client towards it: plain in, TLS out; in the same process as the
+            # next node's server service (one stunnel per relay host).
+            plainPort = freePort()
+            services.append(("client", plainPort, tlsPort, True))
+            name = f"S{i + 1}"
+            conf = os.path.join(self.dir, f"{name}.conf")
+            with open(conf, "w") as f:
+                f.write("foreground = yes\npid =\ndebug = err\n")
+                for label, accept, connect, client in services:
+                    f.write(f"[{label}]\naccept = 127.0.0.1:{accept}\n"
+                            f"connect = 127.0.0.1:{connect}\n"
+                            f"client = {'yes' if client else 'no'}\n"
+                            f"cert = {self.pki}/localhost.crt\nkey = {self.pki}/localhost.key\n"
+                            f"CAfile = {self.pki}/ca.pem\nverifyChain = yes\n"
+                            f"sslVersionMin = TLSv1.2\n"
+                            + ("checkHost = localhost\n" if client else ""))
+            p = self.procs.start(name, [self.stunnel, conf])
+            started.append(p)
+            waitListening(plainPort, p, self.procs)
+            pids[name] = p.pid
+            nextTarget = plainPort
+        return nextTarget, pids, started
+
+    def stopAll(self) -> None:
+        self.procs.stopAll()
+
+
+# Reporting ------------------------------------------------------------------------
+
+
+def fmt(value, spec: str, none: str = "-") -> str:
+    return none if value is None else format(value, spec)
+
+
+def measure(bench: Bench, label: str, port: int, pids: Dict[str, int], args,
+            doLatency: bool = True) -> dict:
+    row = {"label": label}
+    if doLatency:
+        level = waitLevel(port, 16384, 8.0)
+        row["levelBefore"] = level
+        row.update(latency(port, args.samples))
+    row.update(throughput(port, args.duration, args.warmup, pids))
+    return row
+
+
+def printRows(rows: List[dict]) -> None:
+    print()
+    print(f"{'chain':<24} {'hops':>4} {'KiB/s':>9} {'p50 ms':>7} {'p99 ms':>7} "
+          f"{'+p50/hop':>8} {'+p99/hop':>8}  cpu % of a core in the window")
+    base = {r["kind"]: r for r in rows if r.get("hops") == 0}
+    zero = base.get("ekey")  # A direct
+    for r in rows:
+        hops = r.get("hops")
+        addP50 = addP99 = None
+        if zero and hops and r.get("p50") is not None and zero.get("p50") is not None:
+            addP50 = (r["p50"] - zero["p50"]) / hops
+            addP99 = (r["p99"] - zero["p99"]) / hops
+        cpu = " ".join(f"{k}={v:.0f}" for k, v in r.get("cpu", {}).items())
+        note = ""
+        if r.get("stalled"):
+            note = f"  STALLED after {r['total']} bytes"
+        if r.get("timeouts"):
+            note += f"  latency: {r['n']} reads then a 1 s time-out"
+        print(f"{r['label']:<24} {fmt(hops, 'd'):>4} {r['bps'] / 1024:>9.1f} "
+              f"{fmt(r.get('p50'), '.2f'):>7} {fmt(r.get('p99'), '.2f'):>7} "
+              f"{fmt(addP50, '+.2f'):>8} {fmt(addP99, '+.2f'):>8}  {cpu}{note}")
+
+
+def printTargets(rows: List[dict]) -> None:
+    print()
+    print("Targets:")
+    theirs = {r["hops"]: r for r in rows if r["kind"] == "stunnel"}
+    zero = {r["hops"]: r for r in rows if r["kind"] == "ekey"}.get(0)
+    for kind in ("ekey",):
+        ours = {r["hops"]: r for r in rows if r["kind"] == kind}
+        for hops in sorted(h for h in ours if h and h in theirs):
+            o, t = ours[hops], theirs[hops]
+            ratio = o["bps"] / t["bps"] if t["bps"] else float("inf")
+            print(f"  {kind:<8} throughput, {hops} hop(s): {o['bps'] / 1024:.0f} KiB/s vs stunnel "
+                  f"{t['bps'] / 1024:.0f} KiB/s = {ratio:.2f}x  "
+                  f"{'MET' if ratio >= 1.0 else 'NOT MET'} (target >= 1x)")
+        for hops in sorted(h for h in ours if h):
+            o = ours[hops]
+            if zero and o.get("p99") is not None and zero.get("p99") is not None:
+                added = (o["p99"] - zero["p99"]) / hops
+                print(f"  {kind:<8} added p99 per hop, {hops} hop(s): {added:+.2f} ms  "
+                      f"{'MET' if added < TARGET_P99_PER_HOP_MS else 'NOT MET'} "
+                      f"(target < {TARGET_P99_PER_HOP_MS:g} ms)")
+            elif o.get("p99") is None:
+                print(f"  {kind:<8} added p99 per hop, {hops} hop(s): no latency figure "
+                      "(the chain stalled)  NOT MET")
+
+
+def keyRate(bench: Bench, args) -> List[dict]:
+    """
+    ekey-sim --rate 0 into daemon K; drain K directly, then through one relay
+    pulling from K over TCP (a slow upstream: its replies arrive in pieces,
+    as a key host's do).
+    """
+    keySock = os.path.join(bench.dir, "key.sock")
+    keyring = os.path.join(bench.dir, "keyring")
+    sim = bench.procs.start("sim", [sys.executable, "-m", "ekey.simulator", "--listen",
+                                    f"unix:{keySock}", "--rate", "0", "--keyring", keyring,
+                                    "--info-every", "0"])
+    waitPath(keySock, sim, bench.procs)
+    port = freePort()
+    k = bench.twistd("K", ["--device", keySock, "--keyring", keyring, "--pool-size", "4096",
+                           "--port", f"tcp:{port}:interface=127.0.0.1"])
+    waitListening(port, k, bench.procs)
+    time.sleep(0.5)
+    rows = []
+    row = throughput(port, args.duration, args.warmup, {"K": k.pid, "sim": sim.pid})
+    row.update(label="key -> K", kind="key", hops=None)
+    rows.append(row)
+    relayPort = freePort()
+    r = bench.twistd("KR", [
+        "--upstream", f"tcp:127.0.0.1:{port}", "--low-water", "16384",
+        "--high-water", "65536", "--port", f"tcp:{relayPort}:interface=127.0.0.1"])
+    waitListening(relayPort, r, bench.procs)
+    row = throughput(relayPort, args.duration, args.warmup,
+                     {"K": k.pid, "sim": sim.pid, "R": r.pid})
+    row.update(label="key -> K -> R", kind="key", hops=None)
+    rows.append(row)
+    bench.procs.stop(r)
+    bench.procs.stop(k)
+    bench.procs.stop(sim)
+    return rows
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--as-fast-source":
+        runFastSource(sys.argv[2])
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=3.0,
+                        help="seconds of each throughput window (default 3)")
+    parser.add_argument("--warmup", type=float, default=0.5)
+    parser.add_argument("--hops", type=int, default=3, help="up to this many relays (default 3)")
+    parser.add_argument("--samples", type=int, default=1000,
+                        help="32-byte reads per latency case (default 1000)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    args = parser.parse_args()
+    if not 0 <= args.hops <= 6:
+        parser.error("--hops must be from 0 to 6")
+
+    directory = tempfile.mkdtemp(prefix="bench-relay-")
+    bench = Bench(args, directory)
+    started = time.monotonic()
+    print(f"bench_relay: {platform.python_version()}, {os.cpu_count()} cores, "
+          f"stunnel {'at ' + bench.stunnel if bench.stunnel else 'NOT INSTALLED'}; "
+          f"--duration {args.duration:g} --hops {args.hops} --samples {args.samples}")
+    rows: List[dict] = []
+    try:
+        bench.makeCertificates()
+        rows.extend(keyRate(bench, args))
+        bench.startSource()
+        bench.startA()
+        pidsA = {"A": bench.a.pid, "src": bench.source.pid}
+        for hops in range(0, args.hops + 1):
+            port, pids, chain = bench.ekeyChain(hops)
+            pids.update(pidsA)
+            label = f"ekey {hops}" + (" (A direct)" if hops == 0 else "")
+            row = measure(bench, label, port, pids, args)
+            row.update(kind="ekey", hops=hops)
+            rows.append(row)
+            for p in reversed(chain):
+                bench.procs.stop(p)
+        if bench.stunnel:
+            for hops in range(1, args.hops + 1):
+                port, pids, chain = bench.stunnelChain(hops)
+                pids.update(pidsA)
+                row = measure(bench, f"stunnel {hops}", port, pids, args)
+                row.update(kind="stunnel", hops=hops)
+                rows.append(row)
+                for p in reversed(chain):
+                    bench.procs.stop(p)
+    finally:
+        bench.stopAll()
+        if args.keep:
+            print(f"kept {directory}")
+        else:
+            shutil.rmtree(directory, ignore_errors=True)
+    printRows(rows)
+    printTargets(rows)
+    print()
+    print("Notes: 'key -> K' is one simulated key at --rate 0 decoded by the pure-Python session:")
+    print("the ceiling of any chain fed by one key today; '-> R' adds one relay pulling from K.")
+    print("'ekey N' rows are fed by a fast source through daemon A.")
+    print("Latency is the client's view of a 32-byte 0x02 read on the last hop (its pool full")
+    print("for ekey; for stunnel every read travels to A). +p50/hop, +p99/hop: (pN - p0) / N")
+    print("against 'ekey 0'. cpu: A = daemon A,")
+    print("src = the fast source, R<i> = ekey relays, S<i> = stunnel processes, K/sim = key row.")
+    print(f"Whole run: {time.monotonic() - started:.0f} s.")
+
+
+if __name__ == "__main__":
+    main()
