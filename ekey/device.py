@@ -19,7 +19,7 @@ import stat
 from typing import Callable, Optional
 
 from twisted.application.internet import ClientService, backoffPolicy
-from twisted.application.service import MultiService
+from twisted.application.service import Service
 from twisted.internet.task import LoopingCall
 from twisted.internet import defer
 from twisted.internet.endpoints import UNIXClientEndpoint
@@ -137,6 +137,7 @@ class KeyProtocol(Protocol):
         self.session = session
         self.health = health if health is not None else HealthMonitor()
         self.readingPaused = False
+        self.connectedAt: Optional[float] = None
         self._onEntropy = onEntropy
         self._onEvent = onEvent
         if clock is None:
@@ -145,16 +146,17 @@ class KeyProtocol(Protocol):
         self._rekeyTimer = None
 
     def connectionMade(self):
+        self.connectedAt = self._clock.seconds()
         self.log.info("Key {path} connected", path=self.path)
         if self.health.failure is not None:
             self._handle(self.session.halt(KeyState.FAILED_HEALTH, self.health.failure))
             return
         self.session.connectionMade()
-        self._flush()
+        self.flush()
 
     def dataReceived(self, data):
         self._handle(self.session.receiveData(data))
-        self._flush()
+        self.flush()
 
     def pauseReading(self):
         """
@@ -179,7 +181,11 @@ class KeyProtocol(Protocol):
             self._rekeyTimer = None
         self._handle(self.session.connectionLost(f"connection lost: {reason.getErrorMessage()}"))
 
-    def _flush(self):
+    def flush(self):
+        """
+        Send the key what the session has for it, and start or stop the
+        re-key timer.
+        """
         out = self.session.dataToSend()
         if out:
             self.transport.write(out)
@@ -196,7 +202,7 @@ class KeyProtocol(Protocol):
                       path=self.path, seconds=REKEY_TIMEOUT)
         self.session.rekeyTimedOut()
         self._handle(self.session.receiveData(b""))
-        self._flush()
+        self.flush()
 
     def _handle(self, events):
         for event in events:
@@ -306,45 +312,48 @@ class KeyService(ClientService):
         self.setName(f"key:{path}")
 
 
-class KeyDirectoryService(MultiService):
+class KeyDirectoryService(Service):
     """
     Watch a directory (such as C{/dev/entropykey}, where udev links keys by
-    serial number) and keep a L{KeyService} for every key in it: one that
-    appears is opened, one that goes away is closed.
+    serial number) and tell a key manager about every key in it: one that
+    appears is added, one that goes away is removed.
 
     The directory is looked at every C{interval} seconds; a key is any
     entry that is (or links to) a character device or a Unix socket.  Keys
-    that are already served elsewhere (by C{--device}) are left alone.
+    that are already served elsewhere (by C{--device}) are left alone, and
+    so is a second link to the same key.
     """
 
     log = Logger()
 
-    def __init__(self, directory: str, makeKeyService: Callable[[str], KeyService],
-                 interval: float = 1.0, exclude=(), reactor=None):
+    def __init__(self, directory: str, onAppear: Callable[[str], None],
+                 onVanish: Callable[[str], None], interval: float = 1.0, exclude=(),
+                 reactor=None):
         """
-        @param makeKeyService: builds the service for one path.
-        @param exclude: real paths of keys served elsewhere.
+        @param onAppear: called with the path of a key that appeared.
+        @param onVanish: called with the path of a key that went away.
+        @param exclude: paths of keys served elsewhere.
         """
-        MultiService.__init__(self)
         if reactor is None:
             from twisted.internet import reactor
         self.directory = directory
-        self._makeKeyService = makeKeyService
+        self._onAppear = onAppear
+        self._onVanish = onVanish
         self._exclude = {os.path.realpath(p) for p in exclude}
-        self._keys = {}
+        self._keys = set()
         self._loop = LoopingCall(self.scan)
         self._loop.clock = reactor
         self._interval = interval
         self.setName(f"keydir:{directory}")
 
     def startService(self):
-        MultiService.startService(self)
+        Service.startService(self)
         self._loop.start(self._interval, now=True)
 
     def stopService(self):
         if self._loop.running:
             self._loop.stop()
-        return MultiService.stopService(self)
+        return Service.stopService(self)
 
     def _present(self):
         try:
@@ -367,24 +376,23 @@ class KeyDirectoryService(MultiService):
 
     def scan(self):
         """
-        Look at the directory once: open new keys, close vanished ones.
+        Look at the directory once: report new keys and vanished ones.
         """
         found = self._present()
         if found is None:
             return
-        for path in sorted(set(self._keys) - set(found)):
+        for path in sorted(self._keys - set(found)):
             self.log.info("Key {path} went away", path=path)
-            service = self._keys.pop(path)
-            service.disownServiceParent()
-        for path in sorted(set(found) - set(self._keys)):
+            self._keys.discard(path)
+            self._onVanish(path)
+        for path in sorted(set(found) - self._keys):
             self.log.info("Key {path} appeared", path=path)
-            service = self._makeKeyService(path)
-            self._keys[path] = service
-            service.setServiceParent(self)
+            self._keys.add(path)
+            self._onAppear(path)
 
     @property
     def paths(self):
         """
-        The keys served now.
+        The keys present now.
         """
         return sorted(self._keys)

@@ -148,7 +148,7 @@ class KeyStatistics:
         self.voltageMillivolts: Optional[int] = None
         self.fipsBlocks: Optional[int] = None
         self.fipsFailures: Optional[int] = None
-        self.fipsFrameRate: Optional[float] = None
+        self.firstFipsBlocks: Optional[int] = None
         self.generatorState: Optional[tuple] = None
         self.failMode: Optional[str] = None
 
@@ -453,6 +453,8 @@ class KeySession:
         if information.voltageMillivolts is not None:
             stats.voltageMillivolts = information.voltageMillivolts
         if information.fips is not None:
+            if stats.firstFipsBlocks is None:
+                stats.firstFipsBlocks = information.fips.blocks
             stats.fipsBlocks = information.fips.blocks
             stats.fipsFailures = information.fips.failures
         if information.state is not None:

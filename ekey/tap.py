@@ -21,7 +21,7 @@ from twisted.application.service import MultiService, Service
 from twisted.logger import Logger
 from twisted.python import usage
 
-from ekey.device import KeyDirectoryService, KeyPathError, KeyService, checkKeyPath
+from ekey.device import KeyDirectoryService, KeyPathError, checkKeyPath
 from ekey.feeder import KernelFeeder, openKernel
 from ekey.kernel import (
     DEFAULT_BYTES,
@@ -30,6 +30,7 @@ from ekey.kernel import (
     KernelError,
 )
 from ekey.keyring import DEFAULT_KEYRING, Keyring, KeyringError
+from ekey.keys import KeyManager
 from ekey.pool import DEFAULT_POOL_SIZE, EntropyPool
 from ekey.server import EGDServerFactory
 from ekey.sinks import FileSink, SinkError
@@ -214,14 +215,21 @@ def makeService(options, reactor=None):
     pool = EntropyPool(options["pool-size"])
     top.pool = pool
 
-    def keyService(path):
-        return KeyService(path, lambda: keyring, None, reactor=reactor, pool=pool)
-
+    keys = KeyManager(keyring, pool, reactor=reactor)
+    keys.setServiceParent(top)
+    top.keys = keys
     for path in options["devices"]:
-        keyService(path).setServiceParent(top)
+        keys.add(path)
     if options["device-dir"]:
-        KeyDirectoryService(options["device-dir"], keyService, exclude=options["devices"],
-                            reactor=reactor).setServiceParent(top)
+
+        def appeared(path):
+            try:
+                keys.add(path)
+            except KeyPathError as e:
+                log.warn("Not serving {path}: {reason}", path=path, reason=str(e))
+
+        KeyDirectoryService(options["device-dir"], appeared, keys.removePath,
+                            exclude=options["devices"], reactor=reactor).setServiceParent(top)
     if options["upstreams"]:
         policy = PullPolicy(pool, options["low-water"], options["high-water"])
         top.pullPolicy = policy

@@ -19,7 +19,7 @@ from typing import List, Optional
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import defer
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IHandshakeListener, ISSLTransport, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -30,6 +30,11 @@ from ekey.pool import EntropyPool
 
 #: Blocking reads each upstream connection keeps in flight.
 MAX_PIPELINE = 8
+
+#: Bytes per read: the most whole 32-byte key blocks that fit in an EGD
+#: read, so that blocks stay whole along a chain even from an upstream that
+#: serves newest bytes first (ekeyd).
+READ_SIZE = MAX_READ - MAX_READ % 32
 
 DEFAULT_LOW_WATER = 16 * 1024
 DEFAULT_HIGH_WATER = 64 * 1024
@@ -114,18 +119,27 @@ class PullPolicy:
         self._wasDown = down
 
 
+@implementer(IHandshakeListener)
 class UpstreamProtocol(EGDClientProtocol):
     """
-    An EGD client that fills the pool.
+    An EGD client that fills the pool.  Over TLS it counts as connected
+    only once the handshake (and the check of the upstream's name) has
+    succeeded.
     """
 
     def __init__(self, upstream: "Upstream"):
         EGDClientProtocol.__init__(self)
         self.upstream = upstream
         self._requested = 0
+        self._up = False
 
     def connectionMade(self):
         EGDClientProtocol.connectionMade(self)
+        if not ISSLTransport.providedBy(self.transport):
+            self.handshakeCompleted()
+
+    def handshakeCompleted(self):
+        self._up = True
         self.upstream.connected(self)
         self.pull()
 
@@ -134,8 +148,9 @@ class UpstreamProtocol(EGDClientProtocol):
         Request what the policy wants, up to L{MAX_PIPELINE} reads in flight.
         """
         policy = self.upstream.policy
-        while self.connected and self.outstanding < MAX_PIPELINE:
-            n = min(MAX_READ, policy.wanted())
+        while self._up and self.connected and self.outstanding < MAX_PIPELINE:
+            wanted = policy.wanted()
+            n = min(READ_SIZE, wanted - wanted % 32 if wanted >= 32 else wanted)
             if n <= 0:
                 return
             policy.inFlight += n
@@ -166,7 +181,10 @@ class UpstreamProtocol(EGDClientProtocol):
         EGDClientProtocol.connectionLost(self, reason)
         self.upstream.policy.inFlight -= self._requested
         self._requested = 0
-        self.upstream.disconnected(self, reason)
+        if self._up:
+            self.upstream.disconnected(self, reason)
+        else:
+            self.upstream.connectionFailed(reason)
 
 
 class Upstream(Factory):

@@ -257,41 +257,32 @@ class KeyDirectoryServiceTests(unittest.TestCase):
 
     def test_appearAndVanish(self):
         """
-        A socket appearing in the directory gets a key service at the next
-        look; a link to it is not served twice; keys served elsewhere are
-        left alone; a vanished key's service is stopped.
+        A socket appearing in the directory is reported at the next look; a
+        link to it is not reported twice; keys served elsewhere are left
+        alone; a vanished key is reported gone.
         """
+        from ekey.device import KeyDirectoryService
+
         directory = self.mktemp()
         os.mkdir(directory)
         elsewhere = os.path.join(directory, "elsewhere")
         reactor = MemoryReactorClock()
-        made = []
-
-        def makeKeyService(path):
-            service = KeyService(path, ring, lambda b: None, reactor=reactor)
-            made.append(service)
-            return service
-
-        from ekey.device import KeyDirectoryService
-
-        watcher = KeyDirectoryService(directory, makeKeyService, exclude=[elsewhere],
-                                      reactor=reactor)
+        appeared, vanished = [], []
+        watcher = KeyDirectoryService(directory, appeared.append, vanished.append,
+                                      exclude=[elsewhere], reactor=reactor)
         watcher.startService()
         self.addCleanup(watcher.stopService)
         self.assertEqual(watcher.paths, [])
-        sockets = []
         for name in ("a-key", "elsewhere"):
             s = socket.socket(socket.AF_UNIX)
             self.addCleanup(s.close)
             s.bind(os.path.join(directory, name))
-            sockets.append(s)
         os.symlink(os.path.join(directory, "a-key"), os.path.join(directory, "b-link"))
         open(os.path.join(directory, "not-a-key"), "w").close()
         reactor.advance(1)
-        self.assertEqual(len(watcher.paths), 1)
-        self.assertTrue(made[0].running)
+        self.assertEqual(appeared, [os.path.join(directory, "a-key")])
         os.unlink(os.path.join(directory, "b-link"))
         os.unlink(os.path.join(directory, "a-key"))
         reactor.advance(1)
+        self.assertEqual(vanished, appeared)
         self.assertEqual(watcher.paths, [])
-        self.assertFalse(made[0].running)

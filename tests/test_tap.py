@@ -51,9 +51,10 @@ class OptionsTests(unittest.TestCase):
         reactor = MemoryReactorClock()
         service = makeService(options, reactor=reactor)
         self.assertTrue(IServiceCollection.providedBy(service))
-        keys = [s for s in service if isinstance(s, KeyService)]
+        keys = [s for s in service.keys if isinstance(s, KeyService)]
         self.assertEqual(len(keys), 2)
         self.assertEqual(keys[0].path, self.device)
+        self.assertEqual(service.keys.numbers(), [1, 2])
         self.assertEqual(service.pool.capacity, 4096)
         service.startService()
         self.addCleanup(service.stopService)
