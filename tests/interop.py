@@ -1218,7 +1218,7 @@ def stopTraced(process: RunningProcess, timeout: float = 5.0) -> Optional[int]:
         return process.terminate(timeout)
 
 
-def _unescapeStrace(text: str) -> bytes:
+def unescapeStrace(text: str) -> bytes:
     """
     @return: the bytes of a string strace printed with C{-xx} (C{\\xHH}
         escapes), tolerating other escapes.
@@ -1323,7 +1323,7 @@ def entropyAdditions(path: str) -> List[EntropyAddition]:
         match = re.match(r"(\d+)(?:<([^>]*)>)?,\s*([\w]+),\s*(.*)$", call.arguments, re.S)
         if match is None or match.group(3) not in RNDADDENTROPY_REQUESTS:
             continue
-        device = _unescapeStrace(match.group(2) or "").decode("utf-8", "replace")
+        device = unescapeStrace(match.group(2) or "").decode("utf-8", "replace")
         rest = match.group(4)
         bits = re.search(r"entropy_count=(\d+)", rest)
         size = re.search(r"buf_size=(\d+)", rest)
@@ -1332,7 +1332,7 @@ def entropyAdditions(path: str) -> List[EntropyAddition]:
             device,
             int(bits.group(1)) if bits else None,
             int(size.group(1)) if size else None,
-            _unescapeStrace(data.group(1)) if data else None,
+            unescapeStrace(data.group(1)) if data else None,
             call.result,
             call.line,
         ))
