@@ -10,6 +10,12 @@ client stops reading, the connection stops taking bytes from the pool and
 stops reading commands, so a slow client costs bounded memory and holds no
 entropy hostage.  A client that breaks the protocol is disconnected with a
 log line naming it; nobody else notices.
+
+Limits against clients that take more than their share: a per-client rate
+(a token bucket keyed by certificate identity or address; a client over
+its share waits, it is not disconnected), a cap on the clients at once, an
+idle time-out for connections that ask for nothing, and a cap on the bytes
+a connection may have asked for and not yet received.
 """
 
 from __future__ import annotations
@@ -18,9 +24,10 @@ import os
 from collections import Counter, deque
 from typing import Deque, Optional, Set
 
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IHandshakeListener, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
+from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 
 from ekey.egd import (
@@ -37,10 +44,15 @@ from ekey.egd import (
 )
 from ekey.frames import RemoteProtocolError
 from ekey.pool import EntropyPool, PendingRead
+from ekey.ratelimit import RateLimiter
 
 #: Parsed commands a connection may queue behind a blocking read before it
 #: stops reading from its client.
 MAX_QUEUED_COMMANDS = 64
+
+#: Bytes a connection may have asked for and not yet received before the
+#: server stops reading its requests.
+DEFAULT_MAX_PENDING = 64 * 1024
 
 
 def describePeer(transport) -> str:
@@ -55,55 +67,103 @@ def describePeer(transport) -> str:
     return f"unix:{name.decode() if isinstance(name, bytes) else name or '(unnamed)'}"
 
 
-@implementer(IPushProducer)
-class EGDServerProtocol(Protocol):
+@implementer(IPushProducer, IHandshakeListener)
+class EGDServerProtocol(Protocol, TimeoutMixin):
     """
     One EGD client.
 
     @ivar bytesServed: entropy bytes sent to this client.
     @ivar requests: commands received, by name.
+    @ivar identity: over TLS with a client certificate, the certificate's
+        subject common name; else C{None}.
     """
 
     log = Logger()
 
     def __init__(self, factory: "EGDServerFactory"):
         self.factory = factory
+        self.callLater = factory.clock.callLater
         self._parser = EGDServerParser()
         self._queue: Deque[Command] = deque()
+        self._queuedBytes = 0
         self._blocking: Optional[PendingRead] = None
+        self._blockingRemaining = 0
+        self._rateWait = None
+        self._inRequest = False
         self._paused = False
         self._readingPaused = False
         self._closed = False
+        self._refused = False
         self._writeLogged = False
         self._removePolling = None
         self.peer = "?"
+        self.identity: Optional[str] = None
+        self.connectedAt = 0.0
         self.bytesServed = 0
         self.requests: Counter = Counter()
 
+    @property
+    def clientKey(self) -> str:
+        """
+        Who this client is for its rate limit: its certificate identity if
+        it has one, else its address without the port.
+        """
+        if self.identity is not None:
+            return "cert:" + self.identity
+        peer = self.transport.getPeer()
+        return "addr:" + str(getattr(peer, "host", None) or self.peer)
+
     def connectionMade(self):
         self.peer = describePeer(self.transport)
+        self.connectedAt = self.factory.clock.seconds()
+        if not self.factory.admit(self):
+            self._refused = True
+            self._closed = True
+            self.transport.abortConnection()
+            return
         self.transport.registerProducer(self, True)
         self.factory.clientConnected(self)
+        self.setTimeout(self.factory.idleTimeout or None)
+
+    def handshakeCompleted(self):
+        certificate = self.transport.getPeerCertificate()
+        if certificate is not None:
+            for key, value in certificate.get_subject().get_components():
+                if key == b"CN":
+                    self.identity = value.decode("utf-8", "replace")
+            self.log.info("EGD client {peer} is {identity}", peer=self.peer,
+                          identity=self.identity)
 
     def dataReceived(self, data):
         if self._closed:
             return
+        self.resetTimeout()
         try:
-            self._queue.extend(self._parser.receiveData(data))
+            commands = self._parser.receiveData(data)
         except RemoteProtocolError as e:
             self._protocolError(str(e))
             return
+        for command in commands:
+            self._queuedBytes += getattr(command, "n", 0)
+        self._queue.extend(commands)
         self._process()
+
+    def timeoutConnection(self):
+        self.factory.idleClosed += 1
+        self.log.info("EGD client {peer} sent no request for {seconds:g} s; closing",
+                      peer=self.peer, seconds=self.factory.idleTimeout)
+        self._closed = True
+        self.transport.abortConnection()
 
     def connectionLost(self, reason):
         self._closed = True
-        if self._blocking is not None:
-            self._blocking.cancel()
-            self._blocking = None
+        self.setTimeout(None)
+        self._stopBlocking()
         if self._removePolling is not None:
             self._removePolling()
         self._queue.clear()
-        self.factory.clientDisconnected(self)
+        if not self._refused:
+            self.factory.clientDisconnected(self)
 
     # IPushProducer: the transport tells us when the client stops reading.
 
@@ -121,30 +181,38 @@ class EGDServerProtocol(Protocol):
 
     def stopProducing(self):
         self._closed = True
-        if self._blocking is not None:
-            self._blocking.cancel()
-            self._blocking = None
+        self._stopBlocking()
 
     # Commands ------------------------------------------------------------------
 
+    @property
+    def _busy(self) -> bool:
+        # Serving a blocking read: later commands wait for it.
+        return self._blockingRemaining > 0
+
     def _process(self):
-        while self._queue and self._blocking is None and not self._paused and not self._closed:
+        factory = self.factory
+        while self._queue and not self._busy and not self._paused and not self._closed:
             command = self._queue.popleft()
+            self._queuedBytes -= getattr(command, "n", 0)
             name = type(command).__name__
             self.requests[name] += 1
-            self.factory.requests[name] += 1
+            factory.requests[name] += 1
             if isinstance(command, GetLevel):
-                self.transport.write(encodeLevel(self.factory.pool.level * 8))
+                self.transport.write(encodeLevel(factory.pool.level * 8))
             elif isinstance(command, Read):
                 if self._removePolling is None:
-                    self._removePolling = self.factory.pool.addPollingReader()
-                data = self.factory.pool.take(command.n)
+                    self._removePolling = factory.pool.addPollingReader()
+                now = factory.clock.seconds()
+                allowed = min(command.n, factory.limiter.available(self.clientKey, now))
+                data = factory.pool.take(max(allowed, 0))
+                factory.limiter.consume(self.clientKey, len(data), now)
                 self._served(len(data))
                 self.transport.write(encodeRead(data))
             elif isinstance(command, ReadBlocking):
-                pending = self.factory.pool.request(command.n, self._deliver)
-                if pending.active:
-                    self._blocking = pending
+                self._blockingRemaining = command.n
+                self.setTimeout(None)
+                self._continueBlocking()
             elif isinstance(command, Write):
                 if not self._writeLogged:
                     self._writeLogged = True
@@ -154,25 +222,76 @@ class EGDServerProtocol(Protocol):
                         peer=self.peer,
                     )
             elif isinstance(command, GetPID):
-                self.transport.write(encodePID(self.factory.pid or os.getpid()))
+                self.transport.write(encodePID(factory.pid or os.getpid()))
         if not self._closed:
-            self._setReading(not self._paused and len(self._queue) < MAX_QUEUED_COMMANDS)
+            self._setReading(not self._paused and len(self._queue) < MAX_QUEUED_COMMANDS
+                             and self._queuedBytes < factory.maxPendingBytes)
+
+    def _continueBlocking(self):
+        """
+        Ask the pool for the rest of the blocking read, as much as this
+        client's rate limit allows now; when it allows nothing, wait for its
+        bucket to refill.
+        """
+        factory = self.factory
+        while self._blockingRemaining > 0 and not self._closed:
+            now = factory.clock.seconds()
+            allowed = factory.limiter.available(self.clientKey, now)
+            if allowed <= 0:
+                delay = factory.limiter.wait(self.clientKey, self._blockingRemaining, now)
+                self._rateWait = factory.clock.callLater(delay, self._rateWaitOver)
+                return
+            self._inRequest = True
+            try:
+                pending = factory.pool.request(min(self._blockingRemaining, allowed),
+                                               self._deliver)
+            finally:
+                self._inRequest = False
+            if pending.active:
+                self._blocking = pending
+                if self._paused:
+                    pending.pause()
+                return
+        self._blockingDone()
+
+    def _rateWaitOver(self):
+        self._rateWait = None
+        self._continueBlocking()
+
+    def _blockingDone(self):
+        if self._blockingRemaining == 0 and not self._closed:
+            self.setTimeout(self.factory.idleTimeout or None)
+            self._process()
 
     def _deliver(self, data: bytes):
         if self._closed:
             return
         self._served(len(data))
+        self._blockingRemaining -= len(data)
+        self.factory.limiter.consume(self.clientKey, len(data), self.factory.clock.seconds())
         self.transport.write(data)
+        if self._inRequest:
+            return
         pending = self._blocking
         if pending is not None and not pending.active:
             self._blocking = None
-            self._process()
+            self._continueBlocking()
+
+    def _stopBlocking(self):
+        if self._blocking is not None:
+            self._blocking.cancel()
+            self._blocking = None
+        if self._rateWait is not None and self._rateWait.active():
+            self._rateWait.cancel()
+        self._rateWait = None
 
     def _served(self, count: int):
         self.bytesServed += count
         self.factory.bytesServed += count
 
     def _setReading(self, reading: bool):
+        if self.transport is None:
+            return
         if reading and self._readingPaused:
             self._readingPaused = False
             self.transport.resumeProducing()
@@ -185,9 +304,7 @@ class EGDServerProtocol(Protocol):
         self.log.warn("EGD client {peer} broke the protocol ({reason}); disconnecting",
                       peer=self.peer, reason=reason)
         self._closed = True
-        if self._blocking is not None:
-            self._blocking.cancel()
-            self._blocking = None
+        self._stopBlocking()
         self.transport.loseConnection()
 
 
@@ -197,28 +314,67 @@ class EGDServerFactory(Factory):
 
     @ivar clients: the connected L{EGDServerProtocol}s.
     @ivar requests: commands received from all clients, by name.
+    @ivar refused: connections refused because of C{maxClients}.
+    @ivar idleClosed: connections closed for sending no request.
     """
 
     protocol = EGDServerProtocol
+    log = Logger()
 
-    def __init__(self, pool: EntropyPool, pid=None, name: str = "egd"):
+    def __init__(self, pool: EntropyPool, pid=None, name: str = "egd", clock=None,
+                 limiter: Optional[RateLimiter] = None, maxClients: int = 0,
+                 idleTimeout: float = 0, maxPendingBytes: int = DEFAULT_MAX_PENDING):
         """
         @param pool: where entropy comes from.
+        @param clock: an L{IReactorTime} for connection times, rate limits
+            and time-outs (default the reactor).
         @param pid: what 0x04 answers (default this process's id at the
             time of the request, which is right after twistd forks).
         @param name: the listener's name, for logs and statistics.
+        @param limiter: the per-client L{RateLimiter} (default none).
+        @param maxClients: the most clients at once (0: no limit); more are
+            refused.
+        @param idleTimeout: seconds a client may stay connected without a
+            request (0: for ever).  A client waiting for a blocking read is
+            not idle.
+        @param maxPendingBytes: bytes a client may have asked for and not
+            yet received before the server stops reading its requests.
         """
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.clock = clock
         self.pool = pool
         self.pid = pid
         self.name = name
+        self.limiter = limiter or RateLimiter(0, 0)
+        self.maxClients = maxClients
+        self.idleTimeout = idleTimeout
+        self.maxPendingBytes = maxPendingBytes
         self.clients: Set[EGDServerProtocol] = set()
         self.requests: Counter = Counter()
         self.bytesServed = 0
         self.connections = 0
         self.protocolErrors = 0
+        self.refused = 0
+        self.idleClosed = 0
+        self._refusalLogged = False
 
     def buildProtocol(self, addr):
         return self.protocol(self)
+
+    def admit(self, client: EGDServerProtocol) -> bool:
+        """
+        @return: whether there is room for another client.
+        """
+        if self.maxClients and len(self.clients) >= self.maxClients:
+            self.refused += 1
+            if not self._refusalLogged:
+                self._refusalLogged = True
+                self.log.warn("{count} clients connected, the most allowed: refusing {peer} "
+                              "and later ones until there is room", count=len(self.clients),
+                              peer=client.peer)
+            return False
+        return True
 
     def clientConnected(self, client: EGDServerProtocol):
         self.connections += 1
@@ -226,3 +382,7 @@ class EGDServerFactory(Factory):
 
     def clientDisconnected(self, client: EGDServerProtocol):
         self.clients.discard(client)
+        if self._refusalLogged and len(self.clients) < self.maxClients:
+            self._refusalLogged = False
+            self.log.info("Room for clients again after refusing {count} in all",
+                          count=self.refused)

@@ -4,12 +4,14 @@ in-memory connection.
 """
 
 from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.test import iosim
 from twisted.trial import unittest
 
 from ekey.client import EGDClientProtocol, EGDConnectionLost, readExactly
 from ekey.pool import EntropyPool
+from ekey.ratelimit import RateLimiter
 from ekey.server import MAX_QUEUED_COMMANDS, EGDServerFactory
 
 
@@ -161,6 +163,101 @@ class ServerTests(unittest.TestCase):
         self.pool.add(b"!")
         self.assertEqual(transport.producerState, "producing")
         self.assertEqual(len(transport.value()), 1 + 4 * (MAX_QUEUED_COMMANDS + 5))
+
+
+class LimitTests(unittest.TestCase):
+    """
+    Per-client rates, the client cap, the idle time-out and the pending
+    bytes cap.
+    """
+
+    def setUp(self):
+        self.clock = Clock()
+        self.pool = EntropyPool(1 << 20)
+
+    def factory(self, **kwargs):
+        return EGDServerFactory(self.pool, clock=self.clock, **kwargs)
+
+    def test_rateLimitedBlockingRead(self):
+        """
+        A client over its rate waits for its bucket to refill rather than
+        being disconnected; its blocking read completes at the rate.
+        """
+        factory = self.factory(limiter=RateLimiter(rate=100, burst=100))
+        client, server, pump = connect(factory)
+        self.pool.add(b"r" * 1000)
+        d = client.readBlocking(250)
+        pump.flush()
+        self.assertNoResult(d)
+        self.assertEqual(server.bytesServed, 100)
+        self.clock.advance(1)
+        pump.flush()
+        self.assertEqual(server.bytesServed, 200)
+        self.clock.advance(0.5)
+        pump.flush()
+        self.assertEqual(self.successResultOf(d), b"r" * 250)
+
+    def test_rateLimitedNonBlockingRead(self):
+        """
+        A non-blocking read gets no more than the client's bucket holds.
+        """
+        factory = self.factory(limiter=RateLimiter(rate=10, burst=50))
+        client, server, pump = connect(factory)
+        self.pool.add(b"n" * 1000)
+        first, second = client.read(255), client.read(255)
+        pump.flush()
+        self.assertEqual(len(self.successResultOf(first)), 50)
+        self.assertEqual(self.successResultOf(second), b"")
+
+    def test_maxClients(self):
+        """
+        Clients beyond the cap are refused at once and counted; room comes
+        back when one leaves.
+        """
+        factory = self.factory(maxClients=2)
+        connections = [connect(factory) for _ in range(3)]
+        for _, _, pump in connections:
+            pump.flush()
+        self.assertEqual(len(factory.clients), 2)
+        self.assertEqual(factory.refused, 1)
+        self.failureResultOf(connections[2][0].level(), EGDConnectionLost)
+        connections[0][0].transport.loseConnection()
+        connections[0][2].flush()
+        self.assertEqual(len(factory.clients), 1)
+
+    def test_idleTimeout(self):
+        """
+        A connection that asks for nothing is closed after the idle time;
+        one waiting on a blocking read is not idle.
+        """
+        factory = self.factory(idleTimeout=30)
+        idle, _, idlePump = connect(factory)
+        waiting, _, waitingPump = connect(factory)
+        d = waiting.readBlocking(10)
+        waitingPump.flush()
+        self.clock.advance(31)
+        idlePump.flush()
+        waitingPump.flush()
+        self.assertFalse(idle.connected)
+        self.assertTrue(waiting.connected)
+        self.assertEqual(factory.idleClosed, 1)
+        self.pool.add(b"w" * 10)
+        waitingPump.flush()
+        self.assertEqual(self.successResultOf(d), b"w" * 10)
+
+    def test_pendingBytesCap(self):
+        """
+        A client that asks for more than the pending cap stops being read
+        until what it asked for has been served.
+        """
+        factory = self.factory(maxPendingBytes=1000)
+        server = factory.buildProtocol(None)
+        transport = StringTransport()
+        server.makeConnection(transport)
+        server.dataReceived(b"\x02\xff" * 10)
+        self.assertEqual(transport.producerState, "paused")
+        self.pool.add(b"p" * 2550)
+        self.assertEqual(transport.producerState, "producing")
 
 
 class ClientTests(unittest.TestCase):

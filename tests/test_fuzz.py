@@ -1,0 +1,221 @@
+"""
+Property-based tests (hypothesis) of the parsers, the key session and the
+pool: whatever arrives, they never crash, never output what was not
+verified, and never hand out a byte twice.
+"""
+
+import os
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from twisted.trial import unittest
+
+from ekey.egd import EGDServerParser, encodeRequest
+from ekey.frames import (
+    FRAME_LENGTH,
+    FrameReader,
+    RemoteProtocolError,
+    binaryPayload,
+    buildContent,
+    buildFrame,
+    encodeSubcode,
+)
+from ekey.keyring import Keyring
+from ekey.pool import EntropyPool
+from ekey.session import EntropyReceived, KeySession
+from ekey.skein import prepared
+from tests.vectors import HOST_NONCE, LONG_TERM_KEY, SERIAL, SESSION, deviceFrames
+
+SESSION_KEY = bytes.fromhex(SESSION["session_key"])
+FUZZ = settings(max_examples=200, deadline=None,
+                suppress_health_check=[HealthCheck.too_slow])
+
+
+def chunked(data, cuts):
+    """
+    Split C{data} at the given (sorted, deduplicated) offsets.
+    """
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    pieces, last = [], 0
+    for p in points:
+        pieces.append(data[last:p])
+        last = p
+    pieces.append(data[last:])
+    return pieces
+
+
+class FrameReaderFuzz(unittest.TestCase):
+    """
+    The frame reader on arbitrary streams.
+    """
+
+    @FUZZ
+    @given(st.binary(max_size=2000), st.lists(st.integers(0, 2000), max_size=20))
+    def test_anyStream(self, data, cuts):
+        """
+        Any bytes, cut anywhere, give only well-framed 64-byte frames, never
+        an exception, and the reader never holds more than a frame.
+        """
+        reader = FrameReader()
+        for piece in chunked(data, cuts):
+            for frame in reader.receiveData(piece):
+                self.assertEqual(len(frame), FRAME_LENGTH)
+                self.assertEqual(frame[:2], b"* ")
+                self.assertEqual(frame[-2:], b"\r\n")
+            self.assertLessEqual(len(reader._buffer), FRAME_LENGTH)
+        self.assertEqual(reader.bytesRead, len(data))
+
+    @FUZZ
+    @given(st.lists(st.binary(max_size=80), max_size=10))
+    def test_framesSurviveGarbage(self, garbage):
+        """
+        Good frames separated by garbage without C{*} all come through.
+        """
+        frames = deviceFrames()
+        stream = b""
+        for i, frame in enumerate(frames):
+            junk = garbage[i % len(garbage)].replace(b"*", b"") if garbage else b""
+            stream += junk + frame
+        self.assertEqual(FrameReader().receiveData(stream), frames)
+
+
+def runningSession():
+    """
+    A session holding the vectors' session key.
+    """
+    ring = Keyring()
+    ring.set(SERIAL, LONG_TERM_KEY)
+    session = KeySession(ring, randomBytes=lambda n: HOST_NONCE[4:])
+    session.connectionMade()
+    for frame in deviceFrames()[:4]:
+        session.receiveData(frame)
+    session.dataToSend()
+    return session
+
+
+def entropyFrame(sequence, plaintext, key=SESSION_KEY):
+    pad = prepared("EES", SERIAL, key).update(encodeSubcode(sequence)).final()
+    ciphertext = bytes(a ^ b for a, b in zip(plaintext, pad))
+    return buildFrame(buildContent("E", binaryPayload(sequence, ciphertext), True),
+                      prepared("PMS", SERIAL, key))
+
+
+class SessionFuzz(unittest.TestCase):
+    """
+    The key session on arbitrary input.
+    """
+
+    @FUZZ
+    @given(st.binary(max_size=3000), st.lists(st.integers(0, 3000), max_size=20))
+    def test_randomBytesYieldNothing(self, data, cuts):
+        """
+        Random bytes never raise and never yield entropy (a MAC cannot be
+        guessed).
+        """
+        session = runningSession()
+        for piece in chunked(data, cuts):
+            for event in session.receiveData(piece):
+                self.assertNotIsInstance(event, EntropyReceived)
+            session.dataToSend()
+
+    @FUZZ
+    @given(st.lists(st.tuples(st.integers(0, 4095), st.sampled_from(
+        ["good", "badmac", "flip", "truncate", "zero-key", "garbage"])), max_size=40))
+    def test_onlyVerifiedFramesYieldEntropy(self, plan):
+        """
+        In any sequence of good, corrupted, truncated, zero-key and garbage
+        frames, every block that comes out is the plaintext of a good frame,
+        in order, each at most once.
+        """
+        session = runningSession()
+        good = []
+        out = []
+        for sequence, kind in plan:
+            plaintext = os.urandom(32)
+            frame = entropyFrame(sequence, plaintext)
+            if kind == "good":
+                good.append(plaintext)
+            elif kind == "badmac":
+                frame = frame[:56] + (b"A" if frame[56:57] != b"A" else b"B") + frame[57:]
+            elif kind == "flip":
+                frame = frame[:20] + bytes([frame[20] ^ 1]) + frame[21:]
+            elif kind == "truncate":
+                frame = frame[:40]
+            elif kind == "zero-key":
+                frame = entropyFrame(sequence, plaintext, key=bytes(32))
+            else:
+                frame = os.urandom(64)
+            for event in session.receiveData(frame):
+                if isinstance(event, EntropyReceived):
+                    out.append(event.data)
+            session.dataToSend()
+        self.assertEqual(len(set(out)), len(out))
+        positions = [good.index(block) for block in out]
+        self.assertEqual(positions, sorted(positions))
+
+
+class EGDParserFuzz(unittest.TestCase):
+    """
+    The EGD server parser on arbitrary input.
+    """
+
+    @FUZZ
+    @given(st.binary(max_size=600), st.lists(st.integers(0, 600), max_size=10))
+    def test_anyBytes(self, data, cuts):
+        """
+        Any bytes give commands or a remote protocol error, never another
+        exception; the commands re-encode to exactly the bytes consumed.
+        """
+        parser = EGDServerParser()
+        commands = []
+        try:
+            for piece in chunked(data, cuts):
+                commands.extend(parser.receiveData(piece))
+        except RemoteProtocolError:
+            return
+        encoded = b"".join(encodeRequest(c) for c in commands)
+        self.assertEqual(encoded + parser._buffer, data)
+
+
+class PoolFuzz(unittest.TestCase):
+    """
+    The pool under random interleavings of its operations.
+    """
+
+    @FUZZ
+    @given(st.integers(1, 500), st.lists(st.tuples(
+        st.sampled_from(["add", "take", "request", "cancel", "pause", "resume", "poll",
+                         "unpoll"]),
+        st.integers(0, 300)), max_size=80))
+    def test_noByteTwice(self, capacity, operations):
+        """
+        Everything handed out, by takes and deliveries in the order they
+        happen, is exactly the start of what was accepted: no byte twice, none
+        skipped, in order; and the pool never holds more than its capacity.
+        """
+        pool = EntropyPool(capacity)
+        accepted = bytearray()
+        served = bytearray()
+        readers = []
+        pollers = []
+        for operation, n in operations:
+            if operation == "add":
+                data = os.urandom(n)
+                accepted += data[: pool.add(data)]
+            elif operation == "take":
+                served += pool.take(n)
+            elif operation == "request":
+                readers.append(pool.request(n or None, served.extend, quantum=1 + n % 40))
+            elif operation == "cancel" and readers:
+                readers.pop(n % len(readers)).cancel()
+            elif operation == "pause" and readers:
+                readers[n % len(readers)].pause()
+            elif operation == "resume" and readers:
+                readers[n % len(readers)].resume()
+            elif operation == "poll":
+                pollers.append(pool.addPollingReader())
+            elif operation == "unpoll" and pollers:
+                pollers.pop(n % len(pollers))()
+            self.assertLessEqual(pool.level, capacity)
+            self.assertEqual(bytes(served), bytes(accepted[: len(served)]))
+            self.assertEqual(len(accepted) - len(served), pool.level)
