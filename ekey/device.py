@@ -310,6 +310,23 @@ class KeyService(ClientService):
             clock=reactor,
         )
         self.setName(f"key:{path}")
+        self._startedEarly = False
+
+    def privilegedStartService(self):
+        """
+        Open the key while the process still has its privileges (before
+        C{twistd --uid/--gid} sheds them), as ekeyd opens keys as root.
+        Reopening it later, after it vanishes, needs the unprivileged user
+        to have access (the C{dialout} group for USB serial devices).
+        """
+        ClientService.privilegedStartService(self)
+        self._startedEarly = True
+        ClientService.startService(self)
+
+    def startService(self):
+        if self._startedEarly and self.running:
+            return
+        ClientService.startService(self)
 
 
 class KeyDirectoryService(Service):

@@ -250,6 +250,30 @@ class KeyServiceTests(unittest.TestCase):
         self.assertTrue(os.path.exists(path))
 
 
+class PrivilegeTests(unittest.TestCase):
+    """
+    Keys are opened before privileges are shed.
+    """
+
+    def test_openedInPrivilegedStart(self):
+        """
+        A key service starts connecting in privilegedStartService, and the
+        later startService does not connect again.
+        """
+        path = self.mktemp()
+        listener = socket.socket(socket.AF_UNIX)
+        self.addCleanup(listener.close)
+        listener.bind(path)
+        reactor = MemoryReactorClock()
+        service = KeyService(path, ring, lambda b: None, reactor=reactor)
+        service.privilegedStartService()
+        self.assertEqual(len(reactor.unixClients), 1)
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.assertEqual(len(reactor.unixClients), 1)
+        self.assertTrue(service.running)
+
+
 class KeyDirectoryServiceTests(unittest.TestCase):
     """
     L{KeyDirectoryService} follows keys as they come and go.
