@@ -54,6 +54,22 @@ def entropyFrame(sequence, plaintext):
     return buildFrame(content, prepared("PMS", SERIAL, key))
 
 
+def runningProtocol(onEntropy):
+    """
+    A key protocol over a string transport that has agreed the vectors'
+    session key.
+
+    @return: C{(factory, protocol)}.
+    """
+    factory = KeyProtocolFactory("/dev/test", ring, onEntropy, clock=Clock(),
+                                 randomBytes=lambda n: HOST_NONCE[4:])
+    protocol = factory.buildProtocol(None)
+    protocol.makeConnection(StringTransport())
+    for frame in deviceFrames()[:4]:
+        protocol.dataReceived(frame)
+    return factory, protocol
+
+
 class KeyProtocolTests(unittest.TestCase):
     """
     L{KeyProtocol} forwards bytes and hands out verified blocks.
@@ -91,12 +107,7 @@ class KeyProtocolTests(unittest.TestCase):
         and it stays stopped when it connects again.
         """
         blocks = []
-        factory = KeyProtocolFactory("/dev/test", ring, blocks.append, clock=Clock(),
-                                     randomBytes=lambda n: HOST_NONCE[4:])
-        protocol = factory.buildProtocol(None)
-        protocol.makeConnection(StringTransport())
-        for frame in deviceFrames()[:4]:
-            protocol.dataReceived(frame)
+        factory, protocol = runningProtocol(blocks.append)
         stuck = bytes(range(100, 132))
         protocol.dataReceived(entropyFrame(0, stuck) + entropyFrame(1, stuck))
         self.assertEqual(protocol.session.state, KeyState.FAILED_HEALTH)
@@ -115,12 +126,7 @@ class KeyProtocolTests(unittest.TestCase):
         import os
 
         blocks = []
-        factory = KeyProtocolFactory("/dev/test", ring, blocks.append, clock=Clock(),
-                                     randomBytes=lambda n: HOST_NONCE[4:])
-        protocol = factory.buildProtocol(None)
-        protocol.makeConnection(StringTransport())
-        for frame in deviceFrames()[:4]:
-            protocol.dataReceived(frame)
+        factory, protocol = runningProtocol(blocks.append)
         sent = [os.urandom(32) for _ in range(100)]
         protocol.dataReceived(b"".join(entropyFrame(i, p) for i, p in enumerate(sent)))
         self.assertEqual(b"".join(blocks), b"".join(sent)[:2500])
