@@ -177,6 +177,32 @@ class KeyProtocolTests(unittest.TestCase):
         self.assertEqual(protocol.session.state, KeyState.RUNNING)
         self.assertEqual(clock.getDelayedCalls(), [])
 
+    def test_logsCarryNoSecrets(self):
+        """
+        Everything logged while a key connects, re-keys, sends entropy,
+        fails a MAC and goes away names the key but never carries entropy,
+        the session key or the long-term key, in hex or base64.
+        """
+        import base64
+
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        blocks = []
+        factory, protocol = runningProtocol(blocks.append)
+        for frame in deviceFrames()[4:]:
+            protocol.dataReceived(frame)
+        protocol.connectionLost(Failure(ConnectionError("unplugged")))
+        text = "\n".join(formatEvent(e) + repr(sorted(e.items(), key=str)) for e in events)
+        self.assertIn(SESSION["serial_pem"], text)
+        secrets = [bytes.fromhex(h) for h in SESSION["plaintext_in_order"]]
+        secrets += [bytes.fromhex(SESSION["session_key"]), LONG_TERM_KEY]
+        for secret in secrets:
+            for form in (secret.hex(), base64.b64encode(secret).decode(), repr(secret)[2:20]):
+                self.assertNotIn(form[:16], text)
+
     def test_freshSessionPerConnection(self):
         """
         Each connection gets a new session with the keyring in force then.
