@@ -28,7 +28,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from ekey.health import HealthMonitor
+from ekey.health import FIPS_BLOCK_BYTES, HealthMonitor
 from ekey.keyring import Keyring, formatSerial
 from ekey.session import (
     EntropyReceived,
@@ -280,11 +280,14 @@ class KeyProtocolFactory(Factory):
 
     def _feedPool(self, data: bytes):
         self._pool.add(data)
-        if self._pool.space == 0 and self.protocol is not None:
+        # Stop reading while the pool has no room for the next tested chunk,
+        # so that verified entropy is not refused.
+        if self._pool.space < FIPS_BLOCK_BYTES and self.protocol is not None:
             self.protocol.pauseReading()
 
     def _poolLevelChanged(self, pool):
-        if self.protocol is not None and self.protocol.readingPaused and pool.space > 0:
+        if (self.protocol is not None and self.protocol.readingPaused
+                and pool.space >= FIPS_BLOCK_BYTES):
             self.protocol.resumeReading()
 
 

@@ -139,7 +139,7 @@ class KeyProtocolTests(unittest.TestCase):
         """
         from ekey.pool import EntropyPool
 
-        pool = EntropyPool(2500)
+        pool = EntropyPool(5000)
         factory = KeyProtocolFactory("/dev/test", ring, None, clock=Clock(), pool=pool,
                                      randomBytes=lambda n: HOST_NONCE[4:])
         factory.health = PassThrough()
@@ -151,9 +151,10 @@ class KeyProtocolTests(unittest.TestCase):
             protocol.dataReceived(frame)
         import os
 
-        protocol.dataReceived(b"".join(entropyFrame(i, os.urandom(32)) for i in range(79)))
-        self.assertEqual(pool.level, 2500)
+        protocol.dataReceived(b"".join(entropyFrame(i, os.urandom(32)) for i in range(80)))
+        self.assertEqual(pool.level, 2560)
         self.assertEqual(transport.producerState, "paused")
+        self.assertEqual(pool.bytesRefused, 0)
         pool.take(100)
         self.assertEqual(transport.producerState, "producing")
 
