@@ -52,6 +52,7 @@ class Daemon(Service):
         self.history: deque = deque(maxlen=HISTORY)
         self.startedAt = clock.seconds()
         self._lastSample: Optional[Tuple[float, int]] = None
+        self._stopping = False
         self._sampler = LoopingCall(self.sample)
         self._sampler.clock = clock
 
@@ -77,9 +78,11 @@ class Daemon(Service):
 
     def shutdown(self):
         """
-        Stop the daemon.
+        Stop the daemon (once; later calls do nothing).
         """
-        self._shutdown()
+        if not self._stopping:
+            self._stopping = True
+            self._shutdown()
 
     @property
     def upstreams(self) -> list:

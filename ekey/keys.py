@@ -18,7 +18,7 @@ from ekey.keyring import Keyring, KeyringError, formatSerial
 from ekey.session import KeyState
 
 
-class KeyNotFound(KeyError):
+class KeyNotFound(LookupError):
     """
     No key has that number, serial or path.
     """
@@ -57,6 +57,9 @@ class KeyManager(MultiService):
         self._reactor = reactor
         self._keys: "OrderedDict[int, KeyService]" = OrderedDict()
         self._nextNumber = 1
+        #: Paths of the daemon's own Unix sockets (EGD, control), which are
+        #: never keys even though they are sockets.
+        self.ownSockets: List[str] = []
 
     # Changes ---------------------------------------------------------------------
 
@@ -72,6 +75,8 @@ class KeyManager(MultiService):
             raise KeyringError("no keyring is loaded: give --keyring")
         checkKeyPath(path)
         real = os.path.realpath(path)
+        if any(os.path.realpath(own) == real for own in self.ownSockets):
+            raise KeyPathError(f"{path} is one of this daemon's own sockets, not a key")
         for service in self._keys.values():
             if os.path.realpath(service.path) == real:
                 raise KeyPathError(f"key {path} is served already")

@@ -21,6 +21,7 @@ from twisted.application.service import MultiService, Service
 from twisted.logger import Logger
 from twisted.python import usage
 
+from ekey.daemon import Daemon
 from ekey.device import KeyDirectoryService, KeyPathError, checkKeyPath
 from ekey.feeder import KernelFeeder, openKernel
 from ekey.kernel import (
@@ -32,11 +33,16 @@ from ekey.kernel import (
 from ekey.keyring import DEFAULT_KEYRING, Keyring, KeyringError
 from ekey.keys import KeyManager
 from ekey.pool import DEFAULT_POOL_SIZE, EntropyPool
-from ekey.server import EGDServerFactory
+from ekey.ratelimit import RateLimiter
+from ekey.server import DEFAULT_MAX_PENDING, EGDServerFactory
 from ekey.sinks import FileSink, SinkError
 from ekey.upstream import DEFAULT_HIGH_WATER, DEFAULT_LOW_WATER, PullPolicy, UpstreamService
 
 log = Logger()
+
+#: The control channel's default: a private Unix socket in the run directory
+#: (C{twistd --rundir}, such as C{/run/ekey}, where ekeyctl looks first).
+DEFAULT_CONTROL = "unix:control.sock:mode=600:lockfile=1"
 
 
 class Options(usage.Options):
@@ -67,6 +73,23 @@ class Options(usage.Options):
         ["kernel-interval", None, DEFAULT_INTERVAL,
          "Seconds between top-ups of the kernel's pool.", float],
         ["kernel-bytes", None, DEFAULT_BYTES, "Bytes per top-up of the kernel's pool.", int],
+        ["control", None, DEFAULT_CONTROL,
+         "The control channel (ekeyctl) endpoint; 'none' for no control channel. The default "
+         "is a Unix socket, mode 0600, in the run directory (twistd --rundir)."],
+        ["client-rate", None, 0.0,
+         "Bytes per second each EGD client may draw (keyed by certificate identity, else "
+         "address); 0 for no limit. A client over its share waits.", float],
+        ["client-burst", None, 65536, "Bytes a client may draw at once after a rest.", int],
+        ["max-clients", None, 0, "The most EGD clients at once (0: no limit).", int],
+        ["idle-timeout", None, 0.0,
+         "Close EGD connections that send no request for this many seconds (0: never).",
+         float],
+        ["max-pending", None, DEFAULT_MAX_PENDING,
+         "Bytes an EGD connection may have asked for and not yet received before its "
+         "requests stop being read.", int],
+        ["metrics", None, None,
+         "Serve Prometheus metrics (/metrics) and the status page (/) on this endpoint, "
+         "such as tcp:9110:interface=127.0.0.1."],
     ]
     optFlags = [
         ["kernel", None, "Feed the Linux kernel's random pool (RNDADDENTROPY; needs "
@@ -114,6 +137,7 @@ class Options(usage.Options):
         self._checkPorts()
         if self["pool-size"] < 1:
             raise usage.UsageError("--pool-size must be at least 1 byte")
+        self._checkLimits()
         if self["upstreams"]:
             self._checkUpstreams()
         self["keyringObject"] = None
@@ -155,6 +179,15 @@ class Options(usage.Options):
         if directory and not os.path.isdir(directory):
             raise usage.UsageError(f"--device-dir {directory} is not a directory")
 
+    def _checkLimits(self):
+        for name in ("client-rate", "client-burst", "max-clients", "idle-timeout"):
+            if self[name] < 0:
+                raise usage.UsageError(f"--{name} cannot be negative")
+        if self["max-pending"] < 255:
+            raise usage.UsageError("--max-pending must allow one request (255 bytes)")
+        if self["client-rate"] and self["client-burst"] < 1:
+            raise usage.UsageError("--client-burst must be at least 1 byte with --client-rate")
+
     def _checkUpstreams(self):
         from twisted.internet import endpoints, reactor
 
@@ -173,6 +206,14 @@ class Options(usage.Options):
     def _checkPorts(self):
         from twisted.internet import endpoints, reactor
 
+        if self["control"] == "none":
+            self["control"] = None
+        for description in [self["control"], self["metrics"]]:
+            if description:
+                try:
+                    endpoints.serverFromString(reactor, description)
+                except (ValueError, KeyError, TypeError) as e:
+                    raise usage.UsageError(f"bad endpoint {description!r}: {e}") from None
         for description in self["ports"]:
             if self["ports"].count(description) > 1:
                 raise usage.UsageError(f"--port {description} is given more than once")
@@ -204,12 +245,23 @@ class SinkService(Service):
         self.sink.close()
 
 
+def _unixPath(description: str):
+    """
+    @return: the path of a C{unix:} endpoint description, else C{None}.
+    """
+    if not description.startswith("unix:"):
+        return None
+    return description[len("unix:"):].split(":")[0].replace("\\", "") or None
+
+
 def makeService(options, reactor=None):
     """
     Build the daemon's services from parsed L{Options}.
 
     @return: a L{MultiService} with attributes C{pool} and C{egdFactory}.
     """
+    if reactor is None:
+        from twisted.internet import reactor
     top = MultiService()
     keyring = options["keyringObject"]
     pool = EntropyPool(options["pool-size"])
@@ -218,8 +270,13 @@ def makeService(options, reactor=None):
     keys = KeyManager(keyring, pool, reactor=reactor)
     keys.setServiceParent(top)
     top.keys = keys
+    daemon = Daemon(keys, pool, reactor, reactor.stop)
+    daemon.setServiceParent(top)
+    top.daemon = daemon
     for path in options["devices"]:
         keys.add(path)
+    keys.ownSockets = [_unixPath(d) for d in options["ports"] + [options["control"] or ""]
+                       if _unixPath(d)]
     if options["device-dir"]:
 
         def appeared(path):
@@ -232,19 +289,38 @@ def makeService(options, reactor=None):
                             exclude=options["devices"], reactor=reactor).setServiceParent(top)
     if options["upstreams"]:
         policy = PullPolicy(pool, options["low-water"], options["high-water"])
-        top.pullPolicy = policy
+        top.pullPolicy = daemon.pullPolicy = policy
         for description in options["upstreams"]:
             UpstreamService(description, policy, reactor=reactor).setServiceParent(top)
-    top.egdFactory = EGDServerFactory(pool)
+    # One factory per listener, so that each has its own clients and
+    # counters; they share the pool and the per-client rate limits.
+    limiter = RateLimiter(options["client-rate"], options["client-burst"])
     for description in options["ports"]:
-        strports.service(description, top.egdFactory, reactor=reactor).setServiceParent(top)
+        factory = EGDServerFactory(
+            pool, name=description, clock=reactor, limiter=limiter,
+            maxClients=options["max-clients"], idleTimeout=options["idle-timeout"],
+            maxPendingBytes=options["max-pending"])
+        strports.service(description, factory, reactor=reactor).setServiceParent(top)
+        daemon.listeners.append((description, factory))
     for sink in options["sinks"]:
         SinkService(pool, sink).setServiceParent(top)
+        daemon.sinks.append(sink)
     if options["kernelFeed"] is not None:
         kernel, policy = options["kernelFeed"]
         top.kernelFeeder = KernelFeeder(pool, kernel, policy, options["shannons-per-byte"],
                                         reactor=reactor)
         top.kernelFeeder.setServiceParent(top)
+        daemon.kernelFeeder = top.kernelFeeder
+    if options["control"]:
+        from ekey.control import ControlFactory
+
+        strports.service(options["control"], ControlFactory(daemon),
+                         reactor=reactor).setServiceParent(top)
+    if options["metrics"]:
+        from ekey.web import makeSite
+
+        strports.service(options["metrics"], makeSite(daemon),
+                         reactor=reactor).setServiceParent(top)
     log.info(
         "ekey starting: {keys} key(s){directory}, {upstreams} upstream(s), keyring {keyring}, "
         "pool of {size} bytes, EGD on {ports}",

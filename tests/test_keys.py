@@ -103,6 +103,16 @@ class KeyManagerTests(unittest.TestCase):
         self.assertEqual(stats["EntropyRate"], 128)
         self.assertEqual(stats["MACFailures"], 1)
 
+    def test_ownSocketsAreNotKeys(self):
+        """
+        The daemon's own Unix sockets (EGD, control) are never taken for
+        keys, even by addall.
+        """
+        own = self.socketPath()
+        self.manager.ownSockets = [own]
+        self.assertIn("own sockets", str(self.assertRaises(KeyPathError, self.manager.add, own)))
+        self.assertEqual(str(KeyNotFound("no key '9'")), "no key '9'")
+
     def test_remove(self):
         """
         Removing a key stops its service and frees its number's slot.

@@ -71,7 +71,8 @@ class OptionsTests(unittest.TestCase):
         options = self.parse("--device", self.device, "--keyring", self.keyring,
                              "--port", "unix:" + self.mktemp() + ":mode=600")
         service = makeService(options, reactor=MemoryReactorClock())
-        self.assertIs(service.egdFactory.pool, service.pool)
+        [(description, factory)] = service.daemon.listeners
+        self.assertIs(factory.pool, service.pool)
 
     def test_badPort(self):
         """
