@@ -80,7 +80,8 @@ class Options(usage.Options):
          "Bytes per second each EGD client may draw (keyed by certificate identity, else "
          "address); 0 for no limit. A client over its share waits.", float],
         ["client-burst", None, 65536, "Bytes a client may draw at once after a rest.", int],
-        ["max-clients", None, 0, "The most EGD clients at once (0: no limit).", int],
+        ["max-clients", None, 0,
+         "The most EGD clients at once on each --port (0: no limit).", int],
         ["idle-timeout", None, 0.0,
          "Close EGD connections that send no request for this many seconds (0: never).",
          float],
@@ -208,19 +209,15 @@ class Options(usage.Options):
 
         if self["control"] == "none":
             self["control"] = None
-        for description in [self["control"], self["metrics"]]:
-            if description:
-                try:
-                    endpoints.serverFromString(reactor, description)
-                except (ValueError, KeyError, TypeError) as e:
-                    raise usage.UsageError(f"bad endpoint {description!r}: {e}") from None
-        for description in self["ports"]:
+        listeners = [("--port", d) for d in self["ports"]]
+        listeners += [(f"--{name}", self[name]) for name in ("control", "metrics") if self[name]]
+        for option, description in listeners:
             if self["ports"].count(description) > 1:
                 raise usage.UsageError(f"--port {description} is given more than once")
             try:
                 endpoints.serverFromString(reactor, description)
             except (ValueError, KeyError, TypeError) as e:
-                raise usage.UsageError(f"bad --port {description!r}: {e}") from None
+                raise usage.UsageError(f"bad {option} {description!r}: {e}") from None
 
 
 class SinkService(Service):
@@ -258,7 +255,8 @@ def makeService(options, reactor=None):
     """
     Build the daemon's services from parsed L{Options}.
 
-    @return: a L{MultiService} with attributes C{pool} and C{egdFactory}.
+    @return: a L{MultiService} with attributes C{pool}, C{keys} (the
+        L{KeyManager}) and C{daemon} (the L{Daemon}).
     """
     if reactor is None:
         from twisted.internet import reactor
@@ -273,10 +271,10 @@ def makeService(options, reactor=None):
     daemon = Daemon(keys, pool, reactor, reactor.stop)
     daemon.setServiceParent(top)
     top.daemon = daemon
-    for path in options["devices"]:
-        keys.add(path)
     keys.ownSockets = [_unixPath(d) for d in options["ports"] + [options["control"] or ""]
                        if _unixPath(d)]
+    for path in options["devices"]:
+        keys.add(path)
     if options["device-dir"]:
 
         def appeared(path):

@@ -78,7 +78,7 @@ class OptionsTests(unittest.TestCase):
         """
         A port description Twisted cannot parse is refused at start-up.
         """
-        self.assertUsage("nosuch:1", "--device", self.device, "--keyring", self.keyring,
+        self.assertUsage("bad --port 'nosuch:1'", "--device", self.device, "--keyring", self.keyring,
                          "--port", "nosuch:1")
 
     def test_deviceDirectory(self):
