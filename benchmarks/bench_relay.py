@@ -377,7 +377,7 @@ class Bench:
         certs.writePrivate(os.path.join(self.pki, "localhost.key"), certs.keyPEM(host[1]))
 
     def twistd(self, name: str, ekeyArgs: List[str]) -> subprocess.Popen:
-        common = ["--nodaemon", "--pidfile=", f"--logfile={name}.log", "ekey"]
+        common = ["--nodaemon", "--pidfile=", f"--logfile={name}.log", "ekey", "--control", "none"]
         argv = [sys.executable, "-c",
                 "import sys; from twisted.scripts.twistd import run; "
                 "sys.argv[0] = 'twistd'; run()"]

@@ -41,6 +41,9 @@ from ekey.session import (
 
 SERIAL_BAUDRATE = 115200
 
+#: Seconds between two log lines about garbage from the same key.
+GARBAGE_REPORT_INTERVAL = 60.0
+
 
 class KeyPathError(Exception):
     """
@@ -82,6 +85,9 @@ class KeyDeviceEndpoint:
         """
         self._reactor = reactor
         self.path = path
+
+    def __repr__(self) -> str:
+        return f"<key {self.path}>"
 
     def connect(self, protocolFactory):
         """
@@ -138,6 +144,7 @@ class KeyProtocol(Protocol):
         self.health = health if health is not None else HealthMonitor()
         self.readingPaused = False
         self.connectedAt: Optional[float] = None
+        self._garbageReported = (None, 0)
         self._onEntropy = onEntropy
         self._onEvent = onEvent
         if clock is None:
@@ -157,6 +164,20 @@ class KeyProtocol(Protocol):
     def dataReceived(self, data):
         self._handle(self.session.receiveData(data))
         self.flush()
+        self._reportGarbage()
+
+    def _reportGarbage(self):
+        # At most one line a minute, however fast a key sends garbage.
+        discarded = self.session.statistics.bytesDiscarded
+        lastTime, lastCount = self._garbageReported
+        now = self._clock.seconds()
+        if discarded > lastCount and (lastTime is None or now - lastTime >= GARBAGE_REPORT_INTERVAL):
+            self.log.warn(
+                "Key {path} sent {count} bytes that are not frames ({errors} framing errors "
+                "in all); they were discarded",
+                path=self.path, count=discarded - lastCount,
+                errors=self.session.statistics.framingErrors)
+            self._garbageReported = (now, discarded)
 
     def pauseReading(self):
         """
@@ -281,14 +302,17 @@ class KeyProtocolFactory(Factory):
     def _feedPool(self, data: bytes):
         self._pool.add(data)
         # Stop reading while the pool has no room for the next tested chunk,
-        # so that verified entropy is not refused.
+        # so that verified entropy is not refused; read again only once there
+        # is room for what one read of the key brings (a socket's worth of
+        # frames), not at the first byte taken.
         if self._pool.space < FIPS_BLOCK_BYTES and self.protocol is not None:
             self.protocol.pauseReading()
 
     def _poolLevelChanged(self, pool):
-        if (self.protocol is not None and self.protocol.readingPaused
-                and pool.space >= FIPS_BLOCK_BYTES):
-            self.protocol.resumeReading()
+        if self.protocol is not None and self.protocol.readingPaused:
+            resumeAt = max(FIPS_BLOCK_BYTES, min(pool.capacity // 2, 65536))
+            if pool.space >= resumeAt:
+                self.protocol.resumeReading()
 
 
 class KeyService(ClientService):

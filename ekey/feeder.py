@@ -186,7 +186,7 @@ def main(argv=None, reactor=None):
 
     args = _parser().parse_args(argv)
     high = max(2048, 4 * args.bytes)
-    daemonArgs = ["--kernel", "--kernel-interval", str(args.interval),
+    daemonArgs = ["--control", "none", "--kernel", "--kernel-interval", str(args.interval),
                   "--kernel-bytes", str(args.bytes),
                   "--shannons-per-byte", str(args.shannons_per_byte),
                   "--pool-size", str(2 * high), "--low-water", str(high // 4),
@@ -204,7 +204,12 @@ def main(argv=None, reactor=None):
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)],
                                      redirectStandardIO=False)
     service = makeService(options, reactor=reactor)
-    service.startService()
+    try:
+        service.privilegedStartService()
+        service.startService()
+    except Exception as e:
+        print(f"ekey-feed-kernel: {e}", file=sys.stderr)
+        return 1
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     reactor.run()
     return 0

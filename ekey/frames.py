@@ -25,6 +25,7 @@ MAC_LENGTH = 6
 MAX_BINARY_DATA = 32
 
 _START = b"*"
+_FRAME_START = b"* "
 _TRAILER = b"\r\n"
 
 CLASS_TEXT = ord(">")
@@ -229,6 +230,7 @@ class FrameReader:
     @ivar bytesRead: every byte received.
     @ivar framesOK: frames returned.
     @ivar framingErrors: runs of garbage and malformed frames skipped.
+    @ivar bytesDiscarded: bytes that were not part of a frame.
     """
 
     def __init__(self):
@@ -236,6 +238,7 @@ class FrameReader:
         self.bytesRead = 0
         self.framesOK = 0
         self.framingErrors = 0
+        self.bytesDiscarded = 0
 
     def reset(self) -> None:
         """
@@ -251,26 +254,35 @@ class FrameReader:
         self.bytesRead += len(data)
         buffer = self._buffer + data
         frames = []
-        while buffer:
-            start = buffer.find(_START)
+        position, end = 0, len(buffer)
+        # Walk an offset through the buffer and slice once at the end, so
+        # that a flood of stray "*" costs linear time.
+        while position < end:
+            # A frame starts with "* ": a "*" followed by anything else is
+            # garbage (one at the very end may yet be followed by a space).
+            start = buffer.find(_FRAME_START, position)
             if start < 0:
-                self.framingErrors += 1
-                buffer = b""
+                keep = end - 1 if buffer.endswith(_START) else end
+                if keep > position:
+                    self.framingErrors += 1
+                    self.bytesDiscarded += keep - position
+                position = keep
                 break
-            if start:
+            if start > position:
                 self.framingErrors += 1
-                buffer = buffer[start:]
-            if len(buffer) < FRAME_LENGTH:
+                self.bytesDiscarded += start - position
+                position = start
+            if end - position < FRAME_LENGTH:
                 break
-            candidate = buffer[:FRAME_LENGTH]
-            if candidate[1:2] == b" " and candidate[-2:] == _TRAILER:
-                frames.append(candidate)
+            if buffer[position + FRAME_LENGTH - 2 : position + FRAME_LENGTH] == _TRAILER:
+                frames.append(buffer[position : position + FRAME_LENGTH])
                 self.framesOK += 1
-                buffer = buffer[FRAME_LENGTH:]
+                position += FRAME_LENGTH
             else:
                 self.framingErrors += 1
-                buffer = buffer[1:]
-        self._buffer = buffer
+                self.bytesDiscarded += 1
+                position += 1
+        self._buffer = buffer[position:]
         return frames
 
 

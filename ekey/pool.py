@@ -4,26 +4,26 @@ The entropy pool: verified bytes from every source, each handed out once.
 
 The pool is bounded and first-in first-out.  Readers either take what
 there is (L{EntropyPool.take}) or wait for bytes (L{EntropyPool.request}).
-Waiting readers are served in turns, in the order they asked, a quantum at a
-time, so that one reader asking for much cannot starve the others.  A
-reader may pause (its consumer is full) and is skipped while paused; a
-reader that goes away is cancelled, and any bytes not yet handed to it stay
-in the pool for the others.  Bytes that arrive while the pool is full are
-refused and counted: they were never handed to anybody.
+Waiting readers are served in turns, in the order they asked, so that one
+reader asking for much cannot starve the others; while there is plenty,
+each turn is an equal split of what is free.  A reader may pause (its
+consumer is full) and is skipped while paused; a reader that goes away is
+cancelled, and any bytes not yet handed to it stay in the pool for the
+others.  Bytes that arrive while the pool is full are refused and counted:
+they were never handed to anybody.
 
-Readers that never wait (EGD's non-blocking 0x01, which is answered at once
-with whatever there is) would find the pool always empty while a waiting
-reader drains every byte as it arrives.  Such readers register with
-L{EntropyPool.addPollingReader}; each arrival is then split between the
-waiting readers and the polling ones in proportion to their numbers, and the
-polling readers' share is held in the pool for them (up to
-C{POLLING_RESERVE} bytes each, or the size of the latest arrival if that is
-larger, since keys deliver in chunks of 2,500 bytes) rather than handed to
-the waiting ones.
-
-While there is plenty, waiting readers get more than one quantum per turn:
-an equal split of what is available, so that a pool with much in it serves
-a large request in one piece.
+Turns among the readers waiting at one moment are not enough: a reader
+that asks once and then waits a round trip before asking again (EGD's
+non-blocking 0x01, or a client doing one blocking read at a time) is never
+waiting when bytes arrive, and a reader with many requests in flight would
+take every byte.  So a reader that is active (it read recently) holds a
+L{ReaderShare}: every arrival is split equally among the active readers
+and the waiting readers without a share (sinks, feeders, relays); an active
+reader's part is held in the pool for it (up to C{POLLING_RESERVE} bytes,
+or the size of the latest arrival if larger, since keys deliver in
+2,500-byte chunks) and its reads are served from it first, so a reader
+asking one request at a time gets as much as one with many in flight.  A
+share given up (the reader went quiet) returns to everybody.
 
 The pool knows nothing of time, sockets or reactors.
 """
@@ -38,6 +38,29 @@ DEFAULT_QUANTUM = 32
 POLLING_RESERVE = 255
 
 
+class ReaderShare:
+    """
+    An active reader's part of the pool.  Created by
+    L{EntropyPool.addShare}.
+
+    @ivar reserved: bytes of the pool held for this reader.
+    @ivar waiting: whether the reader is waiting (it then takes its turns
+        among the waiting readers instead of gathering a share).
+    """
+
+    def __init__(self, pool: "EntropyPool"):
+        self._pool = pool
+        self.reserved = 0
+        self.waiting = False
+        self.removed = False
+
+    def remove(self) -> None:
+        """
+        The reader went quiet or away: its share returns to everybody.
+        """
+        self._pool._removeShare(self)
+
+
 class PendingRead:
     """
     A reader waiting for bytes.  Created by L{EntropyPool.request}.
@@ -48,11 +71,13 @@ class PendingRead:
     """
 
     def __init__(self, pool: "EntropyPool", remaining: Optional[int],
-                 deliver: Callable[[bytes], None], quantum: int):
+                 deliver: Callable[[bytes], None], quantum: int,
+                 share: Optional[ReaderShare] = None):
         self._pool = pool
         self.remaining = remaining
         self._deliver = deliver
         self.quantum = quantum
+        self.share = share
         self.paused = False
         self.active = True
 
@@ -75,6 +100,11 @@ class PendingRead:
         Stop waiting; bytes not yet delivered stay in the pool.
         """
         self._pool._cancel(self)
+
+    def _finished(self) -> None:
+        self.active = False
+        if self.share is not None:
+            self.share.waiting = False
 
 
 class EntropyPool:
@@ -100,7 +130,7 @@ class EntropyPool:
         self._waiting: Deque[PendingRead] = deque()
         self._distributing = False
         self._levelObservers: List[Callable[["EntropyPool"], None]] = []
-        self._pollingReaders = 0
+        self._shares: List[ReaderShare] = []
         self._reserved = 0
         self._lastArrival = 0
         self.bytesIn = 0
@@ -128,28 +158,12 @@ class EntropyPool:
         """
         return len(self._waiting)
 
-    def addPollingReader(self) -> Callable[[], None]:
+    @property
+    def reserved(self) -> int:
         """
-        Register a reader that takes without waiting, so that it keeps a
-        share of what arrives while others wait.
-
-        @return: a function to call once when that reader goes away.
+        Bytes held for active readers' shares.
         """
-        self._pollingReaders += 1
-        removed = []
-
-        def remove():
-            if not removed:
-                removed.append(True)
-                self._pollingReaders -= 1
-                self._reserved = min(self._reserved, self._reserveLimit())
-                self._distribute()
-
-        return remove
-
-    def _reserveLimit(self) -> int:
-        perReader = max(POLLING_RESERVE, self._lastArrival)
-        return min(self._pollingReaders * perReader, self.level)
+        return self._reserved
 
     def observeLevel(self, observer: Callable[["EntropyPool"], None]) -> None:
         """
@@ -157,6 +171,52 @@ class EntropyPool:
         pull, such as upstreams, use it to know when to pull again).
         """
         self._levelObservers.append(observer)
+
+    # Shares -------------------------------------------------------------------------
+
+    def addShare(self) -> ReaderShare:
+        """
+        A reader became active: give it a share, with its part of what is
+        free now.
+        """
+        share = ReaderShare(self)
+        self._shares.append(share)
+        self._grant(share, (self.level - self._reserved) // self._holders())
+        return share
+
+    def _holders(self) -> int:
+        # Everybody with a claim on an arrival: every active reader, and
+        # every waiting reader without a share (sinks, feeders, relays).
+        return max(1, len(self._shares)
+                   + sum(1 for p in self._waiting if p.share is None and not p.paused))
+
+    def addPollingReader(self) -> Callable[[], None]:
+        """
+        Register a reader that only takes without waiting.
+
+        @return: a function to call once when that reader goes away.
+        """
+        return self.addShare().remove
+
+    def _removeShare(self, share: ReaderShare) -> None:
+        if share.removed:
+            return
+        share.removed = True
+        self._shares.remove(share)
+        self._reserved -= share.reserved
+        share.reserved = 0
+        self._distribute()
+
+    def _shareCap(self) -> int:
+        return max(POLLING_RESERVE, self._lastArrival)
+
+    def _grant(self, share: ReaderShare, amount: int) -> None:
+        amount = min(amount, self._shareCap() - share.reserved, self.level - self._reserved)
+        if amount > 0:
+            share.reserved += amount
+            self._reserved += amount
+
+    # Adding and taking ----------------------------------------------------------------
 
     def add(self, data: bytes) -> int:
         """
@@ -172,46 +232,67 @@ class EntropyPool:
             self._buffer += data[:accepted] if accepted < len(data) else data
             self.bytesIn += accepted
             self._lastArrival = accepted
-            if self._pollingReaders:
-                waiting = sum(1 for p in self._waiting if not p.paused)
-                share = accepted * self._pollingReaders // (waiting + self._pollingReaders)
-                self._reserved = min(self._reserved + share, self._reserveLimit())
+            if self._shares:
+                part = accepted // self._holders()
+                for share in self._shares:
+                    self._grant(share, part)
             self._distribute()
             self._notify()
         return accepted
 
-    def take(self, n: int) -> bytes:
+    def take(self, n: int, share: Optional[ReaderShare] = None) -> bytes:
         """
-        Take up to C{n} bytes now, without waiting.
+        Take up to C{n} bytes now, without waiting: the reader's share
+        first, then what nobody holds.
 
         @return: between 0 and C{n} bytes.
         """
-        data = self._remove(n)
+        own = min(n, share.reserved) if share is not None else 0
+        data = self._remove(own + min(n - own, self.level - self._reserved))
+        self._release(share, own)
         if data:
             self._notify()
         return data
 
     def request(self, n: Optional[int], deliver: Callable[[bytes], None],
-                quantum: int = DEFAULT_QUANTUM) -> PendingRead:
+                quantum: int = DEFAULT_QUANTUM,
+                share: Optional[ReaderShare] = None) -> PendingRead:
         """
-        Wait for C{n} bytes, delivered in pieces of at most C{quantum} bytes
-        as they are available, in turn with other waiting readers.
+        Wait for C{n} bytes, delivered in pieces as they are available, in
+        turn with other waiting readers; from the reader's share at once,
+        if it has one.
 
         @param n: bytes wanted, or C{None} for all there ever will be.
         @param deliver: called with each piece.
+        @param quantum: the least a turn gives.
+        @param share: the reader's L{ReaderShare}, if it has one.
         @return: the L{PendingRead}, to pause, resume or cancel.
         """
-        pending = PendingRead(self, n, deliver, quantum)
+        if share is not None and share.reserved and n != 0:
+            own = share.reserved if n is None else min(n, share.reserved)
+            data = self._remove(own)
+            self._release(share, own)
+            n = None if n is None else n - own
+            deliver(data)
+            self._notify()
+        pending = PendingRead(self, n, deliver, quantum, share)
         if n == 0:
-            pending.active = False
+            pending._finished()
             return pending
+        if share is not None:
+            share.waiting = True
         self._waiting.append(pending)
         self._distribute()
         return pending
 
+    def _release(self, share: Optional[ReaderShare], amount: int) -> None:
+        if share is not None and amount:
+            share.reserved -= amount
+            self._reserved -= amount
+
     def _cancel(self, pending: PendingRead) -> None:
         if pending.active:
-            pending.active = False
+            pending._finished()
             try:
                 self._waiting.remove(pending)
             except ValueError:
@@ -221,8 +302,6 @@ class EntropyPool:
         n = min(n, self.level)
         if n <= 0:
             return b""
-        # A reader taking without waiting uses up the reserve first.
-        self._reserved = max(0, self._reserved - n)
         data = bytes(self._buffer[self._start : self._start + n])
         self._start += n
         self.bytesOut += n
@@ -240,27 +319,33 @@ class EntropyPool:
         changed = False
         try:
             skipped = 0
-            while self._waiting and self.level > self._reserved and skipped < len(self._waiting):
+            while self._waiting and skipped < len(self._waiting):
                 pending = self._waiting.popleft()
-                if pending.paused:
+                share = pending.share
+                own = share.reserved if share is not None else 0
+                free = self.level - self._reserved
+                if pending.paused or (not own and free <= 0):
                     self._waiting.append(pending)
                     skipped += 1
                     continue
                 skipped = 0
-                free = self.level - self._reserved
-                # An equal split among the readers waiting, this one included.
-                size = min(max(pending.quantum, free // (len(self._waiting) + 1)), free)
+                if own:
+                    # A reader with a share is served from it first.
+                    size = own
+                else:
+                    # An equal split among the readers waiting, this one
+                    # included.
+                    size = min(max(pending.quantum, free // (len(self._waiting) + 1)), free)
                 if pending.remaining is not None:
                     size = min(size, pending.remaining)
-                reserved = self._reserved
                 data = self._remove(size)
-                self._reserved = reserved
+                if own:
+                    self._release(share, len(data))
                 changed = True
                 if pending.remaining is not None:
                     pending.remaining -= len(data)
-                done = pending.remaining == 0
-                if done:
-                    pending.active = False
+                if pending.remaining == 0:
+                    pending._finished()
                 else:
                     self._waiting.append(pending)
                 pending._deliver(data)

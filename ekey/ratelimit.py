@@ -58,7 +58,7 @@ class RateLimiter:
         """
         if self.unlimited:
             return 1 << 30
-        return int(self._level(client, now))
+        return max(0, int(self._level(client, now)))
 
     def consume(self, client: str, n: int, now: float) -> None:
         """
@@ -67,8 +67,10 @@ class RateLimiter:
         """
         if self.unlimited:
             return
+        level = self._level(client, now)
+        # Re-insert so that the table is ordered by last use.
         self._buckets.pop(client, None)
-        self._buckets[client] = (self._level(client, now) - n, now)
+        self._buckets[client] = (level - n, now)
         if len(self._buckets) > MAX_TRACKED:
             self._forget(now)
 

@@ -54,6 +54,11 @@ MAX_QUEUED_COMMANDS = 64
 #: server stops reading its requests.
 DEFAULT_MAX_PENDING = 64 * 1024
 
+#: Seconds after its last read during which a client between requests keeps
+#: a share of what arrives (so that a client asking one request at a time,
+#: a round trip apart, is not outrun by one with many in flight).
+ACTIVE_WINDOW = 1.0
+
 
 def describePeer(transport) -> str:
     """
@@ -95,7 +100,8 @@ class EGDServerProtocol(Protocol, TimeoutMixin):
         self._closed = False
         self._refused = False
         self._writeLogged = False
-        self._removePolling = None
+        self._share = None
+        self._activeExpiry = None
         self.peer = "?"
         self.identity: Optional[str] = None
         self.connectedAt = 0.0
@@ -159,8 +165,7 @@ class EGDServerProtocol(Protocol, TimeoutMixin):
         self._closed = True
         self.setTimeout(None)
         self._stopBlocking()
-        if self._removePolling is not None:
-            self._removePolling()
+        self._notActive()
         self._queue.clear()
         if not self._refused:
             self.factory.clientDisconnected(self)
@@ -201,11 +206,10 @@ class EGDServerProtocol(Protocol, TimeoutMixin):
             if isinstance(command, GetLevel):
                 self.transport.write(encodeLevel(factory.pool.level * 8))
             elif isinstance(command, Read):
-                if self._removePolling is None:
-                    self._removePolling = factory.pool.addPollingReader()
+                self._stillActive()
                 now = factory.clock.seconds()
                 allowed = min(command.n, factory.limiter.available(self.clientKey, now))
-                data = factory.pool.take(max(allowed, 0))
+                data = factory.pool.take(max(allowed, 0), self._share)
                 factory.limiter.consume(self.clientKey, len(data), now)
                 self._served(len(data))
                 self.transport.write(encodeRead(data))
@@ -244,7 +248,7 @@ class EGDServerProtocol(Protocol, TimeoutMixin):
             self._inRequest = True
             try:
                 pending = factory.pool.request(min(self._blockingRemaining, allowed),
-                                               self._deliver)
+                                               self._deliver, share=self._share)
             finally:
                 self._inRequest = False
             if pending.active:
@@ -261,7 +265,29 @@ class EGDServerProtocol(Protocol, TimeoutMixin):
     def _blockingDone(self):
         if self._blockingRemaining == 0 and not self._closed:
             self.setTimeout(self.factory.idleTimeout or None)
+            self._stillActive()
             self._process()
+
+    def _stillActive(self):
+        """
+        This client just read: for L{ACTIVE_WINDOW} seconds, while it is not
+        waiting, it keeps a share of what arrives (the pool's reserve for
+        readers between requests).
+        """
+        if self._share is None:
+            self._share = self.factory.pool.addShare()
+        if self._activeExpiry is not None and self._activeExpiry.active():
+            self._activeExpiry.reset(ACTIVE_WINDOW)
+        else:
+            self._activeExpiry = self.factory.clock.callLater(ACTIVE_WINDOW, self._notActive)
+
+    def _notActive(self):
+        if self._activeExpiry is not None and self._activeExpiry.active():
+            self._activeExpiry.cancel()
+        self._activeExpiry = None
+        if self._share is not None:
+            share, self._share = self._share, None
+            share.remove()
 
     def _deliver(self, data: bytes):
         if self._closed:

@@ -137,6 +137,7 @@ class KeyStatistics:
         self.bytesWritten = 0
         self.framesOK = 0
         self.framingErrors = 0
+        self.bytesDiscarded = 0
         self.packetsOK = 0
         self.packetErrors = 0
         self.macFailures = 0
@@ -534,6 +535,7 @@ class KeySession:
         self.statistics.bytesRead = self._reader.bytesRead
         self.statistics.framesOK = self._reader.framesOK
         self.statistics.framingErrors = self._reader.framingErrors
+        self.statistics.bytesDiscarded = self._reader.bytesDiscarded
 
     def _takeEvents(self) -> List[object]:
         events, self._events = self._events, []

@@ -11,6 +11,7 @@
 #
 #   ekey-egd --connect tcp:127.0.0.1:8888 level
 #   ekey-egd --connect tcp:127.0.0.1:8888 get 64 | xxd
+#   EKEY_CONTROL=unix:DIR/control.sock ekeyctl list
 #
 # The simulator is NOT a hardware entropy source: use it to try things out,
 # never to feed a real system.  Ctrl-C stops both.
@@ -31,5 +32,6 @@ trap 'kill $sim 2>/dev/null || true' EXIT INT TERM
 for _ in $(seq 50); do [ -S "$dir/key.sock" ] && break; sleep 0.1; done
 
 echo "ekey quick start: EGD on 127.0.0.1:$port; try: ekey-egd --connect tcp:127.0.0.1:$port get 64 | xxd" >&2
+echo "and: EKEY_CONTROL=unix:$dir/control.sock ekeyctl list" >&2
 twistd --nodaemon --pidfile= ekey --device "$dir/key.sock" --keyring "$dir/keyring" \
-    --port "tcp:$port:interface=127.0.0.1"
+    --port "tcp:$port:interface=127.0.0.1" --control "unix:$dir/control.sock:mode=600"

@@ -496,6 +496,10 @@ def startDaemon(testCase, directory: str, devices: Sequence[str], keyring: Optio
     if outputFile is not None:
         argv += ["--output-file", outputFile]
     argv += list(extra)
+    if "--control" not in extra:
+        # Several daemons may share a directory; each gets its own control
+        # socket there rather than the default control.sock.
+        argv += ["--control", f"unix:{name}.control:mode=600:lockfile=1"]
     process = RunningProcess(testCase, name, argv, directory, env=pythonEnvironment())
     process.logPath = logPath
     return process
@@ -1364,3 +1368,275 @@ def feedKernelCommand(*arguments: str) -> List[str]:
         L{pythonEnvironment}).
     """
     return [sys.executable, "-m", "ekey.feeder"] + list(arguments)
+
+
+# Faults and hardening (added for the fault interop tests and
+# benchmarks/bench_hardening.py) ----------------------------------------------
+
+
+def memoryKilobytes(pid: int) -> dict:
+    """
+    @return: a process's C{VmRSS} (resident now) and C{VmHWM} (peak
+        resident) in kB, from C{/proc/PID/status}, as C{{"rss": .., "hwm": ..}}.
+    """
+    figures = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                figures["rss"] = int(line.split()[1])
+            elif line.startswith("VmHWM:"):
+                figures["hwm"] = int(line.split()[1])
+    if "rss" not in figures:
+        raise FailTest(f"no VmRSS for process {pid}")
+    figures.setdefault("hwm", figures["rss"])
+    return figures
+
+
+def openFileLimit(pid: int) -> int:
+    """
+    @return: a process's soft limit on open files ("Max open files" in
+        C{/proc/PID/limits}); a very large number for "unlimited".
+    """
+    with open(f"/proc/{pid}/limits") as f:
+        for line in f:
+            if line.startswith("Max open files"):
+                soft = line[len("Max open files"):].split()[0]
+                return 1 << 62 if soft == "unlimited" else int(soft)
+    raise FailTest(f"no open-file limit for process {pid}")
+
+
+def raiseOpenFileLimit(wanted: int) -> int:
+    """
+    Raise this process's soft limit on open files towards C{wanted} (never
+    above the hard limit, never lowering it).  Child processes inherit it.
+
+    @return: the soft limit now.
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            pass
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def killHard(process: RunningProcess, timeout: float = 5.0) -> Optional[int]:
+    """
+    SIGKILL one process (by its id) and reap it, as a crash or an
+    unplugged host would end it.
+
+    @return: its exit status.
+    """
+    if process.poll() is None:
+        try:
+            process.process.send_signal(signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
+        return process.process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        raise FailTest(f"{process.name} survived SIGKILL for {timeout:g} s") from None
+
+
+class BoundEGDSocket(EGDSocket):
+    """
+    L{EGDSocket} from a chosen loopback source address (such as
+    C{127.0.0.2}), so that a server that tells clients apart by address
+    (per-client rate limits) sees distinct clients on one host.
+    """
+
+    def __init__(self, source: str, host: str, port: int, timeout: float = 10.0):
+        self.sock = socket.create_connection((host, port), timeout=timeout,
+                                             source_address=(source, 0))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.timeout = timeout
+
+
+def massLevelQueries(host: str, port: int, count: int, timeout: float = 30.0,
+                     hold: float = 0.0) -> dict:
+    """
+    Open C{count} TCP connections to an EGD server at once (non-blocking
+    connects from one selector loop), send C{0x00} on each as soon as it is
+    connected, and wait for each to be answered (4 bytes) or closed by the
+    server, for at most C{timeout} seconds in all.  Answered connections
+    stay open until every connection is settled (and C{hold} seconds more),
+    so that the server sees them all at once; then all are closed.
+
+    @return: counts C{answered}, C{closed} (closed or reset by the server,
+        before an answer), C{connectFailed} (refused, or any connection
+        error other than a reset), C{unsettled} (neither within
+        the time), and C{seconds} (until all were settled).
+    """
+    import errno
+    import selectors
+
+    selector = selectors.DefaultSelector()
+    sockets = []
+    state = {}
+    counts = {"answered": 0, "closed": 0, "connectFailed": 0, "unsettled": 0}
+    start = time.monotonic()
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.setblocking(False)
+            sockets.append(s)
+            code = s.connect_ex((host, port))
+            if code not in (0, errno.EINPROGRESS):
+                counts["connectFailed"] += 1
+                continue
+            state[s] = b""
+            selector.register(s, selectors.EVENT_WRITE)
+        pending = len(state)
+        deadline = start + timeout
+        while pending and time.monotonic() < deadline:
+            for key, events in selector.select(min(0.5, max(0.0, deadline - time.monotonic()))):
+                s = key.fileobj
+                if events & selectors.EVENT_WRITE:
+                    code = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                    if code:
+                        # Reset after the handshake: accepted, then closed by
+                        # the server.  Anything else: never connected.
+                        reset = code in (errno.ECONNRESET, errno.EPIPE)
+                        counts["closed" if reset else "connectFailed"] += 1
+                        selector.unregister(s)
+                        del state[s]
+                        pending -= 1
+                        continue
+                    try:
+                        s.send(b"\x00")
+                    except OSError:
+                        counts["closed"] += 1
+                        selector.unregister(s)
+                        del state[s]
+                        pending -= 1
+                        continue
+                    selector.modify(s, selectors.EVENT_READ)
+                    continue
+                try:
+                    chunk = s.recv(16)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    chunk = b""
+                if not chunk:
+                    counts["closed"] += 1
+                    selector.unregister(s)
+                    del state[s]
+                    pending -= 1
+                    continue
+                state[s] += chunk
+                if len(state[s]) >= 4:
+                    counts["answered"] += 1
+                    selector.unregister(s)
+                    del state[s]
+                    pending -= 1
+        counts["unsettled"] = pending
+        counts["seconds"] = time.monotonic() - start
+        if hold:
+            time.sleep(hold)
+    finally:
+        selector.close()
+        for s in sockets:
+            s.close()
+    return counts
+
+
+def runGarbageKey(path: str, seconds: float) -> None:
+    """
+    Be a broken key on a Unix socket at C{path}: to each host that
+    connects, send junk as fast as it reads (random bytes, many of them
+    turned into stray C{*}, with runs of C{*} and C{"* "}), reading and
+    discarding what it sends, for C{seconds} from start-up; then exit.
+    Run it in a subprocess (L{startGarbageKey}).
+    """
+    import threading
+
+    deadline = time.monotonic() + seconds
+    # A quarter of all byte values become "*": many false frame starts.
+    table = bytes(0x2A if b < 64 else b for b in range(256))
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(4)
+    listener.settimeout(0.2)
+    sent = [0]
+
+    def drain(conn):
+        try:
+            while conn.recv(65536):
+                pass
+        except OSError:
+            pass
+
+    def serve(conn):
+        threading.Thread(target=drain, args=(conn,), daemon=True).start()
+        conn.settimeout(0.5)
+        n = 0
+        try:
+            while time.monotonic() < deadline:
+                n += 1
+                chunk = os.urandom(65536).translate(table)
+                if n % 4 == 0:
+                    chunk = b"*" * 4096 + chunk[4096:]
+                elif n % 4 == 2:
+                    chunk = b"* " * 2048 + chunk[4096:]
+                try:
+                    conn.sendall(chunk)
+                    sent[0] += len(chunk)
+                except socket.timeout:
+                    continue
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    print(f"garbage key listening on {path}", flush=True)
+    while time.monotonic() < deadline:
+        try:
+            conn, _ = listener.accept()
+        except socket.timeout:
+            continue
+        threading.Thread(target=serve, args=(conn,), daemon=True).start()
+    time.sleep(0.6)
+    print(f"garbage key sent {sent[0]} bytes", flush=True)
+    listener.close()
+
+
+def startGarbageKey(testCase, directory: str, path: str, seconds: float,
+                    name: str = "garbage-key") -> RunningProcess:
+    """
+    Start L{runGarbageKey} in a subprocess and wait until it listens.
+    """
+    argv = [sys.executable, "-c",
+            f"from tests.interop import runGarbageKey; runGarbageKey({path!r}, {seconds!r})"]
+    process = RunningProcess(testCase, name, argv, directory, env=pythonEnvironment())
+    waitForListening(path, process=process)
+    return process
+
+
+def fetchMetrics(port: int, timeout: float = 5.0) -> dict:
+    """
+    @return: the Prometheus metrics a daemon serves on
+        C{tcp:PORT:interface=127.0.0.1} (C{--metrics}), as
+        C{{"name{labels}": value}}; C{{}} if they cannot be fetched.
+    """
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as r:
+            text = r.read().decode("utf-8", "replace")
+    except OSError:
+        return {}
+    metrics = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name, _, value = line.rpartition(" ")
+        try:
+            metrics[name] = float(value)
+        except ValueError:
+            pass
+    return metrics

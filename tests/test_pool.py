@@ -116,27 +116,52 @@ class PoolTests(unittest.TestCase):
         pool = EntropyPool(10)
         self.assertFalse(pool.request(0, lambda d: self.fail(d)).active)
 
-    def test_pollingReadersKeepAShare(self):
+    def test_activeReadersKeepAShare(self):
         """
-        While a reader waits for everything, a registered polling reader
-        still finds bytes in the pool, in proportion; when it goes away its
-        reserve returns to the waiting reader.
+        While a reader waits for everything, an active reader between
+        requests still finds its part of each arrival held for it, and takes
+        it first; when it goes quiet its share returns to everybody.
         """
         pool = EntropyPool(10000)
         greedy = []
         pool.request(None, greedy.append)
-        remove = pool.addPollingReader()
+        share = pool.addShare()
         for block in chunks(4):
             pool.add(block)
         self.assertEqual(pool.level, 64)
-        self.assertEqual(len(b"".join(greedy)), 64)
-        self.assertEqual(len(pool.take(255)), 64)
+        self.assertEqual(share.reserved, 64)
+        self.assertEqual(pool.take(255), b"")
+        self.assertEqual(len(pool.take(255, share)), 64)
         for block in chunks(40):
             pool.add(block)
-        self.assertEqual(pool.level, POLLING_RESERVE)
-        remove()
+        self.assertEqual(share.reserved, POLLING_RESERVE)
+        share.remove()
         self.assertEqual(pool.level, 0)
         self.assertEqual(len(b"".join(greedy)) + 64, 44 * 32)
+
+    def test_shareServesRequestFirst(self):
+        """
+        A blocking request from a reader with a share is served from its
+        share at once; when the request ends, the reader gets its part of
+        what is free.
+        """
+        pool = EntropyPool(10000)
+        share = pool.addShare()
+        pool.add(b"s" * 100)
+        self.assertEqual(share.reserved, 100)
+        got = []
+        pending = pool.request(40, got.append, share=share)
+        self.assertEqual(b"".join(got), b"s" * 40)
+        self.assertFalse(pending.active)
+        self.assertEqual(share.reserved, 60)
+        other = []
+        pool.request(None, other.append)
+        pending = pool.request(100, got.append, share=share)
+        self.assertTrue(pending.active)
+        self.assertTrue(share.waiting)
+        pool.add(b"t" * 200)
+        self.assertFalse(pending.active)
+        self.assertFalse(share.waiting)
 
     def test_levelObservers(self):
         """

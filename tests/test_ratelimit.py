@@ -25,6 +25,18 @@ class RateLimiterTests(unittest.TestCase):
         self.assertEqual(limiter.available("a", 10), 300)
         self.assertEqual(limiter.wait("a", 50, 0), 0.5)
 
+    def test_repeatedDraws(self):
+        """
+        Several draws at the same moment add up: the bucket is not refilled
+        between them.
+        """
+        limiter = RateLimiter(rate=100, burst=1000)
+        for _ in range(5):
+            limiter.consume("a", 255, 0)
+        self.assertEqual(limiter.available("a", 0), 0)
+        self.assertEqual(limiter._level("a", 0), 1000 - 5 * 255)
+        self.assertEqual(limiter.available("a", 3), 25)
+
     def test_clientsSeparate(self):
         """
         One client's drawing does not use another's bucket.

@@ -36,7 +36,8 @@ class ServerTests(unittest.TestCase):
 
     def setUp(self):
         self.pool = EntropyPool(4096)
-        self.factory = EGDServerFactory(self.pool, pid=4242)
+        self.clock = Clock()
+        self.factory = EGDServerFactory(self.pool, pid=4242, clock=self.clock)
 
     def test_commands(self):
         """
@@ -95,6 +96,32 @@ class ServerTests(unittest.TestCase):
             pollerPump.flush()
         self.assertGreater(len(b"".join(pollerGot)), 300)
         self.assertGreater(len(b"".join(greedyGot)), 300)
+
+    def test_oneAtATimeClientKeepsShare(self):
+        """
+        A client asking for 32 bytes at a time, a round trip apart, keeps a
+        fair share of what arrives in lumps (as keys deliver after their
+        health tests) next to a client with many 255-byte reads in flight.
+        """
+        greedy, _, greedyPump = connect(self.factory)
+        ordinary, _, ordinaryPump = connect(self.factory)
+        got = {"greedy": 0, "ordinary": 0}
+
+        def again(data, who, client, n):
+            got[who] += len(data)
+            client.readBlocking(n).addCallback(again, who, client, n)
+
+        for _ in range(8):
+            greedy.readBlocking(255).addCallback(again, "greedy", greedy, 255)
+        ordinary.readBlocking(32).addCallback(again, "ordinary", ordinary, 32)
+        for _ in range(20):
+            self.pool.add(b"L" * 2500)
+            for _ in range(60):
+                greedyPump.flush()
+                ordinaryPump.flush()
+            self.clock.advance(0.1)
+        share = got["ordinary"] / (got["ordinary"] + got["greedy"])
+        self.assertGreater(share, 0.35, got)
 
     def test_unknownCommand(self):
         """
@@ -270,7 +297,7 @@ class ClientTests(unittest.TestCase):
         Reading more than 255 bytes pipelines several requests.
         """
         pool = EntropyPool(4096)
-        client, server, pump = connect(EGDServerFactory(pool))
+        client, server, pump = connect(EGDServerFactory(pool, clock=Clock()))
         pool.add(bytes(range(256)) * 3)
         d = Deferred.fromCoroutine(readExactly(client, 600))
         pump.flush()

@@ -3,6 +3,7 @@ Tests for L{ekey.upstream}: relays pulling from upstream EGD servers, in
 memory.
 """
 
+from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
@@ -25,7 +26,7 @@ class RelayTests(unittest.TestCase):
 
     def setUp(self):
         self.upstreamPool = EntropyPool(1 << 20)
-        self.server = EGDServerFactory(self.upstreamPool)
+        self.server = EGDServerFactory(self.upstreamPool, clock=Clock())
         self.pool = EntropyPool(4096)
         self.policy = PullPolicy(self.pool, lowWater=1000, highWater=3000)
         self.upstream = Upstream("tcp:upstream:8888", self.policy)

@@ -129,7 +129,7 @@ sim=$!; pids+=("$sim")
 waitSocket "$dir/key.sock" "$sim" ekey-sim
 
 step "key host: serves the key over mtls: on 127.0.0.1:$p1"
-keyhostCmd=(twistd --nodaemon --pidfile= --logfile="$dir/keyhost.log" ekey
+keyhostCmd=(twistd --nodaemon --pidfile= --logfile="$dir/keyhost.log" ekey --control "unix:$dir/keyhost.control:mode=600"
     --device "$dir/key.sock" --keyring "$dir/keyring"
     --port "mtls:$p1:certKey=$K/keyhost.example.net.crt:privateKey=$K/keyhost.example.net.key:caCerts=$K/ca.pem:interface=127.0.0.1")
 echo "${keyhostCmd[*]}"
@@ -138,7 +138,7 @@ keyhost=$!; pids+=("$keyhost")
 waitTCP "$p1" "$keyhost" "key host"
 
 step "bastion: pulls from the key host over TLS with its own certificate, serves mtls: on 127.0.0.1:$p2"
-bastionCmd=(twistd --nodaemon --pidfile= --logfile="$dir/bastion.log" ekey
+bastionCmd=(twistd --nodaemon --pidfile= --logfile="$dir/bastion.log" ekey --control "unix:$dir/bastion.control:mode=600"
     --upstream "tls:keyhost.example.net:$p1:trustRoots=$B:certificate=$B/bastion.example.net.crt:privateKey=$B/bastion.example.net.key:endpoint=tcp\\:127.0.0.1\\:$p1"
     --pool-size 262144 --low-water 16384 --high-water 65536
     --port "mtls:$p2:certKey=$B/bastion.example.net.crt:privateKey=$B/bastion.example.net.key:caCerts=$B/ca.pem:interface=127.0.0.1")
@@ -165,7 +165,7 @@ fi
 echo "refused as it should be: $(head -c 300 "$dir/err")"
 
 step "internal relay: pulls from the bastion over TLS, serves plain EGD on unix:$dir/egd.sock and tcp:127.0.0.1:$p3"
-relayCmd=(twistd --nodaemon --pidfile= --logfile="$dir/relay.log" ekey
+relayCmd=(twistd --nodaemon --pidfile= --logfile="$dir/relay.log" ekey --control "unix:$dir/relay.control:mode=600"
     --upstream "tls:bastion.example.net:$p2:trustRoots=$R:certificate=$R/relay.internal.example.net.crt:privateKey=$R/relay.internal.example.net.key:endpoint=tcp\\:127.0.0.1\\:$p2"
     --pool-size 65536 --low-water 4096 --high-water 16384
     --port "unix:$dir/egd.sock:mode=660" --port "tcp:$p3:interface=127.0.0.1")
