@@ -44,6 +44,9 @@ SERIAL_BAUDRATE = 115200
 #: Seconds between two log lines about garbage from the same key.
 GARBAGE_REPORT_INTERVAL = 60.0
 
+#: Bytes from a key decoded at a time (64 frames).
+DECODE_SLICE = 4096
+
 
 class KeyPathError(Exception):
     """
@@ -143,6 +146,7 @@ class KeyProtocol(Protocol):
         self.session = session
         self.health = health if health is not None else HealthMonitor()
         self.readingPaused = False
+        self._backlog = b""
         self.connectedAt: Optional[float] = None
         self._garbageReported = (None, 0)
         self._onEntropy = onEntropy
@@ -162,8 +166,18 @@ class KeyProtocol(Protocol):
         self.flush()
 
     def dataReceived(self, data):
-        self._handle(self.session.receiveData(data))
-        self.flush()
+        self._backlog += data
+        self._drainBacklog()
+
+    def _drainBacklog(self):
+        # Decode a slice at a time, and stop while reading is paused (the
+        # pool is full): bytes already read wait here undecoded rather than
+        # being verified only for their entropy to be refused.  The backlog
+        # is at most one read of the transport, which is paused.
+        while self._backlog and not self.readingPaused:
+            chunk, self._backlog = self._backlog[:DECODE_SLICE], self._backlog[DECODE_SLICE:]
+            self._handle(self.session.receiveData(chunk))
+            self.flush()
         self._reportGarbage()
 
     def _reportGarbage(self):
@@ -190,11 +204,14 @@ class KeyProtocol(Protocol):
 
     def resumeReading(self):
         """
-        Read from the key again.
+        Read from the key again, starting with what was read but not yet
+        decoded.
         """
         if self.readingPaused:
             self.readingPaused = False
-            self.transport.resumeProducing()
+            self._drainBacklog()
+            if not self.readingPaused:
+                self.transport.resumeProducing()
 
     def connectionLost(self, reason):
         if self._rekeyTimer is not None:
@@ -301,18 +318,15 @@ class KeyProtocolFactory(Factory):
 
     def _feedPool(self, data: bytes):
         self._pool.add(data)
-        # Stop reading while the pool has no room for the next tested chunk,
-        # so that verified entropy is not refused; read again only once there
-        # is room for what one read of the key brings (a socket's worth of
-        # frames), not at the first byte taken.
+        # Stop reading (and decoding) while the pool has no room for the
+        # next tested chunk, so that verified entropy is not refused.
         if self._pool.space < FIPS_BLOCK_BYTES and self.protocol is not None:
             self.protocol.pauseReading()
 
     def _poolLevelChanged(self, pool):
-        if self.protocol is not None and self.protocol.readingPaused:
-            resumeAt = max(FIPS_BLOCK_BYTES, min(pool.capacity // 2, 65536))
-            if pool.space >= resumeAt:
-                self.protocol.resumeReading()
+        if (self.protocol is not None and self.protocol.readingPaused
+                and pool.space >= FIPS_BLOCK_BYTES):
+            self.protocol.resumeReading()
 
 
 class KeyService(ClientService):

@@ -24,7 +24,7 @@ import os
 from collections import Counter, deque
 from typing import Deque, Optional, Set
 
-from twisted.internet.interfaces import IHandshakeListener, IPushProducer
+from twisted.internet.interfaces import IHandshakeListener, IPushProducer, ISSLTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
@@ -102,6 +102,10 @@ class EGDServerProtocol(Protocol, TimeoutMixin):
         self._writeLogged = False
         self._share = None
         self._activeExpiry = None
+        # Over TLS, replies written in one reactor turn go out as one write
+        # (one TLS record) instead of one record each.
+        self._outbox: Optional[list] = None
+        self._coalesce = False
         self.peer = "?"
         self.identity: Optional[str] = None
         self.connectedAt = 0.0
@@ -120,6 +124,7 @@ class EGDServerProtocol(Protocol, TimeoutMixin):
         return "addr:" + str(getattr(peer, "host", None) or self.peer)
 
     def connectionMade(self):
+        self._coalesce = ISSLTransport.providedBy(self.transport)
         self.peer = describePeer(self.transport)
         self.connectedAt = self.factory.clock.seconds()
         if not self.factory.admit(self):
@@ -204,7 +209,7 @@ class EGDServerProtocol(Protocol, TimeoutMixin):
             self.requests[name] += 1
             factory.requests[name] += 1
             if isinstance(command, GetLevel):
-                self.transport.write(encodeLevel(factory.pool.level * 8))
+                self._write(encodeLevel(factory.pool.level * 8))
             elif isinstance(command, Read):
                 self._stillActive()
                 now = factory.clock.seconds()
@@ -212,7 +217,7 @@ class EGDServerProtocol(Protocol, TimeoutMixin):
                 data = factory.pool.take(max(allowed, 0), self._share)
                 factory.limiter.consume(self.clientKey, len(data), now)
                 self._served(len(data))
-                self.transport.write(encodeRead(data))
+                self._write(encodeRead(data))
             elif isinstance(command, ReadBlocking):
                 self._blockingRemaining = command.n
                 self.setTimeout(None)
@@ -226,7 +231,7 @@ class EGDServerProtocol(Protocol, TimeoutMixin):
                         peer=self.peer,
                     )
             elif isinstance(command, GetPID):
-                self.transport.write(encodePID(factory.pid or os.getpid()))
+                self._write(encodePID(factory.pid or os.getpid()))
         if not self._closed:
             self._setReading(not self._paused and len(self._queue) < MAX_QUEUED_COMMANDS
                              and self._queuedBytes < factory.maxPendingBytes)
@@ -295,7 +300,7 @@ class EGDServerProtocol(Protocol, TimeoutMixin):
         self._served(len(data))
         self._blockingRemaining -= len(data)
         self.factory.limiter.consume(self.clientKey, len(data), self.factory.clock.seconds())
-        self.transport.write(data)
+        self._write(data)
         if self._inRequest:
             return
         pending = self._blocking
@@ -310,6 +315,20 @@ class EGDServerProtocol(Protocol, TimeoutMixin):
         if self._rateWait is not None and self._rateWait.active():
             self._rateWait.cancel()
         self._rateWait = None
+
+    def _write(self, data: bytes):
+        if not self._coalesce:
+            self.transport.write(data)
+            return
+        if self._outbox is None:
+            self._outbox = []
+            self.factory.clock.callLater(0, self._flushOutbox)
+        self._outbox.append(data)
+
+    def _flushOutbox(self):
+        held, self._outbox = self._outbox, None
+        if held and not self._closed:
+            self.transport.write(b"".join(held))
 
     def _served(self, count: int):
         self.bytesServed += count

@@ -29,7 +29,7 @@ from ekey.egd import MAX_READ
 from ekey.pool import EntropyPool
 
 #: Blocking reads each upstream connection keeps in flight.
-MAX_PIPELINE = 8
+MAX_PIPELINE = 256
 
 #: Bytes per read: the most whole 32-byte key blocks that fit in an EGD
 #: read, so that blocks stay whole along a chain even from an upstream that
@@ -148,14 +148,18 @@ class UpstreamProtocol(EGDClientProtocol):
         Request what the policy wants, up to L{MAX_PIPELINE} reads in flight.
         """
         policy = self.upstream.policy
-        while self._up and self.connected and self.outstanding < MAX_PIPELINE:
-            wanted = policy.wanted()
-            n = min(READ_SIZE, wanted - wanted % 32 if wanted >= 32 else wanted)
-            if n <= 0:
-                return
-            policy.inFlight += n
-            self._requested += n
-            self.readBlocking(n).addCallbacks(self._received, lambda failure: None)
+        self.cork()
+        try:
+            while self._up and self.connected and self.outstanding < MAX_PIPELINE:
+                wanted = policy.wanted()
+                n = min(READ_SIZE, wanted - wanted % 32 if wanted >= 32 else wanted)
+                if n <= 0:
+                    return
+                policy.inFlight += n
+                self._requested += n
+                self.readBlocking(n).addCallbacks(self._received, lambda failure: None)
+        finally:
+            self.uncork()
 
     def dataReceived(self, data):
         EGDClientProtocol.dataReceived(self, data)

@@ -134,8 +134,9 @@ class KeyProtocolTests(unittest.TestCase):
 
     def test_fullPoolPausesKey(self):
         """
-        When the pool it feeds is full, the key is not read; it is read
-        again once there is room.
+        When the pool it feeds is full, the key is not read and what was
+        read is not decoded (nothing is refused); both go on once there is
+        room.
         """
         from ekey.pool import EntropyPool
 
@@ -151,12 +152,19 @@ class KeyProtocolTests(unittest.TestCase):
             protocol.dataReceived(frame)
         import os
 
-        protocol.dataReceived(b"".join(entropyFrame(i, os.urandom(32)) for i in range(80)))
-        self.assertEqual(pool.level, 2560)
+        protocol.dataReceived(b"".join(entropyFrame(i, os.urandom(32)) for i in range(400)))
         self.assertEqual(transport.producerState, "paused")
         self.assertEqual(pool.bytesRefused, 0)
-        pool.take(100)
+        level = pool.level
+        self.assertLess(protocol.session.statistics.entropyBytes, 400 * 32)
+        pool.take(pool.level)
+        self.assertGreater(pool.level, 0)
+        self.assertEqual(pool.bytesRefused, 0)
+        pool.take(pool.level)
+        pool.take(pool.level)
+        self.assertEqual(protocol.session.statistics.entropyBytes, 400 * 32)
         self.assertEqual(transport.producerState, "producing")
+        self.assertGreater(level, 2500)
 
     def test_rekeyTimeout(self):
         """
