@@ -19,7 +19,10 @@ anything.  L{HealthMonitor} runs, on every byte a key delivers:
 
 Bytes are held until the FIPS block they belong to has passed, so nothing
 from a failing block ever leaves the monitor; once a test fails the
-monitor is failed for good and releases nothing more.
+monitor is failed for good and releases nothing more.  What passed is
+released in whole 32-byte blocks (a FIPS block is 2,500 bytes, not a whole
+number of them; the rest waits for the next), so that the key's blocks
+reach the pool whole.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from collections import Counter, deque
 from typing import List, Optional
 
 FIPS_BLOCK_BYTES = 2500
+RELEASE_UNIT = 32
 FIPS_WINDOW = 100
 FIPS_FAILURE_LIMIT = 5
 DEFAULT_MIN_ENTROPY = 7.0
@@ -154,14 +158,15 @@ class HealthMonitor:
         self._window = b""
         self._tail = b""
         self._lastBlock = b""
+        self._passed = b""
 
     def feed(self, data: bytes) -> List[bytes]:
         """
         Test more of the stream.
 
-        @return: the chunks that are now cleared to be used (whole FIPS
+        @return: the chunks that are now cleared to be used (bytes of FIPS
             blocks that passed, and whose adaptive proportion windows
-            passed), possibly none.
+            passed, in whole 32-byte blocks), possibly none.
         """
         if self.failure is not None:
             return []
@@ -199,11 +204,16 @@ class HealthMonitor:
                         f"{sum(self._recentFIPS)} of the last {len(self._recentFIPS)} "
                         f"FIPS 140-2 blocks failed (last: {', '.join(failed)})")
                 continue
-            released.append(block)
+            self._passed += block
+        whole = len(self._passed) - len(self._passed) % RELEASE_UNIT
+        if whole:
+            released.append(self._passed[:whole])
+            self._passed = self._passed[whole:]
         return released
 
     def _fail(self, reason: str) -> List[bytes]:
         self.failure = reason
         self._held.clear()
+        self._passed = b""
         self._window = b""
         return []

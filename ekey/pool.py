@@ -35,7 +35,7 @@ from typing import Callable, Deque, List, Optional
 
 DEFAULT_POOL_SIZE = 1 << 20
 DEFAULT_QUANTUM = 32
-POLLING_RESERVE = 255
+POLLING_RESERVE = 256
 
 
 class ReaderShare:
@@ -51,6 +51,9 @@ class ReaderShare:
     def __init__(self, pool: "EntropyPool"):
         self._pool = pool
         self.reserved = 0
+        # Entitlement not yet reserved: shares are reserved in whole 32-byte
+        # blocks, and small arrivals add up.
+        self.owed = 0
         self.waiting = False
         self.removed = False
 
@@ -211,8 +214,14 @@ class EntropyPool:
         return max(POLLING_RESERVE, self._lastArrival)
 
     def _grant(self, share: ReaderShare, amount: int) -> None:
-        amount = min(amount, self._shareCap() - share.reserved, self.level - self._reserved)
+        cap = self._shareCap()
+        share.owed = min(share.owed + amount, cap)
+        amount = min(share.owed, cap - share.reserved, self.level - self._reserved)
+        # Whole 32-byte blocks, so that readers asking for whole blocks get
+        # the key's blocks whole.
+        amount -= amount % DEFAULT_QUANTUM
         if amount > 0:
+            share.owed -= amount
             share.reserved += amount
             self._reserved += amount
 
@@ -328,7 +337,6 @@ class EntropyPool:
                     self._waiting.append(pending)
                     skipped += 1
                     continue
-                skipped = 0
                 if own:
                     # A reader with a share is served from it first.
                     size = own
@@ -338,6 +346,7 @@ class EntropyPool:
                     size = min(max(pending.quantum, free // (len(self._waiting) + 1)), free)
                 if pending.remaining is not None:
                     size = min(size, pending.remaining)
+                skipped = 0
                 data = self._remove(size)
                 if own:
                     self._release(share, len(data))

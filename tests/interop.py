@@ -529,24 +529,35 @@ def startEkeyd(testCase, directory: str, keys: Sequence[str], keyring: str,
 
     @return: the running ekeyd, once its control socket listens.
     """
-    ekeyd = findPeer("ekeyd")
-    control = socketPath(testCase, directory, "ctl.sock")
     if not os.path.exists(outputFile):
         # SetOutputToFile refuses a missing file.
         open(outputFile, "wb").close()
+    return _runEkeyd(testCase, directory, keys, keyring,
+                     f"SetOutputToFile {_lua(outputFile)}", "ekeyd.conf", timeout)
 
-    def lua(text: str) -> str:
-        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
+def _lua(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _runEkeyd(testCase, directory: str, keys: Sequence[str], keyring: str, output: str,
+              configName: str, timeout: float) -> RunningProcess:
+    """
+    Write an ekeyd configuration (its own control socket, the keyring, one
+    output line, the keys) and run ekeyd with it until its control socket
+    listens.
+    """
+    ekeyd = findPeer("ekeyd")
+    control = socketPath(testCase, directory, "ctl.sock")
     lines = [
         "Daemonise(false)",
-        f"Keyring {lua(keyring)}",
-        f"UnixControlSocket {lua(control)}",
+        f"Keyring {_lua(keyring)}",
+        f"UnixControlSocket {_lua(control)}",
         # The output must be configured before any key.
-        f"SetOutputToFile {lua(outputFile)}",
+        output,
     ]
-    lines += [f"AddEntropyKey {lua(key)}" for key in keys]
-    config = os.path.join(directory, "ekeyd.conf")
+    lines += [f"AddEntropyKey {_lua(key)}" for key in keys]
+    config = os.path.join(directory, configName)
     with open(config, "w") as f:
         f.write("\n".join(lines) + "\n")
     process = RunningProcess(
@@ -678,33 +689,11 @@ def startEkeydEGD(testCase, directory: str, keys: Sequence[str], keyring: str,
     @param port: the port (a free one if C{None}); also in C{process.egdPort}.
     @return: the running ekeyd, once its EGD port listens.
     """
-    ekeyd = findPeer("ekeyd")
     port = port or freeTCPPort()
-    control = socketPath(testCase, directory, "ctl.sock")
-
-    def lua(text: str) -> str:
-        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-    lines = [
-        "Daemonise(false)",
-        f"Keyring {lua(keyring)}",
-        f"UnixControlSocket {lua(control)}",
-        # The output must be configured before any key.
-        f'EGDTCPSocket({port}, "127.0.0.1")',
-    ]
-    lines += [f"AddEntropyKey {lua(key)}" for key in keys]
-    config = os.path.join(directory, "ekeyd-egd.conf")
-    with open(config, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    process = RunningProcess(
-        testCase, "ekeyd", [ekeyd, "-f", config, "-p", os.path.join(directory, "ekeyd.pid")],
-        directory,
-    )
-    process.controlPath = control
-    process.configPath = config
+    process = _runEkeyd(testCase, directory, keys, keyring,
+                        f'EGDTCPSocket({port}, "127.0.0.1")', "ekeyd-egd.conf", timeout)
     process.egdHost = "127.0.0.1"
     process.egdPort = port
-    waitForListening(control, timeout, process)
     waitForListeningTCP(port, timeout=timeout, process=process)
     return process
 

@@ -121,7 +121,7 @@ class KeyProtocolTests(unittest.TestCase):
     def test_healthyOutputReleasedInChunks(self):
         """
         Healthy output is handed on once a whole 2,500-byte FIPS block has
-        passed.
+        passed, in whole 32-byte blocks.
         """
         import os
 
@@ -129,7 +129,7 @@ class KeyProtocolTests(unittest.TestCase):
         factory, protocol = runningProtocol(blocks.append)
         sent = [os.urandom(32) for _ in range(100)]
         protocol.dataReceived(b"".join(entropyFrame(i, p) for i, p in enumerate(sent)))
-        self.assertEqual(b"".join(blocks), b"".join(sent)[:2500])
+        self.assertEqual(b"".join(blocks), b"".join(sent)[:2496])
         self.assertEqual(protocol.session.state, KeyState.RUNNING)
 
     def test_fullPoolPausesKey(self):
