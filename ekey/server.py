@@ -95,6 +95,7 @@ class EGDServerProtocol(Protocol, TimeoutMixin):
         self._blockingRemaining = 0
         self._rateWait = None
         self._inRequest = False
+        self._processing = False
         self._paused = False
         self._readingPaused = False
         self._closed = False
@@ -201,6 +202,18 @@ class EGDServerProtocol(Protocol, TimeoutMixin):
         return self._blockingRemaining > 0
 
     def _process(self):
+        # Not re-entrant: a blocking read completed from inside the loop
+        # lets the loop carry on, rather than recursing once per pipelined
+        # command.
+        if self._processing:
+            return
+        self._processing = True
+        try:
+            self._processLoop()
+        finally:
+            self._processing = False
+
+    def _processLoop(self):
         factory = self.factory
         while self._queue and not self._busy and not self._paused and not self._closed:
             command = self._queue.popleft()
@@ -250,10 +263,21 @@ class EGDServerProtocol(Protocol, TimeoutMixin):
                 delay = factory.limiter.wait(self.clientKey, self._blockingRemaining, now)
                 self._rateWait = factory.clock.callLater(delay, self._rateWaitOver)
                 return
+            wanted = min(self._blockingRemaining, allowed)
+            if not factory.pool.waiting:
+                # Nobody else is waiting: take what there is at once (what a
+                # turn would give), without queueing a request.
+                data = factory.pool.take(wanted, self._share)
+                if data:
+                    self._inRequest = True
+                    try:
+                        self._deliver(data)
+                    finally:
+                        self._inRequest = False
+                    continue
             self._inRequest = True
             try:
-                pending = factory.pool.request(min(self._blockingRemaining, allowed),
-                                               self._deliver, share=self._share)
+                pending = factory.pool.request(wanted, self._deliver, share=self._share)
             finally:
                 self._inRequest = False
             if pending.active:

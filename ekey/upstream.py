@@ -20,24 +20,24 @@ from typing import List, Optional
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import defer
 from twisted.internet.interfaces import IHandshakeListener, ISSLTransport, IStreamClientEndpoint
-from twisted.internet.protocol import Factory
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from ekey.client import EGDClientProtocol
-from ekey.egd import MAX_READ
+from ekey.egd import MAX_READ, ReadBlocking, encodeRequest
 from ekey.pool import EntropyPool
 
-#: Blocking reads each upstream connection keeps in flight.
-MAX_PIPELINE = 256
+#: Blocking reads each upstream connection keeps in flight, at most (the
+#: watermarks usually bound them first).
+MAX_PIPELINE = 1024
 
 #: Bytes per read: the most whole 32-byte key blocks that fit in an EGD
 #: read, so that blocks stay whole along a chain even from an upstream that
 #: serves newest bytes first (ekeyd).
 READ_SIZE = MAX_READ - MAX_READ % 32
 
-DEFAULT_LOW_WATER = 16 * 1024
-DEFAULT_HIGH_WATER = 64 * 1024
+DEFAULT_LOW_WATER = 64 * 1024
+DEFAULT_HIGH_WATER = 256 * 1024
 
 
 class PullPolicy:
@@ -120,21 +120,30 @@ class PullPolicy:
 
 
 @implementer(IHandshakeListener)
-class UpstreamProtocol(EGDClientProtocol):
+class UpstreamProtocol(Protocol):
     """
-    An EGD client that fills the pool.  Over TLS it counts as connected
-    only once the handshake (and the check of the upstream's name) has
+    An EGD client that fills the pool.
+
+    It only ever sends blocking reads (0x02), whose replies are exactly the
+    bytes asked for and nothing else, so every byte the upstream sends is
+    entropy, in order: the protocol counts bytes rather than matching
+    replies to requests, and hands each read of the connection to the pool
+    whole.  A server that sends more than was asked is breaking the
+    protocol and is disconnected.  Over TLS the upstream counts as
+    connected only once the handshake (and the check of its name) has
     succeeded.
     """
 
+    log = Logger()
+
     def __init__(self, upstream: "Upstream"):
-        EGDClientProtocol.__init__(self)
         self.upstream = upstream
         self._requested = 0
         self._up = False
+        self.connected = False
 
     def connectionMade(self):
-        EGDClientProtocol.connectionMade(self)
+        self.connected = True
         if not ISSLTransport.providedBy(self.transport):
             self.handshakeCompleted()
 
@@ -143,46 +152,50 @@ class UpstreamProtocol(EGDClientProtocol):
         self.upstream.connected(self)
         self.pull()
 
+    @property
+    def outstanding(self) -> int:
+        """
+        Bytes asked for and not yet received.
+        """
+        return self._requested
+
     def pull(self):
         """
-        Request what the policy wants, up to L{MAX_PIPELINE} reads in flight.
+        Ask for what the policy wants, in reads of L{READ_SIZE} bytes, with
+        at most L{MAX_PIPELINE} reads' worth in flight, in one write.
         """
+        if not (self._up and self.connected):
+            return
         policy = self.upstream.policy
-        self.cork()
-        try:
-            while self._up and self.connected and self.outstanding < MAX_PIPELINE:
-                wanted = policy.wanted()
-                n = min(READ_SIZE, wanted - wanted % 32 if wanted >= 32 else wanted)
-                if n <= 0:
-                    return
-                policy.inFlight += n
-                self._requested += n
-                self.readBlocking(n).addCallbacks(self._received, lambda failure: None)
-        finally:
-            self.uncork()
+        room = MAX_PIPELINE * READ_SIZE - self._requested
+        wanted = min(policy.wanted(), room)
+        if wanted >= 32:
+            wanted -= wanted % 32
+        if wanted <= 0:
+            return
+        full, rest = divmod(wanted, READ_SIZE)
+        requests = encodeRequest(ReadBlocking(READ_SIZE)) * full
+        if rest:
+            requests += encodeRequest(ReadBlocking(rest))
+        policy.inFlight += wanted
+        self._requested += wanted
+        self.transport.write(requests)
 
     def dataReceived(self, data):
-        EGDClientProtocol.dataReceived(self, data)
-        # Bytes of a blocking read not yet complete go to the pool at once:
-        # a relay passes entropy on as it arrives, not 255 bytes at a time.
-        partial = self._parser.takePartial()
-        if partial:
-            self._arrived(partial)
-
-    def _received(self, data: bytes):
-        self._arrived(data)
+        if len(data) > self._requested:
+            self.log.warn("Upstream {upstream} sent {extra} bytes nobody asked for; "
+                          "disconnecting", upstream=self.upstream.description,
+                          extra=len(data) - self._requested)
+            self._up = False
+            self.transport.loseConnection()
+            return
+        self._requested -= len(data)
+        self.upstream.policy.inFlight -= len(data)
+        self.upstream.received(data)
         self.pull()
 
-    def _arrived(self, data: bytes):
-        self.upstream.policy.inFlight -= len(data)
-        self._requested -= len(data)
-        self.upstream.received(data)
-
     def connectionLost(self, reason):
-        partial = self._parser.takePartial()
-        if partial:
-            self._arrived(partial)
-        EGDClientProtocol.connectionLost(self, reason)
+        self.connected = False
         self.upstream.policy.inFlight -= self._requested
         self._requested = 0
         if self._up:

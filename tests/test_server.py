@@ -123,6 +123,18 @@ class ServerTests(unittest.TestCase):
         share = got["ordinary"] / (got["ordinary"] + got["greedy"])
         self.assertGreater(share, 0.35, got)
 
+    def test_deepPipeline(self):
+        """
+        Thousands of pipelined blocking reads, served at once from a full
+        pool, are answered in order without recursing once per command.
+        """
+        client, server, pump = connect(self.factory)
+        self.pool.add(bytes(range(256)) * 16)
+        results = [client.readBlocking(2) for _ in range(2000)]
+        pump.flush()
+        self.assertEqual(b"".join(self.successResultOf(d) for d in results),
+                         (bytes(range(256)) * 16)[:4000])
+
     def test_unknownCommand(self):
         """
         An unknown command closes that connection at once (the stream

@@ -12,7 +12,7 @@ from twisted.trial import unittest
 
 from ekey.pool import EntropyPool
 from ekey.server import EGDServerFactory
-from ekey.upstream import MAX_PIPELINE, PullPolicy, Upstream, UpstreamService
+from ekey.upstream import MAX_PIPELINE, READ_SIZE, PullPolicy, Upstream, UpstreamService
 
 
 def stream(n):
@@ -78,8 +78,9 @@ class RelayTests(unittest.TestCase):
         """
         client, pump = self.connect()
         pump.flush()
-        self.assertLessEqual(client.outstanding, MAX_PIPELINE)
-        self.assertEqual(self.policy.inFlight, 3000)
+        self.assertLessEqual(client.outstanding, MAX_PIPELINE * READ_SIZE)
+        # Whole 32-byte blocks up to the high watermark.
+        self.assertEqual(self.policy.inFlight, 2976)
         self.assertEqual(self.pool.level, 0)
         self.upstreamPool.add(stream(100))
         pump.flush()
@@ -103,6 +104,21 @@ class RelayTests(unittest.TestCase):
         self.assertEqual(self.upstream.state, "down")
         self.assertIn("went away", self.upstream.lastError)
         self.assertEqual(self.policy.inFlight, 0)
+
+    def test_unaskedBytesDisconnect(self):
+        """
+        An upstream that sends more than was asked for breaks the protocol:
+        nothing it sent beyond that is used, and it is disconnected.
+        """
+        from twisted.internet.testing import StringTransport
+
+        client = self.upstream.buildProtocol(None)
+        transport = StringTransport()
+        client.makeConnection(transport)
+        asked = client.outstanding
+        client.dataReceived(b"x" * (asked + 1))
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.pool.level, 0)
 
     def test_everyUpstreamDownIsLogged(self):
         """
