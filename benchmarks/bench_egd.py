@@ -68,6 +68,8 @@ import time
 from typing import Dict, List, Optional
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+from _support import egdLevelBits, freePort  # noqa: E402  (benchmarks/ is on sys.path)
 sys.path.insert(0, REPO_ROOT)
 
 COMMANDS = {
@@ -336,30 +338,6 @@ class Cleanups:
                 print(f"(cleanup {function!r} failed: {e})", file=sys.stderr)
 
 
-def freePort() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def egdLevel(port: int, timeout: float = 2.0) -> Optional[int]:
-    """
-    @return: the server's level in bits, or C{None} if it cannot be asked.
-    """
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-            s.sendall(b"\x00")
-            data = b""
-            while len(data) < 4:
-                chunk = s.recv(4 - len(data))
-                if not chunk:
-                    return None
-                data += chunk
-            return int.from_bytes(data, "big")
-    except OSError:
-        return None
-
-
 def cpuSeconds(pid: int) -> Optional[float]:
     """
     @return: user + system CPU seconds of a process, from /proc.
@@ -419,7 +397,7 @@ class Server:
                 [ekeyd, "-f", config, "-p", os.path.join(self.directory, "ekeyd.pid")],
                 self.directory)
         # Ready when it serves entropy: the key's session is up.
-        interop.waitFor(lambda: (egdLevel(self.port) or 0) > 0, timeout,
+        interop.waitFor(lambda: (egdLevelBits(self.port) or 0) > 0, timeout,
                         f"{self.name} to have entropy on port {self.port}", self.process)
 
     def alive(self) -> bool:

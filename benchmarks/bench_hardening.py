@@ -40,16 +40,17 @@ import platform
 import resource
 import selectors
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+from _support import Processes, egdLevelBytes, freePort  # noqa: E402  (benchmarks/ is on sys.path)
 sys.path.insert(0, REPO_ROOT)
 
 SERIAL = "E52jaQ2jxAYlra1N"
@@ -66,62 +67,6 @@ def raiseLimit() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-class Processes:
-    """
-    Every subprocess started, stopped by id at the end.
-    """
-
-    def __init__(self, directory: str):
-        self.directory = directory
-        self.running: List[subprocess.Popen] = []
-        self.env = dict(os.environ)
-        self.env["PYTHONPATH"] = os.pathsep.join(
-            [REPO_ROOT] + ([self.env["PYTHONPATH"]] if self.env.get("PYTHONPATH") else []))
-        self.env["PYTHONUNBUFFERED"] = "1"
-
-    def start(self, name: str, argv: List[str]) -> subprocess.Popen:
-        log = open(os.path.join(self.directory, f"{name}.out"), "wb")
-        try:
-            p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                 env=self.env, cwd=self.directory, start_new_session=True,
-                                 preexec_fn=raiseLimit)
-        finally:
-            log.close()
-        p.benchName = name
-        self.running.append(p)
-        return p
-
-    def tail(self, p: subprocess.Popen) -> str:
-        text = ""
-        for suffix in (".out", ".log"):
-            path = os.path.join(self.directory, p.benchName + suffix)
-            if os.path.exists(path):
-                with open(path, "rb") as f:
-                    text += f.read()[-1500:].decode("utf-8", "replace")
-        return text
-
-    def stop(self, p: subprocess.Popen) -> None:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
-        if p in self.running:
-            self.running.remove(p)
-
-    def stopAll(self) -> None:
-        for p in list(reversed(self.running)):
-            self.stop(p)
-
-
-def freePort() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def waitUntil(predicate, what: str, p: subprocess.Popen, procs: Processes,
               timeout: float = START_TIMEOUT):
     deadline = time.monotonic() + timeout
@@ -133,21 +78,6 @@ def waitUntil(predicate, what: str, p: subprocess.Popen, procs: Processes,
             raise SystemExit(f"{p.benchName} exited while waiting for {what}:\n{procs.tail(p)}")
         time.sleep(0.05)
     raise SystemExit(f"timed out waiting for {what}:\n{procs.tail(p)}")
-
-
-def egdLevel(port: int) -> Optional[int]:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=2.0) as s:
-            s.sendall(b"\x00")
-            data = b""
-            while len(data) < 4:
-                chunk = s.recv(4 - len(data))
-                if not chunk:
-                    return None
-                data += chunk
-            return int.from_bytes(data, "big") // 8
-    except OSError:
-        return None
 
 
 def memory(pid: int) -> Dict[str, int]:
@@ -199,7 +129,7 @@ class Daemon:
                 "--port", f"tcp:{self.port}:interface=127.0.0.1:backlog=4096"] + extra
         self.process = procs.start(name, argv)
         self.pid = self.process.pid
-        waitUntil(lambda: egdLevel(self.port) is not None, f"{name} to answer", self.process,
+        waitUntil(lambda: egdLevelBytes(self.port) is not None, f"{name} to answer", self.process,
                   procs)
 
 
@@ -392,7 +322,7 @@ def main() -> None:
                         help="--client-rate (and --client-burst) of the rate-limited case")
     args = parser.parse_args()
     directory = tempfile.mkdtemp(prefix="bench-hardening-")
-    procs = Processes(directory)
+    procs = Processes(directory, preexec=raiseLimit)
     started = time.monotonic()
     try:
         print(f"# bench_hardening: Python {platform.python_version()}, {os.cpu_count()} cpus, "

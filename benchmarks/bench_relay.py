@@ -54,7 +54,6 @@ import os
 import platform
 import selectors
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -63,6 +62,8 @@ import time
 from typing import Dict, List, Optional
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+from _support import Processes, egdLevelBytes, freePort  # noqa: E402  (benchmarks/ is on sys.path)
 sys.path.insert(0, REPO_ROOT)
 
 TARGET_P99_PER_HOP_MS = 2.0
@@ -141,82 +142,25 @@ def runFastSource(path: str) -> None:
 # Processes ------------------------------------------------------------------------
 
 
-class Processes:
-    """
-    Every subprocess started, stopped by id at the end.
-    """
-
-    def __init__(self, directory: str):
-        self.directory = directory
-        self.running: List[subprocess.Popen] = []
-        self.names: Dict[int, str] = {}
-        self.env = dict(os.environ)
-        self.env["PYTHONPATH"] = os.pathsep.join(
-            [REPO_ROOT] + ([self.env["PYTHONPATH"]] if self.env.get("PYTHONPATH") else []))
-        self.env["PYTHONUNBUFFERED"] = "1"
-
-    def start(self, name: str, argv: List[str]) -> subprocess.Popen:
-        log = open(os.path.join(self.directory, f"{name}.out"), "wb")
-        try:
-            p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                 env=self.env, cwd=self.directory, start_new_session=True)
-        finally:
-            log.close()
-        self.running.append(p)
-        self.names[p.pid] = name
-        return p
-
-    def tail(self, p: subprocess.Popen) -> str:
-        name = self.names[p.pid]
-        text = ""
-        for suffix in (".out", ".log"):
-            path = os.path.join(self.directory, name + suffix)
-            if os.path.exists(path):
-                with open(path, "rb") as f:
-                    text += f.read()[-1500:].decode("utf-8", "replace")
-        return text
-
-    def stop(self, p: subprocess.Popen) -> None:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
-        if p in self.running:
-            self.running.remove(p)
-
-    def stopAll(self) -> None:
-        for p in list(reversed(self.running)):
-            self.stop(p)
-
-
-def freePort() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def waitListening(port: int, p: subprocess.Popen, procs: Processes,
                   timeout: float = START_TIMEOUT) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if p.poll() is not None:
-            raise RuntimeError(f"{procs.names[p.pid]} exited:\n{procs.tail(p)}")
+            raise RuntimeError(f"{p.benchName} exited:\n{procs.tail(p)}")
         try:
             socket.create_connection(("127.0.0.1", port), 0.5).close()
             return
         except OSError:
             time.sleep(0.05)
-    raise RuntimeError(f"{procs.names[p.pid]}: nothing on port {port}:\n{procs.tail(p)}")
+    raise RuntimeError(f"{p.benchName}: nothing on port {port}:\n{procs.tail(p)}")
 
 
 def waitPath(path: str, p: subprocess.Popen, procs: Processes) -> None:
     deadline = time.monotonic() + START_TIMEOUT
     while not os.path.exists(path):
         if p.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"{procs.names[p.pid]}: no {path}:\n{procs.tail(p)}")
+            raise RuntimeError(f"{p.benchName}: no {path}:\n{procs.tail(p)}")
         time.sleep(0.05)
 
 
@@ -232,26 +176,11 @@ def cpuSeconds(pid: int) -> Optional[float]:
 # Clients --------------------------------------------------------------------------
 
 
-def egdLevel(port: int, timeout: float = 2.0) -> Optional[int]:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout) as s:
-            s.sendall(b"\x00")
-            data = b""
-            while len(data) < 4:
-                chunk = s.recv(4 - len(data))
-                if not chunk:
-                    return None
-                data += chunk
-            return int.from_bytes(data, "big") // 8
-    except OSError:
-        return None
-
-
 def waitLevel(port: int, wanted: int, timeout: float) -> Optional[int]:
     deadline = time.monotonic() + timeout
     level = None
     while time.monotonic() < deadline:
-        level = egdLevel(port)
+        level = egdLevelBytes(port)
         if level is not None and level >= wanted:
             return level
         time.sleep(0.1)
