@@ -18,7 +18,6 @@ from twisted.internet.error import ConnectError, ConnectionDone, ConnectionRefus
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.protocols import amp
-from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.trial import unittest
 
@@ -43,11 +42,10 @@ from ekey.control import (
     UsageError,
 )
 from ekey.daemon import Daemon
-from ekey.keyring import Keyring
-from ekey.keys import KeyManager
 from ekey.pool import EntropyPool
 from ekey.upstream import PullPolicy, Upstream
-from tests.vectors import HOST_NONCE, SESSION, VECTORS, deviceFrames
+from tests.memory import boundSocket, connectKey, startKeyManager, writeKeyring
+from tests.vectors import SESSION, VECTORS, deviceFrames
 
 SERIAL_PEM = SESSION["serial_pem"]
 
@@ -78,13 +76,9 @@ class _DaemonMixin:
 
     def setUp(self):
         self.reactor = MemoryReactorClock()
-        self.keyringPath = self.mktemp()
-        with open(self.keyringPath, "w") as f:
-            f.write(VECTORS["keyring_line_text"] + "\n")
+        self.keyringPath = writeKeyring(self)
         self.pool = EntropyPool(1 << 16)
-        self.keys = KeyManager(Keyring.load(self.keyringPath), self.pool, reactor=self.reactor)
-        self.keys.startService()
-        self.addCleanup(self.keys.stopService)
+        self.keys = startKeyManager(self, self.reactor, self.pool, self.keyringPath)
         self.shutdowns = []
         self.daemon = Daemon(self.keys, self.pool, self.reactor,
                              lambda: self.shutdowns.append(True))
@@ -104,26 +98,14 @@ class _DaemonMixin:
         @return: a (relative, short) path where a Unix socket is bound, so
             that it counts as a key's path.
         """
-        path = self.mktemp()
-        listener = socket.socket(socket.AF_UNIX)
-        self.addCleanup(listener.close)
-        listener.bind(path)
-        return path
+        return boundSocket(self, self.mktemp())
 
     def connectKey(self, number, frames=4):
         """
         Connect key C{number} in memory and replay the transcript's first
         frames (4 reach C{Running OK}; 12 include information frames).
         """
-        factory = self.reactor.unixClients[-1][1]
-        wrapper = factory.buildProtocol(None)
-        wrapper.makeConnection(StringTransport())
-        self.addCleanup(wrapper.connectionLost, Failure(ConnectionDone()))
-        protocol = self.keys._keys[number].factory.protocol
-        protocol.session._randomBytes = lambda n: HOST_NONCE[4:]
-        for frame in deviceFrames()[:frames]:
-            protocol.dataReceived(frame)
-        return protocol
+        return connectKey(self, self.reactor, self.keys, number, frames)
 
     def call(self, command, **arguments):
         """

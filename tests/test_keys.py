@@ -5,16 +5,15 @@ Tests for L{ekey.keys.KeyManager}: the daemon's numbered keys.
 import os
 import socket
 
-from twisted.internet.error import ConnectionDone
-from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.python.failure import Failure
+from twisted.internet.testing import MemoryReactorClock
 from twisted.trial import unittest
 
 from ekey.device import KeyPathError
-from ekey.keyring import Keyring, KeyringError
-from ekey.keys import KeyManager, KeyNotFound
+from ekey.keyring import KeyringError
+from ekey.keys import KeyNotFound
 from ekey.pool import EntropyPool
-from tests.vectors import HOST_NONCE, LONG_TERM_KEY, SERIAL, SESSION, VECTORS, deviceFrames
+from tests.memory import boundSocket, connectKey, startKeyManager, writeKeyring
+from tests.vectors import LONG_TERM_KEY, SERIAL, SESSION, VECTORS, deviceFrames
 
 
 class KeyManagerTests(unittest.TestCase):
@@ -24,36 +23,19 @@ class KeyManagerTests(unittest.TestCase):
 
     def setUp(self):
         self.reactor = MemoryReactorClock()
-        self.keyringPath = self.mktemp()
-        with open(self.keyringPath, "w") as f:
-            f.write(VECTORS["keyring_line_text"] + "\n")
-        self.manager = KeyManager(Keyring.load(self.keyringPath), EntropyPool(1 << 16),
-                                  reactor=self.reactor)
-        self.manager.startService()
-        self.addCleanup(self.manager.stopService)
+        self.keyringPath = writeKeyring(self)
+        self.manager = startKeyManager(self, self.reactor, EntropyPool(1 << 16),
+                                       self.keyringPath)
 
     def socketPath(self):
-        path = self.mktemp()
-        listener = socket.socket(socket.AF_UNIX)
-        self.addCleanup(listener.close)
-        listener.bind(path)
-        return path
+        return boundSocket(self, self.mktemp())
 
     def connect(self, number, frames=4):
         """
         Connect key C{number} in memory and replay the transcript's first
         frames.
         """
-        factory = self.reactor.unixClients[-1][1]
-        wrapper = factory.buildProtocol(None)
-        wrapper.makeConnection(StringTransport())
-        # The service waits for the connection to close when it stops.
-        self.addCleanup(wrapper.connectionLost, Failure(ConnectionDone()))
-        protocol = self.manager._keys[number].factory.protocol
-        protocol.session._randomBytes = lambda n: HOST_NONCE[4:]
-        for frame in deviceFrames()[:frames]:
-            protocol.dataReceived(frame)
-        return protocol
+        return connectKey(self, self.reactor, self.manager, number, frames)
 
     def test_addFindDescribe(self):
         """

@@ -7,7 +7,6 @@ the protocol's test vectors.
 import base64
 import json
 import os
-import socket
 from types import SimpleNamespace
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -18,13 +17,12 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from ekey.daemon import SAMPLE_INTERVAL, Daemon
-from ekey.keyring import Keyring
-from ekey.keys import KeyManager
 from ekey.pool import EntropyPool
 from ekey.server import EGDServerFactory
 from ekey.session import KeyState
 from ekey.web import KEY_STATES, makeSite, stateName
-from tests.vectors import HOST_NONCE, LONG_TERM_KEY, SESSION, VECTORS, deviceFrames
+from tests.memory import boundSocket, connectKey, startKeyManager, writeKeyring
+from tests.vectors import LONG_TERM_KEY, SESSION
 
 #: Characters that would be markup if they were not escaped.
 HOSTILE_NAME = "<b onmouseover='x'>&\"key\""
@@ -80,13 +78,9 @@ class WebTestsMixin:
 
     def setUp(self):
         self.reactor = MemoryReactorClock()
-        self.keyringPath = self.mktemp()
-        with open(self.keyringPath, "w") as f:
-            f.write(VECTORS["keyring_line_text"] + "\n")
+        self.keyringPath = writeKeyring(self)
         self.pool = EntropyPool(1 << 16)
-        self.keys = KeyManager(Keyring.load(self.keyringPath), self.pool, reactor=self.reactor)
-        self.keys.startService()
-        self.addCleanup(self.keys.stopService)
+        self.keys = startKeyManager(self, self.reactor, self.pool, self.keyringPath)
         self.daemon = Daemon(self.keys, self.pool, self.reactor, lambda: None)
         self.factory = EGDServerFactory(self.pool, pid=1234, clock=self.reactor)
         self.daemon.listeners.append(("tcp:8888:interface=127.0.0.1", self.factory))
@@ -95,11 +89,7 @@ class WebTestsMixin:
     def socketPath(self, name="key.sock"):
         directory = self.mktemp()
         os.mkdir(directory)
-        path = os.path.join(directory, name)
-        listener = socket.socket(socket.AF_UNIX)
-        self.addCleanup(listener.close)
-        listener.bind(path)
-        return path
+        return boundSocket(self, os.path.join(directory, name))
 
     def addKey(self, name="key.sock", frames=8):
         """
@@ -110,15 +100,7 @@ class WebTestsMixin:
         @return: its number and its L{ekey.device.KeyProtocol}.
         """
         number = self.keys.add(self.socketPath(name))
-        factory = self.reactor.unixClients[-1][1]
-        wrapper = factory.buildProtocol(None)
-        wrapper.makeConnection(StringTransport())
-        self.addCleanup(wrapper.connectionLost, Failure(ConnectionDone()))
-        protocol = self.keys._keys[number].factory.protocol
-        protocol.session._randomBytes = lambda n: HOST_NONCE[4:]
-        for frame in deviceFrames()[:frames]:
-            protocol.dataReceived(frame)
-        return number, protocol
+        return number, connectKey(self, self.reactor, self.keys, number, frames)
 
     def connectClient(self, port=40000):
         """

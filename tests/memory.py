@@ -1,0 +1,69 @@
+"""
+In-memory fixtures shared by the tests of the daemon's parts: a keyring
+file with the vectors' key, a started L{KeyManager} on a fake reactor, Unix
+sockets that count as keys' paths, and keys connected in memory that replay
+the vectors' transcript.
+"""
+
+import socket
+
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+
+from ekey.keyring import Keyring
+from ekey.keys import KeyManager
+from tests.vectors import HOST_NONCE, VECTORS, deviceFrames
+
+
+def writeKeyring(testCase) -> str:
+    """
+    @return: the path of a new keyring file holding the vectors' key.
+    """
+    path = testCase.mktemp()
+    with open(path, "w") as f:
+        f.write(VECTORS["keyring_line_text"] + "\n")
+    return path
+
+
+def startKeyManager(testCase, reactor, pool, keyringPath: str) -> KeyManager:
+    """
+    @return: a started L{KeyManager} using the keyring at C{keyringPath},
+        stopped when the test ends.
+    """
+    manager = KeyManager(Keyring.load(keyringPath), pool, reactor=reactor)
+    manager.startService()
+    testCase.addCleanup(manager.stopService)
+    return manager
+
+
+def boundSocket(testCase, path: str) -> str:
+    """
+    Bind a Unix socket at C{path} (closed when the test ends), so that the
+    path counts as a key's.
+
+    @return: C{path}.
+    """
+    listener = socket.socket(socket.AF_UNIX)
+    testCase.addCleanup(listener.close)
+    listener.bind(path)
+    return path
+
+
+def connectKey(testCase, reactor, manager: KeyManager, number: int, frames: int):
+    """
+    Connect the key last asked to connect on C{reactor} in memory and replay
+    the transcript's first C{frames} frames to it (4 reach C{Running OK}).
+
+    @return: key C{number}'s L{ekey.device.KeyProtocol}.
+    """
+    factory = reactor.unixClients[-1][1]
+    wrapper = factory.buildProtocol(None)
+    wrapper.makeConnection(StringTransport())
+    # The key's service waits for the connection to close when it stops.
+    testCase.addCleanup(wrapper.connectionLost, Failure(ConnectionDone()))
+    protocol = manager._keys[number].factory.protocol
+    protocol.session._randomBytes = lambda n: HOST_NONCE[4:]
+    for frame in deviceFrames()[:frames]:
+        protocol.dataReceived(frame)
+    return protocol
