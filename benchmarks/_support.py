@@ -91,6 +91,18 @@ def freePort() -> int:
         return s.getsockname()[1]
 
 
+def cpuSeconds(pid: int) -> Optional[float]:
+    """
+    @return: user + system CPU seconds of a process, from /proc.
+    """
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def egdLevelBits(port: int, timeout: float = 2.0) -> Optional[int]:
     """
     @return: an EGD server's level in bits (0x00), or C{None} if it cannot

@@ -69,7 +69,7 @@ from typing import Dict, List, Optional
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-from _support import egdLevelBits, freePort  # noqa: E402  (benchmarks/ is on sys.path)
+from _support import cpuSeconds, egdLevelBits, freePort  # noqa: E402  (benchmarks/ is on sys.path)
 sys.path.insert(0, REPO_ROOT)
 
 COMMANDS = {
@@ -336,18 +336,6 @@ class Cleanups:
                 function(*args, **kwargs)
             except Exception as e:  # keep cleaning up
                 print(f"(cleanup {function!r} failed: {e})", file=sys.stderr)
-
-
-def cpuSeconds(pid: int) -> Optional[float]:
-    """
-    @return: user + system CPU seconds of a process, from /proc.
-    """
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 class Server:

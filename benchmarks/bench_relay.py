@@ -63,7 +63,7 @@ from typing import Dict, List, Optional
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-from _support import Processes, egdLevelBytes, freePort  # noqa: E402  (benchmarks/ is on sys.path)
+from _support import cpuSeconds, Processes, egdLevelBytes, freePort  # noqa: E402  (benchmarks/ is on sys.path)
 sys.path.insert(0, REPO_ROOT)
 
 TARGET_P99_PER_HOP_MS = 2.0
@@ -162,15 +162,6 @@ def waitPath(path: str, p: subprocess.Popen, procs: Processes) -> None:
         if p.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"{p.benchName}: no {path}:\n{procs.tail(p)}")
         time.sleep(0.05)
-
-
-def cpuSeconds(pid: int) -> Optional[float]:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 # Clients --------------------------------------------------------------------------
