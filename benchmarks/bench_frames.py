@@ -19,10 +19,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from ekey.frames import binaryPayload, buildContent, buildFrame, parseFrame  # noqa: E402
-from ekey.keyring import Keyring  # noqa: E402
-from ekey.session import KeySession  # noqa: E402
 from ekey.skein import _threefish, prepared  # noqa: E402
-from tests.vectors import HOST_NONCE, LONG_TERM_KEY, SERIAL, SESSION, deviceFrames  # noqa: E402
+from tests.vectors import SERIAL, SESSION, transcriptSession  # noqa: E402
 
 REAL_RATES = {"125 frames/s (the brief's figure)": 125, "86 frames/s (measured on real keys)": 86}
 
@@ -51,12 +49,7 @@ def main():
     stream = b"".join(frames)
 
     def fullPath():
-        ring = Keyring()
-        ring.set(SERIAL, LONG_TERM_KEY)
-        session = KeySession(ring, randomBytes=lambda n: HOST_NONCE[4:])
-        session.connectionMade()
-        for f in deviceFrames()[:4]:
-            session.receiveData(f)
+        session = transcriptSession()
         for offset in range(0, len(stream), 4096):
             session.receiveData(stream[offset : offset + 4096])
         assert session.statistics.entropyBytes == 32 * args.frames

@@ -20,7 +20,7 @@ from ekey.device import (
 )
 from ekey.keyring import Keyring
 from ekey.session import REKEY_TIMEOUT, KeyState, StateChanged
-from tests.vectors import HOST_NONCE, LONG_TERM_KEY, SERIAL, SESSION, deviceFrames
+from tests.vectors import HOST_NONCE, LONG_TERM_KEY, SERIAL, SESSION, deviceFrames, entropyFrame
 
 
 def ring():
@@ -38,20 +38,6 @@ class PassThrough:
 
     def feed(self, data):
         return [data]
-
-
-def entropyFrame(sequence, plaintext):
-    """
-    An entropy frame under the vectors' session key.
-    """
-    from ekey.frames import binaryPayload, buildContent, buildFrame, encodeSubcode
-    from ekey.skein import prepared
-
-    key = bytes.fromhex(SESSION["session_key"])
-    pad = prepared("EES", SERIAL, key).update(encodeSubcode(sequence)).final()
-    ciphertext = bytes(a ^ b for a, b in zip(plaintext, pad))
-    content = buildContent("E", binaryPayload(sequence, ciphertext), True)
-    return buildFrame(content, prepared("PMS", SERIAL, key))
 
 
 def runningProtocol(onEntropy):

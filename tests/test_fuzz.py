@@ -11,22 +11,11 @@ from hypothesis import strategies as st
 from twisted.trial import unittest
 
 from ekey.egd import EGDServerParser, encodeRequest
-from ekey.frames import (
-    FRAME_LENGTH,
-    FrameReader,
-    RemoteProtocolError,
-    binaryPayload,
-    buildContent,
-    buildFrame,
-    encodeSubcode,
-)
-from ekey.keyring import Keyring
+from ekey.frames import FRAME_LENGTH, FrameReader, RemoteProtocolError
 from ekey.pool import EntropyPool
-from ekey.session import EntropyReceived, KeySession
-from ekey.skein import prepared
-from tests.vectors import HOST_NONCE, LONG_TERM_KEY, SERIAL, SESSION, deviceFrames
+from ekey.session import EntropyReceived
+from tests.vectors import deviceFrames, entropyFrame, transcriptSession
 
-SESSION_KEY = bytes.fromhex(SESSION["session_key"])
 FUZZ = settings(max_examples=200, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow])
 
@@ -79,27 +68,6 @@ class FrameReaderFuzz(unittest.TestCase):
         self.assertEqual(FrameReader().receiveData(stream), frames)
 
 
-def runningSession():
-    """
-    A session holding the vectors' session key.
-    """
-    ring = Keyring()
-    ring.set(SERIAL, LONG_TERM_KEY)
-    session = KeySession(ring, randomBytes=lambda n: HOST_NONCE[4:])
-    session.connectionMade()
-    for frame in deviceFrames()[:4]:
-        session.receiveData(frame)
-    session.dataToSend()
-    return session
-
-
-def entropyFrame(sequence, plaintext, key=SESSION_KEY):
-    pad = prepared("EES", SERIAL, key).update(encodeSubcode(sequence)).final()
-    ciphertext = bytes(a ^ b for a, b in zip(plaintext, pad))
-    return buildFrame(buildContent("E", binaryPayload(sequence, ciphertext), True),
-                      prepared("PMS", SERIAL, key))
-
-
 class SessionFuzz(unittest.TestCase):
     """
     The key session on arbitrary input.
@@ -112,7 +80,7 @@ class SessionFuzz(unittest.TestCase):
         Random bytes never raise and never yield entropy (a MAC cannot be
         guessed).
         """
-        session = runningSession()
+        session = transcriptSession()
         for piece in chunked(data, cuts):
             for event in session.receiveData(piece):
                 self.assertNotIsInstance(event, EntropyReceived)
@@ -127,7 +95,7 @@ class SessionFuzz(unittest.TestCase):
         frames, every block that comes out is the plaintext of a good frame,
         in order, each at most once.
         """
-        session = runningSession()
+        session = transcriptSession()
         good = []
         out = []
         for sequence, kind in plan:

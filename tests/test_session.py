@@ -14,9 +14,16 @@ from ekey.session import (
     StateChanged,
 )
 from ekey.skein import prepared
-from tests.vectors import HOST_NONCE, LONG_TERM_KEY, SERIAL, SESSION, deviceFrames
+from tests.vectors import (
+    HOST_NONCE,
+    LONG_TERM_KEY,
+    SERIAL,
+    SESSION,
+    SESSION_KEY,
+    deviceFrames,
+    transcriptSession,
+)
 
-SESSION_KEY = bytes.fromhex(SESSION["session_key"])
 
 
 def frame(packetType, payload, key=SESSION_KEY, serial=SERIAL, binary=None):
@@ -34,20 +41,6 @@ def keyring():
     ring = Keyring("/etc/entropykey/keyring")
     ring.set(SERIAL, LONG_TERM_KEY)
     return ring
-
-
-def transcriptSession(**options):
-    """
-    A session that has replayed the vectors' transcript up to and including
-    the re-key reply, so that it holds the vectors' session key.
-    """
-    session = KeySession(keyring(), randomBytes=lambda n: HOST_NONCE[4:], **options)
-    session.connectionMade()
-    session.dataToSend()
-    for f in deviceFrames()[:4]:
-        session.receiveData(f)
-    session.dataToSend()
-    return session
 
 
 def blocks(events):
