@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import deque
-from typing import Deque, Optional
+from typing import Deque
 
 from twisted.internet import defer, task
 from twisted.internet.protocol import Protocol
@@ -48,7 +48,6 @@ class EGDClientProtocol(Protocol):
     def __init__(self):
         self._parser = EGDClientParser()
         self._waiting: Deque[defer.Deferred] = deque()
-        self._corked: Optional[list] = None
         self.connected = False
         self.lost = defer.Deferred()
 
@@ -62,30 +61,11 @@ class EGDClientProtocol(Protocol):
         d = defer.Deferred()
         self._parser.sent(command)
         self._waiting.append(d)
-        if self._corked is not None:
-            self._corked.append(data)
-        else:
-            self.transport.write(data)
+        self.transport.write(data)
         if isinstance(command, Write):
             # No reply comes; the parser answers it in order.
             self._handle(self._parser.receiveData(b""))
         return d
-
-    def cork(self) -> None:
-        """
-        Hold requests until L{uncork}, to send several in one write (one TLS
-        record rather than one each).
-        """
-        if self._corked is None:
-            self._corked = []
-
-    def uncork(self) -> None:
-        """
-        Send the requests held since L{cork}.
-        """
-        held, self._corked = self._corked, None
-        if held and self.connected:
-            self.transport.write(b"".join(held))
 
     def level(self) -> defer.Deferred:
         """

@@ -219,9 +219,6 @@ class EGDClientParser:
         self._expected: Deque[Command] = deque()
         self._buffer = b""
         self._partial = b""
-        # Bytes of the current blocking read received so far, including
-        # any a caller took early with takePartial().
-        self._received = 0
 
     @property
     def outstanding(self) -> int:
@@ -229,15 +226,6 @@ class EGDClientParser:
         Requests not yet fully answered.
         """
         return len(self._expected)
-
-    def takePartial(self) -> bytes:
-        """
-        Take the bytes of the current blocking read received so far (and not
-        taken before), for a caller that passes them on as they arrive; the
-        read's reply will then carry only the bytes that come after.
-        """
-        partial, self._partial = self._partial, b""
-        return partial
 
     def sent(self, command: Command) -> None:
         """
@@ -277,15 +265,13 @@ class EGDClientParser:
                 else:
                     out.append(Reply(command, body))
             else:
-                need = command.n - self._received
-                piece, self._buffer = self._buffer[:need], self._buffer[need:]
-                self._partial += piece
-                self._received += len(piece)
-                if self._received < command.n:
+                need = command.n - len(self._partial)
+                self._partial += self._buffer[:need]
+                self._buffer = self._buffer[need:]
+                if len(self._partial) < command.n:
                     break
                 out.append(Reply(command, self._partial))
                 self._partial = b""
-                self._received = 0
             self._expected.popleft()
         if self._buffer and not self._expected:
             raise RemoteProtocolError(f"server sent {len(self._buffer)} bytes nobody asked for")

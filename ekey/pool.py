@@ -193,14 +193,6 @@ class EntropyPool:
         return max(1, len(self._shares)
                    + sum(1 for p in self._waiting if p.share is None and not p.paused))
 
-    def addPollingReader(self) -> Callable[[], None]:
-        """
-        Register a reader that only takes without waiting.
-
-        @return: a function to call once when that reader goes away.
-        """
-        return self.addShare().remove
-
     def _removeShare(self, share: ReaderShare) -> None:
         if share.removed:
             return

@@ -80,25 +80,6 @@ class ClientParserTests(unittest.TestCase):
         ])
         self.assertEqual(parser.outstanding, 0)
 
-    def test_takePartialKeepsCount(self):
-        """
-        A caller that takes a blocking read's bytes as they arrive still sees
-        the read complete at its size, with only the bytes not yet taken.
-        """
-        parser = EGDClientParser()
-        parser.sent(ReadBlocking(255))
-        parser.sent(ReadBlocking(255))
-        arrived, completed = [], 0
-        stream = bytes(range(255)) * 2
-        for offset in range(0, len(stream), 32):
-            for reply in parser.receiveData(stream[offset : offset + 32]):
-                arrived.append(reply.value)
-                completed += 1
-            arrived.append(parser.takePartial())
-        self.assertEqual(completed, 2)
-        self.assertEqual(parser.outstanding, 0)
-        self.assertEqual(b"".join(arrived), stream)
-
     def test_unaskedBytes(self):
         """
         Bytes nobody asked for, or too many for a read, are remote errors.

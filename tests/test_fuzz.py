@@ -158,8 +158,9 @@ class PoolFuzz(unittest.TestCase):
     def test_noByteTwice(self, capacity, operations):
         """
         Everything handed out, by takes and deliveries in the order they
-        happen, is exactly the start of what was accepted: no byte twice, none
-        skipped, in order; and the pool never holds more than its capacity.
+        happen and with or without readers' shares, is exactly the start of
+        what was accepted: no byte twice, none skipped, in order; the pool
+        never holds more than its capacity, nor reserves more than it holds.
         """
         pool = EntropyPool(capacity)
         accepted = bytearray()
@@ -171,9 +172,11 @@ class PoolFuzz(unittest.TestCase):
                 data = os.urandom(n)
                 accepted += data[: pool.add(data)]
             elif operation == "take":
-                served += pool.take(n)
+                served += pool.take(n, pollers[n % len(pollers)] if pollers and n % 2 else None)
             elif operation == "request":
-                readers.append(pool.request(n or None, served.extend, quantum=1 + n % 40))
+                share = pollers[n % len(pollers)] if pollers and n % 3 == 0 else None
+                readers.append(pool.request(n or None, served.extend, quantum=1 + n % 40,
+                                            share=share))
             elif operation == "cancel" and readers:
                 readers.pop(n % len(readers)).cancel()
             elif operation == "pause" and readers:
@@ -181,9 +184,11 @@ class PoolFuzz(unittest.TestCase):
             elif operation == "resume" and readers:
                 readers[n % len(readers)].resume()
             elif operation == "poll":
-                pollers.append(pool.addPollingReader())
+                pollers.append(pool.addShare())
             elif operation == "unpoll" and pollers:
-                pollers.pop(n % len(pollers))()
+                pollers.pop(n % len(pollers)).remove()
             self.assertLessEqual(pool.level, capacity)
+            self.assertLessEqual(pool.reserved, pool.level)
+            self.assertEqual(pool.reserved, sum(share.reserved for share in pollers))
             self.assertEqual(bytes(served), bytes(accepted[: len(served)]))
             self.assertEqual(len(accepted) - len(served), pool.level)
