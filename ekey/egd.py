@@ -78,7 +78,31 @@ class GetPID:
     """
 
 
-Command = Union[GetLevel, Read, ReadBlocking, Write, GetPID]
+@dataclass(frozen=True)
+class ReadBlockingRun:
+    """
+    C{count} blocking reads in a row, C{n} bytes in all, as
+    L{EGDServerParser} gives them when asked to coalesce.  Their replies
+    are exactly the C{n} bytes, in order, with nothing between them, so a
+    server may answer the run as one blocking read.
+    """
+
+    n: int
+    count: int
+
+
+Command = Union[GetLevel, Read, ReadBlocking, ReadBlockingRun, Write, GetPID]
+
+# Commands are immutable: the parser hands out one instance of each
+# (clients pipeline thousands of identical reads a second).
+_GET_LEVEL = GetLevel()
+_GET_PID = GetPID()
+_READS = tuple(Read(n) for n in range(MAX_READ + 1))
+_READS_BLOCKING = tuple(ReadBlocking(n) for n in range(MAX_READ + 1))
+
+
+#: The most blocking reads one L{ReadBlockingRun} stands for.
+MAX_RUN = 1024
 
 
 class EGDServerParser:
@@ -88,8 +112,14 @@ class EGDServerParser:
     The parser holds at most one incomplete command (259 bytes).
     """
 
-    def __init__(self):
+    def __init__(self, coalesce: bool = False):
+        """
+        @param coalesce: give blocking reads that follow one another in the
+            stream as one L{ReadBlockingRun} (of up to L{MAX_RUN} reads)
+            rather than one L{ReadBlocking} each.
+        """
         self._buffer = b""
+        self._coalesce = coalesce
 
     @property
     def buffered(self) -> int:
@@ -107,7 +137,20 @@ class EGDServerParser:
         buffer = self._buffer + data
         commands: List[Command] = []
         offset = 0
-        while offset < len(buffer):
+        end = len(buffer)
+        coalesce = self._coalesce
+        while offset < end:
+            if (coalesce and buffer[offset] == READ_BLOCKING and offset + 3 < end
+                    and buffer[offset + 2] == READ_BLOCKING):
+                # Count the complete blocking reads from here at C speed: every
+                # other byte of the run is 0x02.
+                pairs = min((end - offset) // 2, MAX_RUN)
+                codes = buffer[offset : offset + 2 * pairs : 2]
+                run = pairs - len(codes.lstrip(b"\x02"))
+                runEnd = offset + 2 * run
+                commands.append(ReadBlockingRun(sum(buffer[offset + 1 : runEnd : 2]), run))
+                offset = runEnd
+                continue
             command, used = self._parseOne(buffer, offset)
             if command is None:
                 break
@@ -119,15 +162,15 @@ class EGDServerParser:
     def _parseOne(self, buffer: bytes, offset: int):
         code = buffer[offset]
         available = len(buffer) - offset
-        if code == GET_LEVEL:
-            return GetLevel(), 1
-        if code == GET_PID:
-            return GetPID(), 1
-        if code in (READ, READ_BLOCKING):
+        if code == READ_BLOCKING or code == READ:
             if available < 2:
                 return None, 0
             n = buffer[offset + 1]
-            return (Read(n) if code == READ else ReadBlocking(n)), 2
+            return (_READS_BLOCKING[n] if code == READ_BLOCKING else _READS[n]), 2
+        if code == GET_LEVEL:
+            return _GET_LEVEL, 1
+        if code == GET_PID:
+            return _GET_PID, 1
         if code == WRITE:
             if available < 4:
                 return None, 0

@@ -241,6 +241,12 @@ class EntropyPool:
             self._notify()
         return accepted
 
+    def availableTo(self, share: Optional[ReaderShare] = None) -> int:
+        """
+        @return: the most L{take} would give the holder of C{share} now.
+        """
+        return (share.reserved if share is not None else 0) + self.level - self._reserved
+
     def take(self, n: int, share: Optional[ReaderShare] = None) -> bytes:
         """
         Take up to C{n} bytes now, without waiting: the reader's share

@@ -37,6 +37,7 @@ from ekey.egd import (
     GetPID,
     Read,
     ReadBlocking,
+    ReadBlockingRun,
     Write,
     encodeLevel,
     encodePID,
@@ -88,7 +89,7 @@ class EGDServerProtocol(Protocol, TimeoutMixin):
     def __init__(self, factory: "EGDServerFactory"):
         self.factory = factory
         self.callLater = factory.clock.callLater
-        self._parser = EGDServerParser()
+        self._parser = EGDServerParser(coalesce=True)
         self._queue: Deque[Command] = deque()
         self._queuedBytes = 0
         self._blocking: Optional[PendingRead] = None
@@ -109,6 +110,7 @@ class EGDServerProtocol(Protocol, TimeoutMixin):
         self._coalesce = False
         self.peer = "?"
         self.identity: Optional[str] = None
+        self._clientKey: Optional[str] = None
         self.connectedAt = 0.0
         self.bytesServed = 0
         self.requests: Counter = Counter()
@@ -119,10 +121,13 @@ class EGDServerProtocol(Protocol, TimeoutMixin):
         Who this client is for its rate limit: its certificate identity if
         it has one, else its address without the port.
         """
-        if self.identity is not None:
-            return "cert:" + self.identity
-        peer = self.transport.getPeer()
-        return "addr:" + str(getattr(peer, "host", None) or self.peer)
+        if self._clientKey is None:
+            if self.identity is not None:
+                self._clientKey = "cert:" + self.identity
+            else:
+                peer = self.transport.getPeer()
+                self._clientKey = "addr:" + str(getattr(peer, "host", None) or self.peer)
+        return self._clientKey
 
     def connectionMade(self):
         self._coalesce = ISSLTransport.providedBy(self.transport)
@@ -143,6 +148,7 @@ class EGDServerProtocol(Protocol, TimeoutMixin):
             for key, value in certificate.get_subject().get_components():
                 if key == b"CN":
                     self.identity = value.decode("utf-8", "replace")
+                    self._clientKey = None
             self.log.info("EGD client {peer} is {identity}", peer=self.peer,
                           identity=self.identity)
 
@@ -218,9 +224,7 @@ class EGDServerProtocol(Protocol, TimeoutMixin):
         while self._queue and not self._busy and not self._paused and not self._closed:
             command = self._queue.popleft()
             self._queuedBytes -= getattr(command, "n", 0)
-            name = type(command).__name__
-            self.requests[name] += 1
-            factory.requests[name] += 1
+            self._count(command)
             if isinstance(command, GetLevel):
                 self._write(encodeLevel(factory.pool.level * 8))
             elif isinstance(command, Read):
@@ -231,7 +235,12 @@ class EGDServerProtocol(Protocol, TimeoutMixin):
                 factory.limiter.consume(self.clientKey, len(data), now)
                 self._served(len(data))
                 self._write(encodeRead(data))
-            elif isinstance(command, ReadBlocking):
+            elif isinstance(command, (ReadBlocking, ReadBlockingRun)):
+                # A run of blocking reads is answered as one read of their
+                # total: the replies are the bytes alone, back to back.
+                if (not factory.pool.waiting and factory.limiter.unlimited
+                        and self._serveBlockingRun(command)):
+                    continue
                 self._blockingRemaining = command.n
                 self.setTimeout(None)
                 self._continueBlocking()
@@ -247,7 +256,47 @@ class EGDServerProtocol(Protocol, TimeoutMixin):
                 self._write(encodePID(factory.pid or os.getpid()))
         if not self._closed:
             self._setReading(not self._paused and len(self._queue) < MAX_QUEUED_COMMANDS
-                             and self._queuedBytes < factory.maxPendingBytes)
+                             and self._queuedBytes + self._blockingRemaining
+                             < factory.maxPendingBytes)
+
+    def _count(self, command: Command) -> None:
+        if type(command) is ReadBlockingRun:
+            name, count = "ReadBlocking", command.count
+        else:
+            name, count = type(command).__name__, 1
+        self.requests[name] += count
+        self.factory.requests[name] += count
+
+    def _serveBlockingRun(self, first) -> bool:
+        """
+        The fast path for pipelined blocking reads when nobody is waiting
+        and there is no rate limit: serve C{first} and the blocking reads
+        queued right behind it, as many as the pool can answer in full now,
+        with one take and one write.
+
+        @return: whether C{first} was served (not when the pool cannot
+            answer it in full; it then takes the usual path).
+        """
+        self._stillActive()
+        pool = self.factory.pool
+        available = pool.availableTo(self._share)
+        total = first.n
+        if total > available:
+            return False
+        queue = self._queue
+        while queue:
+            following = queue[0]
+            if (type(following) not in (ReadBlocking, ReadBlockingRun)
+                    or total + following.n > available):
+                break
+            queue.popleft()
+            self._count(following)
+            total += following.n
+        self._queuedBytes -= total - first.n
+        data = pool.take(total, self._share)
+        self._served(len(data))
+        self._write(data)
+        return True
 
     def _continueBlocking(self):
         """

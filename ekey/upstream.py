@@ -6,11 +6,13 @@ Each C{--upstream} is a client endpoint (C{tcp:}, C{unix:}, C{tls:} with
 its certificate checks) kept connected by a L{ClientService} with backoff
 and jitter.  All upstreams share one L{PullPolicy}: when the pool falls
 below the low watermark they pull, with pipelined blocking reads (0x02), up
-to the high watermark, and then stop until it falls again.  Bytes pulled
-go into the pool as they arrive (not only when a read is complete), in
-order and each once; bytes of a read cut short by a lost connection are
-kept, since the upstream handed them to us and to nobody else.  When every upstream is down the daemon says so and
-serves only what its pool holds: it never makes anything up.
+to the high watermark, and then stop until it falls again (the point where
+they start again rises towards the high watermark while readers empty the
+pool faster than refills arrive).  Bytes pulled go into the pool as they
+arrive (not only when a read is complete), in order and each once; bytes of
+a read cut short by a lost connection are kept, since the upstream handed
+them to us and to nobody else.  When every upstream is down the daemon says
+so and serves only what its pool holds: it never makes anything up.
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ from ekey.egd import MAX_READ, ReadBlocking, encodeRequest
 from ekey.pool import EntropyPool
 
 #: Blocking reads each upstream connection keeps in flight, at most (the
-#: watermarks usually bound them first).
-MAX_PIPELINE = 1024
+#: watermarks usually bound them first; an upstream stops reading a
+#: client's requests beyond its own cap on pending bytes).
+MAX_PIPELINE = 4096
 
 #: Bytes per read: the most whole 32-byte key blocks that fit in an EGD
 #: read, so that blocks stay whole along a chain even from an upstream that
@@ -46,7 +49,20 @@ class PullPolicy:
     low watermark, stop at the high one (counting bytes requested but not
     yet received).
 
+    The point where pulling starts again adapts to demand.  When readers
+    empty the pool while a refill is on its way, the low watermark was too
+    low to cover the upstream's round trip at the rate they draw: the next
+    refill starts earlier, a quarter of the way from the low watermark to
+    the high one each time, until under steady heavy demand the policy
+    keeps the upstream busy, topping the pool up as it is drawn.  Every
+    refill that completes without the pool running dry moves the point back
+    by the same step, down to the low watermark.  The pool never holds more
+    than the high watermark either way.
+
     @ivar upstreams: every L{Upstream}.
+    @ivar refillAt: the level below which pulling starts now, between the
+        low watermark and the high one.
+    @ivar ranDry: refills during which readers emptied the pool.
     """
 
     log = Logger()
@@ -67,6 +83,10 @@ class PullPolicy:
         self.upstreams: List["Upstream"] = []
         self.inFlight = 0
         self.filling = True
+        self.refillAt = lowWater
+        self.ranDry = 0
+        self._dry = False
+        self._step = max(READ_SIZE, (highWater - lowWater) // 4)
         self._wasDown = False
         pool.observeLevel(self._levelChanged)
 
@@ -79,11 +99,24 @@ class PullPolicy:
         want = self.highWater - self.pool.level - self.inFlight
         if want <= 0:
             self.filling = False
+            self._refillDone()
             return 0
         return want
 
+    def _refillDone(self):
+        if self._dry:
+            self.ranDry += 1
+            self.refillAt = min(self.highWater - min(READ_SIZE, self.highWater - self.lowWater),
+                                self.refillAt + self._step)
+        else:
+            self.refillAt = max(self.lowWater, self.refillAt - self._step)
+        self._dry = False
+
     def _levelChanged(self, pool):
-        if not self.filling and pool.level < self.lowWater:
+        if self.filling:
+            if self.inFlight and not pool.level:
+                self._dry = True
+        elif pool.level < self.refillAt:
             self.filling = True
             self.kick()
 
@@ -144,6 +177,7 @@ class UpstreamProtocol(Protocol):
 
     def connectionMade(self):
         self.connected = True
+        _noDelay(self.transport)
         if not ISSLTransport.providedBy(self.transport):
             self.handshakeCompleted()
 
@@ -202,6 +236,21 @@ class UpstreamProtocol(Protocol):
             self.upstream.disconnected(self, reason)
         else:
             self.upstream.connectionFailed(reason)
+
+
+def _noDelay(transport) -> None:
+    """
+    Send small writes at once on TCP (a relay's requests are a few bytes:
+    with Nagle's algorithm each would wait for the previous one's
+    acknowledgement, which the upstream delays).  Through TLS, the TCP
+    transport underneath.
+    """
+    setTcpNoDelay = getattr(transport, "setTcpNoDelay", None)
+    if setTcpNoDelay is not None:
+        try:
+            setTcpNoDelay(True)
+        except OSError:
+            pass
 
 
 class Upstream(Factory):

@@ -5,12 +5,14 @@ Tests for L{ekey.egd}: the EGD codec, both directions.
 from twisted.trial import unittest
 
 from ekey.egd import (
+    MAX_RUN,
     EGDClientParser,
     EGDServerParser,
     GetLevel,
     GetPID,
     Read,
     ReadBlocking,
+    ReadBlockingRun,
     Reply,
     Write,
     encodeLevel,
@@ -55,6 +57,38 @@ class ServerParserTests(unittest.TestCase):
         parser = EGDServerParser()
         self.assertRaises(RemoteProtocolError, parser.receiveData, b"\x00\x05")
         self.assertRaises(RemoteProtocolError, EGDServerParser().receiveData, b"\xff")
+
+
+    def test_coalescedRuns(self):
+        """
+        Asked to coalesce, the parser gives blocking reads that follow one
+        another as one run (their total and their number); a lone blocking
+        read, and every other command, come out as usual.
+        """
+        stream = (b"\x02\x20" * 5 + b"\x00" + b"\x02\x07" + b"\x01\x03"
+                  + b"\x02\x01\x02\x02" + b"\x04")
+        self.assertEqual(EGDServerParser(coalesce=True).receiveData(stream), [
+            ReadBlockingRun(160, 5), GetLevel(), ReadBlocking(7), Read(3),
+            ReadBlockingRun(3, 2), GetPID()])
+
+    def test_coalescedRunSplit(self):
+        """
+        A run cut in the middle of a command ends at the last whole read;
+        the rest comes with the next data.
+        """
+        parser = EGDServerParser(coalesce=True)
+        self.assertEqual(parser.receiveData(b"\x02\x10\x02\x20\x02"),
+                         [ReadBlockingRun(0x30, 2)])
+        self.assertEqual(parser.buffered, 1)
+        self.assertEqual(parser.receiveData(b"\x30\x02\x01\x00"),
+                         [ReadBlockingRun(0x31, 2), GetLevel()])
+
+    def test_coalescedRunLength(self):
+        """
+        A run stands for at most L{MAX_RUN} reads.
+        """
+        runs = EGDServerParser(coalesce=True).receiveData(b"\x02\xff" * (MAX_RUN + 3))
+        self.assertEqual(runs, [ReadBlockingRun(255 * MAX_RUN, MAX_RUN), ReadBlockingRun(765, 3)])
 
 
 class ClientParserTests(unittest.TestCase):

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.trial import unittest
 
-from ekey.egd import EGDServerParser, encodeRequest
+from ekey.egd import EGDServerParser, ReadBlocking, ReadBlockingRun, encodeRequest
 from ekey.frames import FRAME_LENGTH, FrameReader, RemoteProtocolError
 from ekey.pool import EntropyPool
 from ekey.session import EntropyReceived
@@ -143,6 +143,45 @@ class EGDParserFuzz(unittest.TestCase):
             return
         encoded = b"".join(encodeRequest(c) for c in commands)
         self.assertEqual(encoded + parser._buffer, data)
+
+    @FUZZ
+    @given(st.lists(st.sampled_from([b"\x00", b"\x04", b"\x01\x05", b"\x02\x00", b"\x02\x20",
+                                     b"\x02\xff", b"\x03\x00\x08\x01\x00"]), max_size=200),
+           st.lists(st.integers(0, 700), max_size=10))
+    def test_coalescedSameAsPlain(self, pieces, cuts):
+        """
+        However a valid stream is cut, coalescing only merges blocking reads
+        that follow one another: with neighbouring blocking reads merged on
+        both sides, the coalescing parser's commands are the plain parser's,
+        in bytes and in number of reads.
+        """
+        data = b"".join(pieces)
+        plain = EGDServerParser().receiveData(data)
+        parser = EGDServerParser(coalesce=True)
+        coalesced = []
+        for piece in chunked(data, cuts):
+            coalesced.extend(parser.receiveData(piece))
+        self.assertEqual(parser.buffered, 0)
+        expanded = []
+        for command in coalesced:
+            if isinstance(command, ReadBlockingRun):
+                self.assertGreaterEqual(command.count, 2)
+                expanded.append(("blocking", command.n, command.count))
+            elif isinstance(command, ReadBlocking):
+                expanded.append(("blocking", command.n, 1))
+            else:
+                expanded.append(command)
+        # Merge adjacent blocking reads on both sides, then compare.
+        def merged(items):
+            out = []
+            for item in items:
+                if (isinstance(item, tuple) and out and isinstance(out[-1], tuple)):
+                    out[-1] = ("blocking", out[-1][1] + item[1], out[-1][2] + item[2])
+                else:
+                    out.append(item)
+            return out
+        plainItems = [("blocking", c.n, 1) if isinstance(c, ReadBlocking) else c for c in plain]
+        self.assertEqual(merged(expanded), merged(plainItems))
 
 
 class PoolFuzz(unittest.TestCase):

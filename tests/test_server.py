@@ -135,6 +135,66 @@ class ServerTests(unittest.TestCase):
         self.assertEqual(b"".join(self.successResultOf(d) for d in results),
                          (bytes(range(256)) * 16)[:4000])
 
+    def test_pipelinedReadsOneWrite(self):
+        """
+        Blocking reads pipelined back to back, which the pool can answer
+        now, are answered with one write; every read is counted.
+        """
+        writes = []
+        server = self.factory.buildProtocol(None)
+        transport = StringTransport()
+        transport.write = writes.append
+        server.makeConnection(transport)
+        data = bytes(range(256)) * 4
+        self.pool.add(data)
+        server.dataReceived(b"\x02\x20" * 10 + b"\x00" + b"\x02\x10" * 3)
+        self.assertEqual(writes, [data[:320], (8 * (1024 - 320)).to_bytes(4, "big"),
+                                  data[320:368]])
+        self.assertEqual(server.requests["ReadBlocking"], 13)
+        self.assertEqual(self.factory.requests["ReadBlocking"], 13)
+        self.assertEqual(server.bytesServed, 368)
+
+    def test_runLongerThanPool(self):
+        """
+        A run of blocking reads longer than the pool holds gets what there
+        is at once and the rest as it arrives, in order and each byte once;
+        the command after it waits for the whole run.
+        """
+        client, server, pump = connect(self.factory)
+        self.pool.add(b"a" * 100)
+        reads = [client.readBlocking(64) for _ in range(4)]
+        level = client.level()
+        pump.flush()
+        self.assertEqual(self.successResultOf(reads[0]), b"a" * 64)
+        self.assertNoResult(reads[1])
+        self.assertNoResult(level)
+        self.pool.add(b"b" * 200)
+        pump.flush()
+        self.assertEqual(b"".join(self.successResultOf(d) for d in reads[1:]),
+                         b"a" * 36 + b"b" * 156)
+        self.assertEqual(self.successResultOf(level), 44 * 8)
+        self.assertEqual(server.requests["ReadBlocking"], 4)
+
+    def test_runWaitsItsTurn(self):
+        """
+        A run of blocking reads does not take ahead of a reader already
+        waiting: what arrives is shared.
+        """
+        first, firstServer, firstPump = connect(self.factory)
+        waiting = first.readBlocking(200)
+        firstPump.flush()
+        second, secondServer, secondPump = connect(self.factory)
+        run = [second.readBlocking(100) for _ in range(2)]
+        secondPump.flush()
+        self.pool.add(b"z" * 200)
+        firstPump.flush()
+        secondPump.flush()
+        self.assertNoResult(waiting)
+        self.assertNoResult(run[1])
+        self.assertGreater(firstServer.bytesServed, 0)
+        self.assertGreater(secondServer.bytesServed, 0)
+        self.assertEqual(firstServer.bytesServed + secondServer.bytesServed, 200)
+
     def test_unknownCommand(self):
         """
         An unknown command closes that connection at once (the stream

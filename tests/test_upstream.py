@@ -6,6 +6,7 @@ memory.
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import globalLogPublisher
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.trial import unittest
@@ -134,6 +135,47 @@ class RelayTests(unittest.TestCase):
         texts = [e.get("log_format", "") for e in events]
         self.assertTrue(any("Every upstream is down" in t for t in texts), texts)
 
+    def test_refillStartsEarlierAfterRunningDry(self):
+        """
+        A refill during which readers emptied the pool makes the next one
+        start earlier (a quarter of the way to the high watermark); one
+        that completes without running dry moves the point back down.  The
+        pool never holds more than the high watermark.
+        """
+        client, pump = self.connect()
+        self.upstreamPool.add(stream(3000))
+        pump.flush()
+        self.assertEqual((self.pool.level, self.policy.refillAt), (3000, 1000))
+        # Below the low watermark with nothing upstream: the refill waits,
+        # and readers empty the pool meanwhile.
+        self.pool.take(2100)
+        pump.flush()
+        self.assertTrue(self.policy.filling)
+        self.pool.take(900)
+        self.upstreamPool.add(stream(20000))
+        pump.flush()
+        self.assertEqual(self.pool.level, 3000)
+        self.assertEqual((self.policy.ranDry, self.policy.refillAt), (1, 1500))
+        # Now a level of 1400 starts a refill, which completes without the
+        # pool running dry: the point goes back to the low watermark.
+        self.pool.take(1600)
+        self.assertTrue(self.policy.filling)
+        pump.flush()
+        self.assertEqual(self.pool.level, 3000)
+        self.assertEqual(self.policy.refillAt, 1000)
+        self.assertFalse(self.policy.filling)
+
+    def test_refillPointBelowHighWater(self):
+        """
+        However often the pool runs dry, pulling starts at least one read
+        below the high watermark.
+        """
+        client, pump = self.connect()
+        for _ in range(10):
+            self.policy._dry = True
+            self.policy._refillDone()
+        self.assertEqual(self.policy.refillAt, 3000 - READ_SIZE)
+
     def test_badWatermarks(self):
         """
         Watermarks out of order, or above the pool's size, are refused.
@@ -165,3 +207,75 @@ class UpstreamServiceTests(unittest.TestCase):
         self.assertIn("refused", service.upstream.lastError)
         reactor.advance(60)
         self.assertEqual(len(reactor.tcpClients), 2)
+
+
+class NoDelayTests(unittest.TestCase):
+    """
+    An upstream connection sends its small requests at once: Nagle's
+    algorithm is off on its TCP socket, under TLS too.
+    """
+
+    def connectUpstream(self, serverDescription: str, clientDescription):
+        """
+        Serve EGD on C{serverDescription}; connect an upstream to it.
+
+        @return: a L{Deferred} firing with the connected L{UpstreamProtocol}.
+        """
+        import socket
+
+        from twisted.internet import reactor
+        from twisted.internet.endpoints import serverFromString
+        from twisted.internet.task import deferLater
+
+        factory = EGDServerFactory(EntropyPool(4096))
+        pool = EntropyPool(4096)
+        policy = PullPolicy(pool, 100, 200)
+
+        async def run():
+            port = await serverFromString(reactor, serverDescription).listen(factory)
+            self.addCleanup(port.stopListening)
+            service = UpstreamService(clientDescription(port.getHost().port), policy)
+            service.startService()
+            self.addCleanup(service.stopService)
+            for _ in range(200):
+                if service.upstream.protocol is not None:
+                    break
+                await deferLater(reactor, 0.05, lambda: None)
+            protocol = service.upstream.protocol
+            self.assertIsNotNone(protocol, service.upstream.lastError)
+            transport = protocol.transport
+            if isinstance(transport, TLSMemoryBIOProtocol):
+                transport = transport.transport
+            return transport.getHandle().getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+
+        from twisted.internet.defer import Deferred
+
+        return Deferred.fromCoroutine(run())
+
+    def test_tcp(self):
+        """
+        Over TCP.
+        """
+        d = self.connectUpstream("tcp:0:interface=127.0.0.1", lambda p: f"tcp:127.0.0.1:{p}")
+        return d.addCallback(self.assertTrue)
+
+    def test_tls(self):
+        """
+        Over TLS, on the TCP connection underneath.
+        """
+        import os
+
+        from ekey import certs
+
+        directory = self.mktemp()
+        os.makedirs(os.path.join(directory, "trust"))
+        ca = certs.makeCA()
+        host = certs.makeHost("localhost", ca)
+        certs.writePublic(os.path.join(directory, "trust", "ca.pem"), certs.certificatePEM(ca[0]))
+        certs.writePublic(os.path.join(directory, "host.crt"), certs.certificatePEM(host[0]))
+        certs.writePrivate(os.path.join(directory, "host.key"), certs.keyPEM(host[1]))
+        server = (f"ssl:0:interface=127.0.0.1:certKey={directory}/host.crt"
+                  f":privateKey={directory}/host.key")
+        d = self.connectUpstream(server, lambda p: (
+            f"tls:localhost:{p}:trustRoots={directory}/trust:endpoint=tcp\\:127.0.0.1\\:{p}"))
+        return d.addCallback(self.assertTrue)
