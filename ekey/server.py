@@ -357,7 +357,17 @@ class EGDServerProtocol(Protocol, TimeoutMixin):
         if self._activeExpiry is not None and self._activeExpiry.active():
             self._activeExpiry.reset(ACTIVE_WINDOW)
         else:
-            self._activeExpiry = self.factory.clock.callLater(ACTIVE_WINDOW, self._notActive)
+            self._activeExpiry = self.factory.clock.callLater(ACTIVE_WINDOW,
+                                                              self._activeWindowOver)
+
+    def _activeWindowOver(self):
+        self._activeExpiry = None
+        if self._busy and not self._closed:
+            # Still waiting for a blocking read (a long run of them takes
+            # seconds from a key): still active.
+            self._stillActive()
+        else:
+            self._notActive()
 
     def _notActive(self):
         if self._activeExpiry is not None and self._activeExpiry.active():

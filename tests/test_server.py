@@ -123,6 +123,34 @@ class ServerTests(unittest.TestCase):
         share = got["ordinary"] / (got["ordinary"] + got["greedy"])
         self.assertGreater(share, 0.35, got)
 
+    def test_slowKeyLongRunKeepsShare(self):
+        """
+        From a slow key, a run of pipelined reads takes longer than
+        L{ACTIVE_WINDOW} to fill; the client waiting on it stays active and
+        keeps its share next to a one-at-a-time client: each gets about
+        half.
+        """
+        greedy, _, greedyPump = connect(self.factory)
+        ordinary, _, ordinaryPump = connect(self.factory)
+        got = {"greedy": 0, "ordinary": 0}
+
+        def again(data, who, client, n):
+            got[who] += len(data)
+            client.readBlocking(n).addCallback(again, who, client, n)
+
+        for _ in range(16):
+            greedy.readBlocking(255).addCallback(again, "greedy", greedy, 255)
+        ordinary.readBlocking(32).addCallback(again, "ordinary", ordinary, 32)
+        greedyPump.flush()
+        for _ in range(100):
+            self.pool.add(b"k" * 400)
+            for _ in range(20):
+                greedyPump.flush()
+                ordinaryPump.flush()
+            self.clock.advance(0.1)
+        share = got["ordinary"] / (got["ordinary"] + got["greedy"])
+        self.assertTrue(0.4 < share < 0.6, got)
+
     def test_deepPipeline(self):
         """
         Thousands of pipelined blocking reads, served at once from a full
