@@ -32,16 +32,20 @@ What is measured
                  encryption, as an ekey relay does.  Every request travels
                  the whole chain to A and back.
 
-The fast source is this script serving EGD from os.urandom on a Unix socket
-(it answers every read at once).  It is a stand-in for "an upstream that is
-never the bottleneck", so that the figures are those of the relays, not of
-the key; A is a real twistd ekey that pulls from it through its --upstream.
+The fast source is this script serving EGD on a Unix socket from 16 MiB
+drawn once from os.urandom and served round and round (it answers every
+read at once and spends no CPU making bytes).  It is a stand-in for "an
+upstream that is never the bottleneck", so that the figures are those of the
+relays, not of the key; A is a real twistd ekey that pulls from it through its --upstream.
 
-Throughput: one client keeps 64 pipelined blocking reads (0x02 255) in
+Throughput: one client keeps 64 (--pipeline) blocking reads (0x02 255) in
 flight on the last hop for --duration seconds (after a warm-up) and counts
 the bytes.  The cpu columns are each process's share of one core meanwhile,
 which says what limited the figure (the machine has few cores, shared by
-every process of the chain).
+every process of the chain).  A stunnel chain carries every read to A and
+back, so its figure grows with --pipeline until the machine's cores run out;
+an ekey relay answers from its pool, so its figure depends on the pipeline
+far less.
 
 Latency: with the pools full (the last hop's level checked first), one
 client sends --samples blocking 32-byte reads one after another and times
@@ -82,11 +86,27 @@ START_TIMEOUT = 20.0
 # The fast source (a subprocess) -----------------------------------------------
 
 
+#: The fast source's bytes: drawn once from os.urandom, then served round and
+#: round (drawing 100 MB/s from the kernel would cost the source a third of a
+#: core, which the chain under test would lose on a small machine).
+SOURCE_BYTES = 16 << 20
+
+
 def runFastSource(path: str) -> None:
     """
-    Serve EGD on a Unix socket from os.urandom, answering every request at
-    once, until killed.
+    Serve EGD on a Unix socket, answering every request at once, until
+    killed.
     """
+    stock = os.urandom(SOURCE_BYTES)
+    position = 0
+
+    def draw(n: int) -> bytes:
+        nonlocal position
+        if position + n > len(stock):
+            position = 0
+        position += n
+        return stock[position - n : position]
+
     sel = selectors.DefaultSelector()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
@@ -119,16 +139,16 @@ def runFastSource(path: str) -> None:
                 while inbuf:
                     c = inbuf[0]
                     if c == 2 and len(inbuf) >= 4 and inbuf[2] == 2:
-                        # A run of blocking reads: one urandom call for all.
+                        # A run of blocking reads: one reply for all.
                         pairs = len(inbuf) // 2
                         run = pairs - len(inbuf[: 2 * pairs : 2].lstrip(b"\x02"))
-                        replies.append(os.urandom(sum(inbuf[1 : 2 * run : 2])))
+                        replies.append(draw(sum(inbuf[1 : 2 * run : 2])))
                         inbuf = inbuf[2 * run:]
                     elif c in (1, 2):
                         if len(inbuf) < 2:
                             break
                         n = inbuf[1]
-                        replies.append((bytes([n]) if c == 1 else b"") + os.urandom(n))
+                        replies.append((bytes([n]) if c == 1 else b"") + draw(n))
                         inbuf = inbuf[2:]
                     elif c == 0:
                         replies.append((1 << 30).to_bytes(4, "big"))
@@ -530,12 +550,19 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=1000,
                         help="32-byte reads per latency case (default 1000)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument("--pipeline", type=int, default=PIPELINE,
+                        help=f"blocking reads the throughput client keeps in flight "
+                             f"(default {PIPELINE})")
     parser.add_argument("--watermarks", default="1048576:2097152", metavar="LOW:HIGH",
                         help="the relays' --low-water and --high-water in the 'ekey N' rows, "
                              "their pool twice HIGH (default 1048576:2097152)")
     args = parser.parse_args()
     if not 0 <= args.hops <= 6:
         parser.error("--hops must be from 0 to 6")
+    if not 1 <= args.pipeline <= 4096:
+        parser.error("--pipeline must be from 1 to 4096")
+    global PIPELINE
+    PIPELINE = args.pipeline
     try:
         watermarks = tuple(int(v) for v in args.watermarks.split(":"))
         if len(watermarks) != 2 or not 0 <= watermarks[0] < watermarks[1]:
@@ -549,7 +576,7 @@ def main() -> None:
     print(f"bench_relay: {platform.python_version()}, {os.cpu_count()} cores, "
           f"stunnel {'at ' + bench.stunnel if bench.stunnel else 'NOT INSTALLED'}; "
           f"--duration {args.duration:g} --hops {args.hops} --samples {args.samples} "
-          f"--watermarks {args.watermarks}")
+          f"--pipeline {args.pipeline} --watermarks {args.watermarks}")
     rows: List[dict] = []
     try:
         bench.makeCertificates()
