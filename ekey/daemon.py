@@ -111,7 +111,9 @@ class Daemon(Service):
 
     def poolStatus(self) -> Dict[str, object]:
         """
-        @return: the pool's level, size, and traffic.
+        @return: the pool's level, size, and traffic; for a relay, the
+            level below which it pulls now and how many refills found the
+            pool emptied by readers.
         """
         pool = self.pool
         status = {"level": pool.level, "capacity": pool.capacity, "bytesIn": pool.bytesIn,
@@ -119,6 +121,9 @@ class Daemon(Service):
                   "waitingReaders": pool.waiting}
         if self.history:
             status["bytesPerSecond"] = round(self.history[-1][1], 1)
+        if self.pullPolicy is not None:
+            status["refillAt"] = self.pullPolicy.refillAt
+            status["ranDry"] = self.pullPolicy.ranDry
         return status
 
     def upstreamStatus(self) -> List[Dict[str, object]]:

@@ -214,6 +214,15 @@ class DaemonCollector:
         yield GaugeMetricFamily("ekey_pool_waiting_readers",
                                 "Readers waiting for entropy (blocking reads and sinks).",
                                 value=pool["waitingReaders"])
+        if "refillAt" in pool:
+            yield GaugeMetricFamily("ekey_pool_refill_at_bytes",
+                                    "Level below which the relay pulls from its upstreams now "
+                                    "(rises from the low watermark under heavy demand).",
+                                    value=pool["refillAt"])
+            yield CounterMetricFamily("ekey_pool_ran_dry_refills",
+                                      "Refills from upstreams during which readers emptied the "
+                                      "pool; a steady rise says the watermarks are small for "
+                                      "the demand.", value=pool["ranDry"])
         yield GaugeMetricFamily("ekey_uptime_seconds", "Seconds since the daemon started.",
                                 value=status["uptime"])
 

@@ -270,7 +270,7 @@ class MetricsTests(WebTestsMixin, unittest.TestCase):
             SimpleNamespace(description="tcp:b.example:8888", state="down", bytesPulled=0,
                             connections=0, lastError="connection refused"),
         ]
-        self.daemon.pullPolicy = SimpleNamespace(upstreams=upstreams)
+        self.daemon.pullPolicy = SimpleNamespace(upstreams=upstreams, refillAt=98304, ranDry=3)
         self.daemon.kernelFeeder = SimpleNamespace(bytesFed=512, feeds=2, lastError=None)
         samples = self.metrics()
         self.assertEqual(samples[("ekey_upstream_up", (("upstream", "tls:a.example:8888"),))], 1)
@@ -278,6 +278,8 @@ class MetricsTests(WebTestsMixin, unittest.TestCase):
         self.assertEqual(
             samples[("ekey_upstream_pulled_bytes_total",
                      (("upstream", "tls:a.example:8888"),))], 4096)
+        self.assertEqual(samples[("ekey_pool_refill_at_bytes", ())], 98304)
+        self.assertEqual(samples[("ekey_pool_ran_dry_refills_total", ())], 3)
         self.assertEqual(samples[("ekey_kernel_fed_bytes_total", ())], 512)
         self.assertEqual(samples[("ekey_kernel_feeds_total", ())], 2)
 
@@ -344,7 +346,7 @@ class StatusPageTests(WebTestsMixin, unittest.TestCase):
         protocol.identity = "<i>evil</i>"
         self.daemon.pullPolicy = SimpleNamespace(upstreams=[SimpleNamespace(
             description="tcp:<u>:1", state="down", bytesPulled=0, connections=0,
-            lastError="<script>x</script>")])
+            lastError="<script>x</script>")], refillAt=0, ranDry=0)
         page = self.page()
         for markup in ("<i>evil", "<u>", "<script>"):
             self.assertNotIn(markup, page)
