@@ -4,7 +4,7 @@ relays (twistd ekey --upstream tls:... with mtls: listeners), and the same
 chain built with stunnel, in one run.
 
     python3 benchmarks/bench_relay.py [--duration 3] [--hops 3] [--samples 1000]
-                                      [--watermarks 1048576:2097152]
+                                      [--pipeline 64] [--watermarks 1048576:2097152]
 
 What is measured
 ----------------
@@ -36,7 +36,8 @@ The fast source is this script serving EGD on a Unix socket from 16 MiB
 drawn once from os.urandom and served round and round (it answers every
 read at once and spends no CPU making bytes).  It is a stand-in for "an
 upstream that is never the bottleneck", so that the figures are those of the
-relays, not of the key; A is a real twistd ekey that pulls from it through its --upstream.
+relays, not of the key; A is a real twistd ekey that pulls from it through
+its --upstream.
 
 Throughput: one client keeps 64 (--pipeline) blocking reads (0x02 255) in
 flight on the last hop for --duration seconds (after a warm-up) and counts
@@ -584,6 +585,7 @@ def main() -> None:
         bench.startSource()
         bench.startA()
         pidsA = {"A": bench.a.pid, "src": bench.source.pid}
+
         def chainRow(kind: str, label: str, hops: int, build) -> None:
             port, pids, chain = build(hops)
             pids.update(pidsA)

@@ -1,9 +1,14 @@
 """
 Tests for L{ekey.upstream}: relays pulling from upstream EGD servers, in
-memory.
+memory (and, for socket options, on loopback).
 """
 
-from twisted.internet.task import Clock
+import os
+import socket
+
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import globalLogPublisher
 from twisted.protocols.tls import TLSMemoryBIOProtocol
@@ -11,6 +16,7 @@ from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.trial import unittest
 
+from ekey import certs
 from ekey.pool import EntropyPool
 from ekey.server import EGDServerFactory
 from ekey.upstream import MAX_PIPELINE, READ_SIZE, PullPolicy, Upstream, UpstreamService
@@ -219,13 +225,10 @@ class NoDelayTests(unittest.TestCase):
         """
         Serve EGD on C{serverDescription}; connect an upstream to it.
 
-        @return: a L{Deferred} firing with the connected L{UpstreamProtocol}.
+        @return: a L{Deferred} firing with C{TCP_NODELAY} as the upstream
+            connection's TCP socket has it.
         """
-        import socket
-
         from twisted.internet import reactor
-        from twisted.internet.endpoints import serverFromString
-        from twisted.internet.task import deferLater
 
         factory = EGDServerFactory(EntropyPool(4096))
         pool = EntropyPool(4096)
@@ -248,8 +251,6 @@ class NoDelayTests(unittest.TestCase):
                 transport = transport.transport
             return transport.getHandle().getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
 
-        from twisted.internet.defer import Deferred
-
         return Deferred.fromCoroutine(run())
 
     def test_tcp(self):
@@ -263,10 +264,6 @@ class NoDelayTests(unittest.TestCase):
         """
         Over TLS, on the TCP connection underneath.
         """
-        import os
-
-        from ekey import certs
-
         directory = self.mktemp()
         os.makedirs(os.path.join(directory, "trust"))
         ca = certs.makeCA()
