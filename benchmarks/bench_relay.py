@@ -212,16 +212,17 @@ def waitLevel(port: int, wanted: int, timeout: float) -> Optional[int]:
     return level
 
 
-def throughput(port: int, duration: float, warmup: float, pids: Dict[str, int]) -> dict:
+def throughput(port: int, duration: float, warmup: float, pids: Dict[str, int],
+               pipeline: int = PIPELINE) -> dict:
     """
-    Keep PIPELINE blocking reads in flight; count the bytes in the window.
+    Keep C{pipeline} blocking reads in flight; count the bytes in the window.
     """
     pids = dict(pids, client=os.getpid())
     sock = socket.create_connection(("127.0.0.1", port), 5)
     sock.setblocking(False)
     request = bytes([2, READ])
     try:
-        sock.sendall(request * PIPELINE)
+        sock.sendall(request * pipeline)
     except BlockingIOError:
         pass
     received = 0
@@ -447,7 +448,7 @@ def measure(bench: Bench, label: str, port: int, pids: Dict[str, int], args,
         level = waitLevel(port, 16384, 8.0)
         row["levelBefore"] = level
         row.update(latency(port, args.samples))
-    row.update(throughput(port, args.duration, args.warmup, pids))
+    row.update(throughput(port, args.duration, args.warmup, pids, args.pipeline))
     return row
 
 
@@ -562,8 +563,6 @@ def main() -> None:
         parser.error("--hops must be from 0 to 6")
     if not 1 <= args.pipeline <= 4096:
         parser.error("--pipeline must be from 1 to 4096")
-    global PIPELINE
-    PIPELINE = args.pipeline
     try:
         watermarks = tuple(int(v) for v in args.watermarks.split(":"))
         if len(watermarks) != 2 or not 0 <= watermarks[0] < watermarks[1]:
