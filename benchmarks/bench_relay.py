@@ -114,6 +114,12 @@ def runFastSource(path: str) -> None:
     listener.listen(16)
     listener.setblocking(False)
     sel.register(listener, selectors.EVENT_READ, None)
+    from ekey.egd import (EGDServerParser, GetLevel, GetPID, Read, ReadBlocking,
+                          ReadBlockingRun, encodeLevel, encodePID, encodeRead)
+    from ekey.frames import RemoteProtocolError
+
+    # Each connection: its parser (coalescing runs of blocking reads, which
+    # are answered with one slice) and the bytes it still has to be sent.
     state: Dict[socket.socket, list] = {}
     while True:
         for key, events in sel.select(1.0):
@@ -121,45 +127,32 @@ def runFastSource(path: str) -> None:
             if sock is listener:
                 conn, _ = listener.accept()
                 conn.setblocking(False)
-                state[conn] = [b"", b""]
+                state[conn] = [EGDServerParser(coalesce=True), b""]
                 sel.register(conn, selectors.EVENT_READ, None)
                 continue
-            inbuf, outbuf = state[sock]
+            parser, outbuf = state[sock]
             if events & selectors.EVENT_READ:
                 try:
                     data = sock.recv(65536)
-                except OSError:
-                    data = b""
-                if not data:
+                    commands = parser.receiveData(data) if data else None
+                except (OSError, RemoteProtocolError):
+                    commands = None
+                if commands is None:
                     sel.unregister(sock)
                     sock.close()
                     del state[sock]
                     continue
-                inbuf += data
                 replies = []
-                while inbuf:
-                    c = inbuf[0]
-                    if c == 2 and len(inbuf) >= 4 and inbuf[2] == 2:
-                        # A run of blocking reads: one reply for all.
-                        pairs = len(inbuf) // 2
-                        run = pairs - len(inbuf[: 2 * pairs : 2].lstrip(b"\x02"))
-                        replies.append(draw(sum(inbuf[1 : 2 * run : 2])))
-                        inbuf = inbuf[2 * run:]
-                    elif c in (1, 2):
-                        if len(inbuf) < 2:
-                            break
-                        n = inbuf[1]
-                        replies.append((bytes([n]) if c == 1 else b"") + draw(n))
-                        inbuf = inbuf[2:]
-                    elif c == 0:
-                        replies.append((1 << 30).to_bytes(4, "big"))
-                        inbuf = inbuf[1:]
-                    elif c == 4:
-                        pid = str(os.getpid()).encode()
-                        replies.append(bytes([len(pid)]) + pid)
-                        inbuf = inbuf[1:]
-                    else:
-                        inbuf = b""
+                for command in commands:
+                    if isinstance(command, GetLevel):
+                        replies.append(encodeLevel(1 << 30))
+                    elif isinstance(command, GetPID):
+                        replies.append(encodePID(os.getpid()))
+                    elif isinstance(command, Read):
+                        replies.append(encodeRead(draw(command.n)))
+                    elif isinstance(command, (ReadBlocking, ReadBlockingRun)):
+                        # Exactly the bytes, for a run as for one read.
+                        replies.append(draw(command.n))
                 outbuf += b"".join(replies)
             if outbuf:
                 try:
@@ -169,7 +162,7 @@ def runFastSource(path: str) -> None:
                 except OSError:
                     sent = len(outbuf)
                 outbuf = outbuf[sent:]
-            state[sock] = [inbuf, outbuf]
+            state[sock][1] = outbuf
             sel.modify(sock, selectors.EVENT_READ | (selectors.EVENT_WRITE if outbuf else 0))
 
 

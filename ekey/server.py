@@ -55,6 +55,9 @@ MAX_QUEUED_COMMANDS = 64
 #: server stops reading its requests.
 DEFAULT_MAX_PENDING = 64 * 1024
 
+#: Blocking reads, alone or in a run: answered alike.
+_BLOCKING = (ReadBlocking, ReadBlockingRun)
+
 #: Seconds after its last read during which a client between requests keeps
 #: a share of what arrives (so that a client asking one request at a time,
 #: a round trip apart, is not outrun by one with many in flight).
@@ -235,7 +238,7 @@ class EGDServerProtocol(Protocol, TimeoutMixin):
                 factory.limiter.consume(self.clientKey, len(data), now)
                 self._served(len(data))
                 self._write(encodeRead(data))
-            elif isinstance(command, (ReadBlocking, ReadBlockingRun)):
+            elif isinstance(command, _BLOCKING):
                 # A run of blocking reads is answered as one read of their
                 # total: the replies are the bytes alone, back to back.
                 if (not factory.pool.waiting and factory.limiter.unlimited
@@ -286,8 +289,7 @@ class EGDServerProtocol(Protocol, TimeoutMixin):
         queue = self._queue
         while queue:
             following = queue[0]
-            if (type(following) not in (ReadBlocking, ReadBlockingRun)
-                    or total + following.n > available):
+            if type(following) not in _BLOCKING or total + following.n > available:
                 break
             queue.popleft()
             self._count(following)
