@@ -97,11 +97,15 @@ class ServerTests(unittest.TestCase):
         self.assertGreater(len(b"".join(pollerGot)), 300)
         self.assertGreater(len(b"".join(greedyGot)), 300)
 
-    def test_oneAtATimeClientKeepsShare(self):
+    def ordinaryShare(self, greedyReads: int, lump: int, lumps: int, flushes: int) -> tuple:
         """
-        A client asking for 32 bytes at a time, a round trip apart, keeps a
-        fair share of what arrives in lumps (as keys deliver after their
-        health tests) next to a client with many 255-byte reads in flight.
+        A greedy client keeps C{greedyReads} reads of 255 bytes in flight
+        beside an ordinary one reading 32 bytes at a time, each asking again
+        as soon as a read is answered, while C{lumps} lumps of C{lump} bytes
+        arrive 0.1 s apart.
+
+        @return: the ordinary client's share of the bytes, and the bytes
+            each got.
         """
         greedy, _, greedyPump = connect(self.factory)
         ordinary, _, ordinaryPump = connect(self.factory)
@@ -111,16 +115,25 @@ class ServerTests(unittest.TestCase):
             got[who] += len(data)
             client.readBlocking(n).addCallback(again, who, client, n)
 
-        for _ in range(8):
+        for _ in range(greedyReads):
             greedy.readBlocking(255).addCallback(again, "greedy", greedy, 255)
         ordinary.readBlocking(32).addCallback(again, "ordinary", ordinary, 32)
-        for _ in range(20):
-            self.pool.add(b"L" * 2500)
-            for _ in range(60):
+        greedyPump.flush()
+        for _ in range(lumps):
+            self.pool.add(b"L" * lump)
+            for _ in range(flushes):
                 greedyPump.flush()
                 ordinaryPump.flush()
             self.clock.advance(0.1)
-        share = got["ordinary"] / (got["ordinary"] + got["greedy"])
+        return got["ordinary"] / (got["ordinary"] + got["greedy"]), got
+
+    def test_oneAtATimeClientKeepsShare(self):
+        """
+        A client asking for 32 bytes at a time, a round trip apart, keeps a
+        fair share of what arrives in lumps (as keys deliver after their
+        health tests) next to a client with many 255-byte reads in flight.
+        """
+        share, got = self.ordinaryShare(greedyReads=8, lump=2500, lumps=20, flushes=60)
         self.assertGreater(share, 0.35, got)
 
     def test_slowKeyLongRunKeepsShare(self):
@@ -130,25 +143,7 @@ class ServerTests(unittest.TestCase):
         keeps its share next to a one-at-a-time client: each gets about
         half.
         """
-        greedy, _, greedyPump = connect(self.factory)
-        ordinary, _, ordinaryPump = connect(self.factory)
-        got = {"greedy": 0, "ordinary": 0}
-
-        def again(data, who, client, n):
-            got[who] += len(data)
-            client.readBlocking(n).addCallback(again, who, client, n)
-
-        for _ in range(16):
-            greedy.readBlocking(255).addCallback(again, "greedy", greedy, 255)
-        ordinary.readBlocking(32).addCallback(again, "ordinary", ordinary, 32)
-        greedyPump.flush()
-        for _ in range(100):
-            self.pool.add(b"k" * 400)
-            for _ in range(20):
-                greedyPump.flush()
-                ordinaryPump.flush()
-            self.clock.advance(0.1)
-        share = got["ordinary"] / (got["ordinary"] + got["greedy"])
+        share, got = self.ordinaryShare(greedyReads=16, lump=400, lumps=100, flushes=20)
         self.assertTrue(0.4 < share < 0.6, got)
 
     def test_deepPipeline(self):
