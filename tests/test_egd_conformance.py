@@ -107,6 +107,21 @@ class EGDConformanceMixin:
         """
         raise NotImplementedError()
 
+    @staticmethod
+    def startKey(fixture: _ClassFixture) -> Tuple[str, str]:
+        """
+        Start the seeded simulated key, at full speed, in C{fixture}'s
+        directory.
+
+        @return: the key's socket and the keyring that holds it.
+        """
+        requireSimulator()
+        directory = fixture.directory
+        keyring = writeKeyring(os.path.join(directory, "keyring"))
+        keySocket = os.path.join(directory, "key.sock")
+        startSimulator(fixture, directory, listen=keySocket, seed=SEED, rate=0)
+        return keySocket, keyring
+
     def setUp(self):
         cls = type(self)
         if cls._fixture is None:
@@ -394,12 +409,8 @@ class OurDaemonConformanceTests(EGDConformanceMixin, TestCase):
     deviations: Dict[str, str] = {}
 
     def startServer(self, fixture):
-        requireSimulator()
-        directory = fixture.directory
-        keyring = writeKeyring(os.path.join(directory, "keyring"))
-        keySocket = os.path.join(directory, "key.sock")
-        startSimulator(fixture, directory, listen=keySocket, seed=SEED, rate=0)
-        daemon = startDaemonEGD(fixture, directory, [keySocket], keyring)
+        keySocket, keyring = self.startKey(fixture)
+        daemon = startDaemonEGD(fixture, fixture.directory, [keySocket], keyring)
         return daemon.egdHost, daemon.egdPort, daemon
 
     def expectedPID(self):
@@ -420,12 +431,8 @@ class EkeydConformanceTests(EGDConformanceMixin, TestCase):
 
     def startServer(self, fixture):
         findPeer("ekeyd")
-        requireSimulator()
-        directory = fixture.directory
-        keyring = writeKeyring(os.path.join(directory, "keyring"))
-        keySocket = os.path.join(directory, "key.sock")
-        startSimulator(fixture, directory, listen=keySocket, seed=SEED, rate=0)
-        ekeyd = startEkeydEGD(fixture, directory, [keySocket], keyring)
+        keySocket, keyring = self.startKey(fixture)
+        ekeyd = startEkeydEGD(fixture, fixture.directory, [keySocket], keyring)
         return ekeyd.egdHost, ekeyd.egdPort, ekeyd
 
     def expectedPID(self):

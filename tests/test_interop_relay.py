@@ -115,13 +115,28 @@ def egdClient(endpoint: str, verb: str, *arguments: str,
               timeout: float = 15.0) -> subprocess.Popen:
     """
     Start our EGD client (C{ekey-egd}, from the source tree) on
-    C{endpoint}; the caller waits for it with C{communicate(timeout=...)}.
+    C{endpoint}; the caller waits for it with L{finishClient}.
     """
     argv = [sys.executable, "-c", "from ekey.client import main; main()",
             "--timeout", f"{timeout:g}", "--connect", endpoint, verb] + list(arguments)
     return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=pythonEnvironment(),
                             start_new_session=True)
+
+
+def finishClient(client: subprocess.Popen, timeout: float = 25.0) -> Tuple[bytes, bytes]:
+    """
+    Wait for an L{egdClient} to finish; kill it if it has not within
+    C{timeout} seconds (the wait then raises L{subprocess.TimeoutExpired}).
+
+    @return: its standard output and standard error.
+    """
+    try:
+        return client.communicate(timeout=timeout)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.communicate()
 
 
 class _RelayFixture:
@@ -386,12 +401,7 @@ class MutualTLSListenerTests(_RelayFixture, TestCase):
             for certificate in certificates
         ]
         for client, certificate in zip(clients, certificates):
-            try:
-                out, err = client.communicate(timeout=25)
-            finally:
-                if client.poll() is None:
-                    client.kill()
-                    client.communicate()
+            out, err = finishClient(client)
             err = err.decode("utf-8", "replace")
             self.assertNotEqual(client.returncode, 0, f"with {certificate}: {err}")
             self.assertEqual(out, b"", f"with {certificate}, entropy was served")
@@ -420,12 +430,7 @@ class MutualTLSListenerTests(_RelayFixture, TestCase):
         """
         client = egdClient(tlsClientEndpoint("localhost", self.portA, self.pki,
                                              *self.cCertificate), "get", "64")
-        try:
-            out, err = client.communicate(timeout=25)
-        finally:
-            if client.poll() is None:
-                client.kill()
-                client.communicate()
+        out, err = finishClient(client)
         self.assertEqual(client.returncode, 0, err.decode("utf-8", "replace"))
         returnCode, data, sErr = runOpenSSLClient(
             self, self.portA, ["-CAfile", self.caFile, "-cert", self.cCertificate[0],
