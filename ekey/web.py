@@ -24,7 +24,7 @@ from __future__ import annotations
 import html
 import json
 import time
-from typing import Dict, Iterator, List, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -312,41 +312,29 @@ class DaemonCollector:
                                   value=kernel["feeds"])
 
 
-class MetricsResource(Resource):
+class GeneratedResource(Resource):
     """
-    C{/metrics}: the Prometheus text format.
-    """
-
-    isLeaf = True
-
-    def __init__(self, registry: CollectorRegistry):
-        Resource.__init__(self)
-        self.registry = registry
-
-    def render_GET(self, request) -> bytes:
-        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
-        request.setHeader(b"cache-control", b"no-store")
-        return generate_latest(self.registry)
-
-
-# JSON -----------------------------------------------------------------------------
-
-
-class StatusJSONResource(Resource):
-    """
-    C{/status.json}: what the status page shows, as JSON.
+    A leaf resource made afresh on every C{GET}, never cached.
     """
 
     isLeaf = True
 
-    def __init__(self, daemon):
+    def __init__(self, contentType: str, generate: Callable[[], bytes],
+                 headers: Optional[Dict[str, str]] = None):
+        """
+        @param contentType: its C{content-type}.
+        @param generate: makes its body.
+        @param headers: more response headers.
+        """
         Resource.__init__(self)
-        self.daemon = daemon
+        self.generate = generate
+        self.headers = {"content-type": contentType, "cache-control": "no-store",
+                        **(headers or {})}
 
     def render_GET(self, request) -> bytes:
-        request.setHeader(b"content-type", b"application/json")
-        request.setHeader(b"cache-control", b"no-store")
-        return json.dumps(snapshot(self.daemon), indent=2, sort_keys=True).encode("utf-8")
+        for name, value in self.headers.items():
+            request.setHeader(name.encode("ascii"), value.encode("ascii"))
+        return self.generate()
 
 
 # The page -----------------------------------------------------------------------
@@ -604,25 +592,6 @@ def renderPage(status: Dict[str, object], span: float = 600.0) -> str:
     ])
 
 
-class StatusPage(Resource):
-    """
-    C{/}: the status page.
-    """
-
-    isLeaf = True
-
-    def __init__(self, daemon):
-        Resource.__init__(self)
-        self.daemon = daemon
-
-    def render_GET(self, request) -> bytes:
-        request.setHeader(b"content-type", b"text/html; charset=utf-8")
-        request.setHeader(b"content-security-policy", CONTENT_SECURITY_POLICY.encode("ascii"))
-        request.setHeader(b"x-content-type-options", b"nosniff")
-        request.setHeader(b"cache-control", b"no-store")
-        return renderPage(snapshot(self.daemon), span=HISTORY * SAMPLE_INTERVAL).encode("utf-8")
-
-
 def makeSite(daemon, reactor=None) -> Site:
     """
     The daemon's web site: C{/} (the status page), C{/metrics}
@@ -636,7 +605,13 @@ def makeSite(daemon, reactor=None) -> Site:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DaemonCollector(daemon))
     root = Resource()
-    root.putChild(b"", StatusPage(daemon))
-    root.putChild(b"metrics", MetricsResource(registry))
-    root.putChild(b"status.json", StatusJSONResource(daemon))
+    root.putChild(b"", GeneratedResource(
+        "text/html; charset=utf-8",
+        lambda: renderPage(snapshot(daemon), span=HISTORY * SAMPLE_INTERVAL).encode("utf-8"),
+        {"content-security-policy": CONTENT_SECURITY_POLICY, "x-content-type-options": "nosniff"}))
+    root.putChild(b"metrics", GeneratedResource(
+        CONTENT_TYPE_LATEST, lambda: generate_latest(registry)))
+    root.putChild(b"status.json", GeneratedResource(
+        "application/json",
+        lambda: json.dumps(snapshot(daemon), indent=2, sort_keys=True).encode("utf-8")))
     return Site(root, reactor=reactor if reactor is not None else daemon.clock)
