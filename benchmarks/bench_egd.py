@@ -560,7 +560,7 @@ def loadAverage() -> str:
 def simulatorRate(args) -> float:
     if args.rate is not None:
         return args.rate
-    from ekey.simulator import DEFAULT_RATE
+    from ekey.services.simulator import DEFAULT_RATE
 
     return DEFAULT_RATE
 

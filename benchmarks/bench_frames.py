@@ -18,8 +18,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ekey.frames import binaryPayload, buildContent, buildFrame, parseFrame  # noqa: E402
-from ekey.skein import _threefish, prepared  # noqa: E402
+from ekey.core.frames import binaryPayload, buildContent, buildFrame, parseFrame  # noqa: E402
+from ekey.core.skein import _threefish, prepared  # noqa: E402
 from tests.vectors import SERIAL, SESSION, transcriptSession  # noqa: E402
 
 REAL_RATES = {"125 frames/s (the brief's figure)": 125, "86 frames/s (measured on real keys)": 86}

@@ -114,9 +114,9 @@ def runFastSource(path: str) -> None:
     listener.listen(16)
     listener.setblocking(False)
     sel.register(listener, selectors.EVENT_READ, None)
-    from ekey.egd import (EGDServerParser, GetLevel, GetPID, Read, ReadBlocking,
+    from ekey.core.egd import (EGDServerParser, GetLevel, GetPID, Read, ReadBlocking,
                           ReadBlockingRun, encodeLevel, encodePID, encodeRead)
-    from ekey.frames import RemoteProtocolError
+    from ekey.core.errors import RemoteProtocolError
 
     # Each connection: its parser (coalescing runs of blocking reads, which
     # are answered with one slice) and the bytes it still has to be sent.
@@ -314,7 +314,7 @@ class Bench:
         self.stunnel = shutil.which("stunnel4") or shutil.which("stunnel")
 
     def makeCertificates(self) -> None:
-        from ekey import certs
+        from ekey.cli import certs
 
         os.makedirs(self.pki)
         os.makedirs(self.trust)
@@ -505,7 +505,7 @@ def keyRate(bench: Bench, args) -> List[dict]:
     """
     keySock = os.path.join(bench.dir, "key.sock")
     keyring = os.path.join(bench.dir, "keyring")
-    sim = bench.procs.start("sim", [sys.executable, "-m", "ekey.simulator", "--listen",
+    sim = bench.procs.start("sim", [sys.executable, "-m", "ekey.services.simulator", "--listen",
                                     f"unix:{keySock}", "--rate", "0", "--keyring", keyring,
                                     "--info-every", "0"])
     waitPath(keySock, sim, bench.procs)

@@ -91,15 +91,15 @@ def findPeer(name: str, package: Optional[str] = None) -> str:
 
 def requireSimulator() -> None:
     """
-    Skip (or fail, when interop is required) if C{ekey.simulator} is
+    Skip (or fail, when interop is required) if C{ekey.services.simulator} is
     missing, so that a half-built tree reports it clearly.
     """
     try:
-        import ekey.simulator  # noqa: F401
+        import ekey.services.simulator  # noqa: F401
     except ImportError as e:
         if interopRequired():
-            raise FailTest(f"ekey.simulator cannot be imported: {e}")
-        raise SkipTest(f"ekey.simulator cannot be imported: {e}")
+            raise FailTest(f"ekey.services.simulator cannot be imported: {e}")
+        raise SkipTest(f"ekey.services.simulator cannot be imported: {e}")
 
 
 # Temporary places ----------------------------------------------------------
@@ -245,7 +245,7 @@ def seededPlaintext(seed: bytes, count: int, start: int = 0) -> bytes:
     @return: the simulator's plaintext blocks C{start} .. C{start+count-1}
         for C{--seed}, concatenated.
     """
-    from ekey.simulator import seededBlock
+    from ekey.services.simulator import seededBlock
 
     return b"".join(seededBlock(seed, i) for i in range(start, start + count))
 
@@ -260,7 +260,7 @@ def seededIndices(seed: bytes, data: bytes, limit: int = 1 << 20) -> List[int]:
     @raise FailTest: if a block is not a seeded block, or comes out of
         order, or C{data} is not whole blocks.
     """
-    from ekey.simulator import seededBlock
+    from ekey.services.simulator import seededBlock
 
     if len(data) % BLOCK:
         raise FailTest(f"{len(data)} bytes is not a whole number of {BLOCK}-byte blocks")
@@ -420,7 +420,7 @@ def startSimulator(testCase, directory: str, listen: Optional[str] = None, pty: 
                    extra: Sequence[str] = (), name: str = "ekey-sim",
                    timeout: float = DEFAULT_TIMEOUT) -> RunningProcess:
     """
-    Start C{ekey-sim} (its entry point, C{ekey.simulator:main}) and wait until it is
+    Start C{ekey-sim} (its entry point, C{ekey.services.simulator:main}) and wait until it is
     ready: its Unix socket listening, or its pty path printed.
 
     @param listen: a Unix socket path to listen on.
@@ -431,8 +431,8 @@ def startSimulator(testCase, directory: str, listen: Optional[str] = None, pty: 
     @return: the running simulator.
     """
     requireSimulator()
-    # What the ekey-sim console script runs (ekey.simulator:main).
-    argv = [sys.executable, "-c", "from ekey.simulator import main; main()"]
+    # What the ekey-sim console script runs (ekey.services.simulator:main).
+    argv = [sys.executable, "-c", "from ekey.services.simulator import main; main()"]
     if listen is not None:
         argv += ["--listen", f"unix:{listen}"]
     if pty:
@@ -901,13 +901,13 @@ def quoteEndpointArgument(text: str) -> str:
 
 def writeCertificateAuthority(directory: str, commonName: str = "ekey relay CA"):
     """
-    Make a CA with L{ekey.certs.makeCA} and write C{ca.pem} and C{ca.key}
-    in C{directory} (created if need be), as C{python3 -m ekey.certs ca}
+    Make a CA with L{ekey.cli.certs.makeCA} and write C{ca.pem} and C{ca.key}
+    in C{directory} (created if need be), as C{python3 -m ekey.cli.certs ca}
     does.  C{directory} is then a C{trustRoots=} directory for C{tls:}.
 
     @return: C{(certificate, privateKey)}, for L{writeHostCertificate}.
     """
-    from ekey import certs
+    from ekey.cli import certs
 
     os.makedirs(directory, exist_ok=True)
     ca = certs.makeCA(commonName)
@@ -919,13 +919,13 @@ def writeCertificateAuthority(directory: str, commonName: str = "ekey relay CA")
 def writeHostCertificate(directory: str, hostname: str, ca, days: Optional[int] = None,
                          notBefore=None, name: Optional[str] = None):
     """
-    Make a host certificate with L{ekey.certs.makeHost} and write
+    Make a host certificate with L{ekey.cli.certs.makeHost} and write
     C{NAME.crt} and C{NAME.key} in C{directory}.
 
     @param name: the files' base name (default C{hostname}).
     @return: C{(certificatePath, keyPath)}.
     """
-    from ekey import certs
+    from ekey.cli import certs
 
     kwargs = {} if days is None else {"days": days}
     certificate, key = certs.makeHost(hostname, ca, notBefore=notBefore, **kwargs)
@@ -1352,11 +1352,11 @@ def asNobody(argv: Sequence[str], uid: int = 65534, gid: int = 65534) -> List[st
 
 def feedKernelCommand(*arguments: str) -> List[str]:
     """
-    @return: the command that runs C{ekey-feed-kernel} (C{ekey.feeder:main})
+    @return: the command that runs C{ekey-feed-kernel} (C{ekey.services.feeder:main})
         with this interpreter, from the source tree (with
         L{pythonEnvironment}).
     """
-    return [sys.executable, "-m", "ekey.feeder"] + list(arguments)
+    return [sys.executable, "-m", "ekey.services.feeder"] + list(arguments)
 
 
 # Faults and hardening (added for the fault interop tests and

@@ -11,8 +11,8 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from ekey.keyring import Keyring
-from ekey.keys import KeyManager
+from ekey.core.keyring import Keyring
+from ekey.services.keys import KeyManager
 from tests.vectors import HOST_NONCE, VECTORS, deviceFrames
 
 
@@ -55,7 +55,7 @@ def connectKey(testCase, reactor, manager: KeyManager, number: int, frames: int)
     Connect the key last asked to connect on C{reactor} in memory and replay
     the transcript's first C{frames} frames to it (4 reach C{Running OK}).
 
-    @return: key C{number}'s L{ekey.device.KeyProtocol}.
+    @return: key C{number}'s L{ekey.services.device.KeyProtocol}.
     """
     factory = reactor.unixClients[-1][1]
     wrapper = factory.buildProtocol(None)

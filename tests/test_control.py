@@ -1,6 +1,6 @@
 """
-Tests for L{ekey.control}: the AMP control channel against a real
-L{ekey.daemon.Daemon} (with a real L{ekey.keys.KeyManager} on a
+Tests for L{ekey.services.control}: the AMP control channel against a real
+L{ekey.services.daemon.Daemon} (with a real L{ekey.services.keys.KeyManager} on a
 L{MemoryReactorClock}), and C{ekeyctl}'s command line, formatting and
 errors, all in memory.
 """
@@ -21,8 +21,8 @@ from twisted.protocols import amp
 from twisted.test import iosim
 from twisted.trial import unittest
 
-from ekey import control
-from ekey.control import (
+from ekey.services import control
+from ekey.services.control import (
     AddAll,
     AddKey,
     BadKeyPath,
@@ -41,9 +41,9 @@ from ekey.control import (
     Upstreams,
     UsageError,
 )
-from ekey.daemon import Daemon
-from ekey.pool import EntropyPool
-from ekey.upstream import PullPolicy, Upstream
+from ekey.services.daemon import Daemon
+from ekey.core.pool import EntropyPool
+from ekey.services.upstream import PullPolicy, Upstream
 from tests.memory import boundSocket, connectKey, startKeyManager, writeKeyring
 from tests.vectors import SESSION, VECTORS, deviceFrames
 

@@ -1,5 +1,5 @@
 """
-Tests for L{ekey.device}: the Twisted adapters between key paths and
+Tests for L{ekey.services.device}: the Twisted adapters between key paths and
 sessions.
 """
 
@@ -11,15 +11,15 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from ekey.device import (
+from ekey.services.device import (
     KeyDeviceEndpoint,
     KeyPathError,
     KeyProtocolFactory,
     KeyService,
     checkKeyPath,
 )
-from ekey.keyring import Keyring
-from ekey.session import REKEY_TIMEOUT, KeyState, StateChanged
+from ekey.core.keyring import Keyring
+from ekey.core.session import REKEY_TIMEOUT, KeyState, StateChanged
 from tests.vectors import HOST_NONCE, LONG_TERM_KEY, SERIAL, SESSION, deviceFrames, entropyFrame
 
 
@@ -124,7 +124,7 @@ class KeyProtocolTests(unittest.TestCase):
         read is not decoded (nothing is refused); both go on once there is
         room.
         """
-        from ekey.pool import EntropyPool
+        from ekey.core.pool import EntropyPool
 
         pool = EntropyPool(5000)
         factory = KeyProtocolFactory("/dev/test", ring, None, clock=Clock(), pool=pool,
@@ -312,7 +312,7 @@ class KeyDirectoryServiceTests(unittest.TestCase):
         link to it is not reported twice; keys served elsewhere are left
         alone; a vanished key is reported gone.
         """
-        from ekey.device import KeyDirectoryService
+        from ekey.services.device import KeyDirectoryService
 
         directory = self.mktemp()
         os.mkdir(directory)

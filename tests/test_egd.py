@@ -1,10 +1,10 @@
 """
-Tests for L{ekey.egd}: the EGD codec, both directions.
+Tests for L{ekey.core.egd}: the EGD codec, both directions.
 """
 
 from twisted.trial import unittest
 
-from ekey.egd import (
+from ekey.core.egd import (
     MAX_RUN,
     EGDClientParser,
     EGDServerParser,
@@ -20,7 +20,7 @@ from ekey.egd import (
     encodeRead,
     encodeRequest,
 )
-from ekey.frames import LocalProtocolError, RemoteProtocolError
+from ekey.core.errors import LocalProtocolError, RemoteProtocolError
 
 ALL = [GetLevel(), Read(5), ReadBlocking(255), Write(800, b"\x01" * 100), GetPID(), Read(0)]
 

@@ -1,13 +1,13 @@
 """
-Tests for L{ekey.feeder.KernelFeeder}, with a fake kernel and a fake clock.
+Tests for L{ekey.services.feeder.KernelFeeder}, with a fake kernel and a fake clock.
 """
 
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from ekey.feeder import KernelFeeder, fetchFromPool
-from ekey.kernel import FeedPolicy, KernelError, KernelState
-from ekey.pool import EntropyPool
+from ekey.services.feeder import KernelFeeder, fetchFromPool
+from ekey.core.kernel import FeedPolicy, KernelError, KernelState
+from ekey.core.pool import EntropyPool
 
 
 class FakeKernel:

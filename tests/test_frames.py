@@ -1,10 +1,10 @@
 """
-Tests for L{ekey.frames}: framing, packets, subcodes and information.
+Tests for L{ekey.core.frames}: framing, packets, subcodes and information.
 """
 
 from twisted.trial import unittest
 
-from ekey.frames import (
+from ekey.core.frames import (
     FrameReader,
     LocalProtocolError,
     RemoteProtocolError,
@@ -16,8 +16,8 @@ from ekey.frames import (
     parseFrame,
     parseInformation,
 )
-from ekey.keyring import parseSerial
-from ekey.skein import prepared
+from ekey.core.keyring import parseSerial
+from ekey.core.skein import prepared
 from tests.vectors import VECTORS, deviceFrames
 
 

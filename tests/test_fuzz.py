@@ -10,10 +10,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.trial import unittest
 
-from ekey.egd import EGDServerParser, ReadBlocking, ReadBlockingRun, encodeRequest
-from ekey.frames import FRAME_LENGTH, FrameReader, RemoteProtocolError
-from ekey.pool import EntropyPool
-from ekey.session import EntropyReceived
+from ekey.core.egd import EGDServerParser, ReadBlocking, ReadBlockingRun, encodeRequest
+from ekey.core.errors import RemoteProtocolError
+from ekey.core.frames import FRAME_LENGTH, FrameReader
+from ekey.core.pool import EntropyPool
+from ekey.core.session import EntropyReceived
 from tests.vectors import deviceFrames, entropyFrame, transcriptSession
 
 FUZZ = settings(max_examples=200, deadline=None,

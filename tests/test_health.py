@@ -1,5 +1,5 @@
 """
-Tests for L{ekey.health}: continuous tests on a key's output.
+Tests for L{ekey.core.health}: continuous tests on a key's output.
 """
 
 import os
@@ -8,8 +8,8 @@ from itertools import groupby
 
 from twisted.trial import unittest
 
-from ekey import health
-from ekey.health import (
+from ekey.core import health
+from ekey.core.health import (
     FIPS_BLOCK_BYTES,
     HealthMonitor,
     fipsFailures,

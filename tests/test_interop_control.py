@@ -110,7 +110,7 @@ class _ControlMixin:
         @return: C{(status, stdout, stderr)}.
         """
         control = control or self.daemon.controlPath
-        argv = [sys.executable, "-m", "ekey.control", "--control", f"unix:{control}",
+        argv = [sys.executable, "-m", "ekey.services.control", "--control", f"unix:{control}",
                 "--timeout", "10"] + list(arguments)
         if wrap is not None:
             argv = wrap(argv)
@@ -377,7 +377,7 @@ class ErrorTests(_ControlMixin, TestCase):
             C{CAP_DAC_OVERRIDE}.
         @raise SkipTest: if neither can.
         """
-        probe = [sys.executable, "-c", "import twisted.protocols.amp, ekey.control"]
+        probe = [sys.executable, "-c", "import twisted.protocols.amp, ekey.services.control"]
         reasons = []
         for name, wrap in [("nobody", asNobody),
                            ("root without CAP_DAC_OVERRIDE",

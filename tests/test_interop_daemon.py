@@ -4,7 +4,7 @@ processes, against the simulated key (C{ekey-sim}) on a real pty and on a
 Unix socket.
 
 The simulator runs with C{--seed}, so the daemon's output file can be
-compared with the plaintext the key produced (L{ekey.simulator.seededBlock}).
+compared with the plaintext the key produced (L{ekey.services.simulator.seededBlock}).
 """
 
 from __future__ import annotations
@@ -216,7 +216,7 @@ class RekeyInteropTests(_DaemonTestMixin, TestCase):
 
     def runRekey(self, keyring: str) -> RunningProcess:
         argv = [
-            sys.executable, "-c", "import sys; from ekey.rekey import main; sys.exit(main())",
+            sys.executable, "-c", "import sys; from ekey.services.rekey import main; sys.exit(main())",
             "--device", self.keySocket, "--master-key", MASTER_KEY_HEX, "--keyring", keyring,
             "--timeout", "10",
         ]
@@ -230,7 +230,7 @@ class RekeyInteropTests(_DaemonTestMixin, TestCase):
         in the keyring (mode 0600); a daemon started afterwards with that
         keyring gets seeded entropy from the same simulator process.
         """
-        from ekey.keyring import Keyring, parseSerial
+        from ekey.core.keyring import Keyring, parseSerial
 
         startSimulator(self, self.directory, listen=self.keySocket, seed=SEED, rate=500,
                        masterKey=MASTER_KEY_HEX)

@@ -2,7 +2,7 @@
 Our daemon's EGD service over real sockets, as a real process
 (C{twistd -n ekey --port tcp:PORT:interface=127.0.0.1}) fed by a seeded
 simulated key (C{ekey-sim --seed}), so that every byte served can be traced
-to the key's block it came from (L{ekey.simulator.seededBlock}).
+to the key's block it came from (L{ekey.services.simulator.seededBlock}).
 
 Clients are plain blocking sockets in threads, each with time limits.  The
 figures measured (bytes per client, memory) are printed.
@@ -49,7 +49,7 @@ def blockIndex(seed: bytes, count: int) -> Dict[bytes, int]:
     """
     @return: the first C{count} seeded blocks, mapped to their index.
     """
-    from ekey.simulator import seededBlock
+    from ekey.services.simulator import seededBlock
 
     return {seededBlock(seed, i): i for i in range(count)}
 
@@ -438,9 +438,9 @@ class EkeyEGDCommandTests(_EGDDaemonMixin, TestCase):
 
     def ekeyEGD(self, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess:
         """
-        Run C{ekey-egd} (its entry point, C{ekey.client:main}).
+        Run C{ekey-egd} (its entry point, C{ekey.services.client:main}).
         """
-        argv = [sys.executable, "-c", "from ekey.client import main; main()"] + list(args)
+        argv = [sys.executable, "-c", "from ekey.services.client import main; main()"] + list(args)
         try:
             return subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
                                   env=pythonEnvironment(), timeout=timeout)

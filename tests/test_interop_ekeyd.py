@@ -4,7 +4,7 @@ that C{ekeyd} accepts, and our daemon must turn the same key into the same
 bytes that C{ekeyd} does.
 
 The simulator runs with C{--seed}, so its plaintext is known in advance
-(L{ekey.simulator.seededBlock}); both hosts are judged by their output
+(L{ekey.services.simulator.seededBlock}); both hosts are judged by their output
 files.  More than 4096 blocks are read, so each run crosses the session
 re-key after sequence number 4095.
 """

@@ -71,7 +71,7 @@ class SeededBlocks:
         self._extend(initial)
 
     def _extend(self, upTo: int) -> None:
-        from ekey.simulator import seededBlock
+        from ekey.services.simulator import seededBlock
 
         for i in range(self.indexed, min(upTo, self.limit)):
             self.known[seededBlock(self.seed, i)] = i

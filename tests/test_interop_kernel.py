@@ -71,13 +71,13 @@ def requireRoot() -> None:
 
 
 def kernelVersion():
-    from ekey.kernel import parseKernelVersion
+    from ekey.core.kernel import parseKernelVersion
 
     return parseKernelVersion(platform.release())
 
 
 def seededStream(blocks: int) -> bytes:
-    from ekey.simulator import seededBlock
+    from ekey.services.simulator import seededBlock
 
     return b"".join(seededBlock(SEED, i) for i in range(blocks))
 
@@ -278,7 +278,7 @@ class KernelErrorTests(_KernelMixin, TestCase):
         """
         The same as user nobody.
         """
-        probe = subprocess.run(asNobody([sys.executable, "-c", "import ekey.feeder"]),
+        probe = subprocess.run(asNobody([sys.executable, "-c", "import ekey.services.feeder"]),
                                env=pythonEnvironment(), capture_output=True, text=True,
                                timeout=30)
         if probe.returncode != 0:

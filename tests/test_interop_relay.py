@@ -12,9 +12,9 @@ The chain is
       -> relay C (--upstream tls:localhost:PORT_B with C's certificate; unix: listener)
       -> clients of C
 
-with every certificate made by L{ekey.certs} in the test's temporary
+with every certificate made by L{ekey.cli.certs} in the test's temporary
 directory.  Since the simulator is seeded, what clients receive can be
-compared with the plaintext the key produced (L{ekey.simulator.seededBlock}).
+compared with the plaintext the key produced (L{ekey.services.simulator.seededBlock}).
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ def egdClient(endpoint: str, verb: str, *arguments: str,
     Start our EGD client (C{ekey-egd}, from the source tree) on
     C{endpoint}; the caller waits for it with L{finishClient}.
     """
-    argv = [sys.executable, "-c", "from ekey.client import main; main()",
+    argv = [sys.executable, "-c", "from ekey.services.client import main; main()",
             "--timeout", f"{timeout:g}", "--connect", endpoint, verb] + list(arguments)
     return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=pythonEnvironment(),
@@ -551,7 +551,7 @@ class EkeydUpstreamTests(_RelayFixture, TestCase):
     def test_relayFromEkeydThroughStunnel(self):
         """
         A relay reaches ekeyd over TLS through stunnel (a server
-        certificate from L{ekey.certs}, checked against the CA) and serves
+        certificate from L{ekey.cli.certs}, checked against the CA) and serves
         seeded blocks.
         """
         stunnelPort = freeTCPPort()

@@ -1,12 +1,12 @@
 """
-Tests for L{ekey.kernel}: when and how to feed the kernel.
+Tests for L{ekey.core.kernel}: when and how to feed the kernel.
 """
 
 import os
 
 from twisted.trial import unittest
 
-from ekey.kernel import (
+from ekey.core.kernel import (
     BOOT_INTERVAL,
     POLL_INTERVAL,
     FeedPolicy,

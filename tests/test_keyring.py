@@ -1,5 +1,5 @@
 """
-Tests for L{ekey.keyring}: ekeyd's keyring file.
+Tests for L{ekey.core.keyring}: ekeyd's keyring file.
 """
 
 import os
@@ -7,7 +7,7 @@ import stat
 
 from twisted.trial import unittest
 
-from ekey.keyring import (
+from ekey.core.keyring import (
     Keyring,
     KeyringError,
     formatSerial,

@@ -1,5 +1,5 @@
 """
-Tests for L{ekey.keys.KeyManager}: the daemon's numbered keys.
+Tests for L{ekey.services.keys.KeyManager}: the daemon's numbered keys.
 """
 
 import os
@@ -8,10 +8,10 @@ import socket
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial import unittest
 
-from ekey.device import KeyPathError
-from ekey.keyring import KeyringError
-from ekey.keys import KeyNotFound
-from ekey.pool import EntropyPool
+from ekey.services.device import KeyPathError
+from ekey.core.keyring import KeyringError
+from ekey.services.keys import KeyNotFound
+from ekey.core.pool import EntropyPool
 from tests.memory import boundSocket, connectKey, startKeyManager, writeKeyring
 from tests.vectors import LONG_TERM_KEY, SERIAL, SESSION, VECTORS, deviceFrames
 

@@ -1,10 +1,10 @@
 """
-Tests for L{ekey.pool.EntropyPool}.
+Tests for L{ekey.core.pool.EntropyPool}.
 """
 
 from twisted.trial import unittest
 
-from ekey.pool import POLLING_RESERVE, EntropyPool
+from ekey.core.pool import POLLING_RESERVE, EntropyPool
 
 
 def chunks(count, size=32):

@@ -1,11 +1,11 @@
 """
-Tests for L{ekey.ratelimit.RateLimiter}.
+Tests for L{ekey.core.ratelimit.RateLimiter}.
 """
 
 from twisted.trial import unittest
 
-from ekey import ratelimit
-from ekey.ratelimit import RateLimiter
+from ekey.core import ratelimit
+from ekey.core.ratelimit import RateLimiter
 
 
 class RateLimiterTests(unittest.TestCase):

@@ -1,18 +1,18 @@
 """
-Tests for L{ekey.rekey}: long-term re-keying with the master key.
+Tests for L{ekey.services.rekey}: long-term re-keying with the master key.
 """
 
 from twisted.trial import unittest
 
-from ekey.frames import binaryPayload, buildContent, buildFrame
-from ekey.rekey import (
+from ekey.core.frames import binaryPayload, buildContent, buildFrame
+from ekey.services.rekey import (
     LongTermRekey,
     RekeyState,
     crc8,
     formatMasterKey,
     parseMasterKey,
 )
-from ekey.skein import prepared
+from ekey.core.skein import prepared
 from tests.vectors import SERIAL, VECTORS, deviceFrames
 
 VECTOR = VECTORS["long_term_rekey"]

@@ -1,5 +1,5 @@
 """
-Tests for L{ekey.server} and L{ekey.client}: EGD server and client over an
+Tests for L{ekey.services.server} and L{ekey.services.client}: EGD server and client over an
 in-memory connection.
 """
 
@@ -9,10 +9,10 @@ from twisted.internet.testing import StringTransport
 from twisted.test import iosim
 from twisted.trial import unittest
 
-from ekey.client import EGDClientProtocol, EGDConnectionLost, readExactly
-from ekey.pool import EntropyPool
-from ekey.ratelimit import RateLimiter
-from ekey.server import MAX_QUEUED_COMMANDS, EGDServerFactory
+from ekey.services.client import EGDClientProtocol, EGDConnectionLost, readExactly
+from ekey.core.pool import EntropyPool
+from ekey.core.ratelimit import RateLimiter
+from ekey.services.server import MAX_QUEUED_COMMANDS, EGDServerFactory
 
 
 def connect(factory):

@@ -1,19 +1,19 @@
 """
-Tests for L{ekey.session.KeySession}, the host's side of a key, in memory.
+Tests for L{ekey.core.session.KeySession}, the host's side of a key, in memory.
 """
 
 from twisted.trial import unittest
 
-from ekey.frames import binaryPayload, buildContent, buildFrame
-from ekey.keyring import Keyring
-from ekey.session import (
+from ekey.core.frames import binaryPayload, buildContent, buildFrame
+from ekey.core.keyring import Keyring
+from ekey.core.session import (
     EntropyReceived,
     InformationReceived,
     KeySession,
     KeyState,
     StateChanged,
 )
-from ekey.skein import prepared
+from ekey.core.skein import prepared
 from tests.vectors import (
     HOST_NONCE,
     LONG_TERM_KEY,

@@ -1,5 +1,5 @@
 """
-Tests for L{ekey.simulator}: the simulated key against the test vectors and
+Tests for L{ekey.services.simulator}: the simulated key against the test vectors and
 against the host's L{KeySession}, its faults, its Twisted adapter and the
 C{ekey-sim} command.
 """
@@ -19,11 +19,11 @@ from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from ekey import simulator
-from ekey.frames import FrameReader, parseFrame, pemEncode
-from ekey.keyring import Keyring, formatSerial
-from ekey.session import EntropyReceived, KeySession, KeyState
-from ekey.simulator import (
+from ekey.services import simulator
+from ekey.core.frames import FrameReader, parseFrame, pemEncode
+from ekey.core.keyring import Keyring, formatSerial
+from ekey.core.session import EntropyReceived, KeySession, KeyState
+from ekey.services.simulator import (
     DEFAULT_SERIAL,
     GARBAGE,
     Fault,
@@ -34,7 +34,7 @@ from ekey.simulator import (
     main,
     seededBlock,
 )
-from ekey.skein import prepared
+from ekey.core.skein import prepared
 
 with open(os.path.join(os.path.dirname(__file__), "entropykey-v0.json")) as _f:
     VECTORS = json.load(_f)

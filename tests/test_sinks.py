@@ -1,5 +1,5 @@
 """
-Tests for L{ekey.sinks}: files and FIFOs that receive entropy.
+Tests for L{ekey.services.sinks}: files and FIFOs that receive entropy.
 """
 
 import os
@@ -7,7 +7,7 @@ import stat
 
 from twisted.trial import unittest
 
-from ekey.sinks import FileSink, SinkError
+from ekey.services.sinks import FileSink, SinkError
 
 
 class FileSinkTests(unittest.TestCase):

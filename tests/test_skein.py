@@ -1,10 +1,10 @@
 """
-Tests for L{ekey.skein}: Skein-256 v1.1 and ekeyd's prepared states.
+Tests for L{ekey.core.skein}: Skein-256 v1.1 and ekeyd's prepared states.
 """
 
 from twisted.trial import unittest
 
-from ekey.skein import PERSONALISATIONS, prepared, skein256
+from ekey.core.skein import PERSONALISATIONS, prepared, skein256
 from tests.vectors import VECTORS
 
 

@@ -1,5 +1,5 @@
 """
-Tests for L{ekey.tap}: the C{twistd ekey} options and service.
+Tests for L{ekey.services.tap}: the C{twistd ekey} options and service.
 """
 
 import os
@@ -10,8 +10,8 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python.usage import UsageError
 from twisted.trial import unittest
 
-from ekey.device import KeyService
-from ekey.tap import Options, makeService
+from ekey.services.device import KeyService
+from ekey.services.tap import Options, makeService
 from tests.vectors import VECTORS
 
 

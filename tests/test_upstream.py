@@ -1,5 +1,5 @@
 """
-Tests for L{ekey.upstream}: relays pulling from upstream EGD servers, in
+Tests for L{ekey.services.upstream}: relays pulling from upstream EGD servers, in
 memory (and, for socket options, on loopback).
 """
 
@@ -16,10 +16,10 @@ from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.trial import unittest
 
-from ekey import certs
-from ekey.pool import EntropyPool
-from ekey.server import EGDServerFactory
-from ekey.upstream import MAX_PIPELINE, READ_SIZE, PullPolicy, Upstream, UpstreamService
+from ekey.cli import certs
+from ekey.core.pool import EntropyPool
+from ekey.services.server import EGDServerFactory
+from ekey.services.upstream import MAX_PIPELINE, READ_SIZE, PullPolicy, Upstream, UpstreamService
 
 
 def stream(n):

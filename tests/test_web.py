@@ -1,5 +1,5 @@
 """
-Tests for L{ekey.web}: the Prometheus metrics, the status page and
+Tests for L{ekey.services.web}: the Prometheus metrics, the status page and
 C{/status.json}, served in memory from a daemon whose key is replayed from
 the protocol's test vectors.
 """
@@ -16,11 +16,11 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from ekey.daemon import SAMPLE_INTERVAL, Daemon
-from ekey.pool import EntropyPool
-from ekey.server import EGDServerFactory
-from ekey.session import KeyState
-from ekey.web import KEY_STATES, makeSite, stateName
+from ekey.services.daemon import SAMPLE_INTERVAL, Daemon
+from ekey.core.pool import EntropyPool
+from ekey.services.server import EGDServerFactory
+from ekey.core.session import KeyState
+from ekey.services.web import KEY_STATES, makeSite, stateName
 from tests.memory import boundSocket, connectKey, startKeyManager, writeKeyring
 from tests.vectors import LONG_TERM_KEY, SESSION
 
@@ -97,7 +97,7 @@ class WebTestsMixin:
         (after 8 it is running, has sent its temperature and voltage and
         four entropy frames).
 
-        @return: its number and its L{ekey.device.KeyProtocol}.
+        @return: its number and its L{ekey.services.device.KeyProtocol}.
         """
         number = self.keys.add(self.socketPath(name))
         return number, connectKey(self, self.reactor, self.keys, number, frames)
@@ -453,5 +453,5 @@ class StatusJSONTests(WebTestsMixin, unittest.TestCase):
         self.assertEqual(data["keys"][0]["statistics"]["KeyVoltage"], 3.254)
         self.assertEqual(data["pool"]["level"], 10)
         self.assertEqual(data["listeners"][0]["clients"], 1)
-        self.assertEqual(data["clients"][0]["peer"], "127.0.0.1:40000")
+        self.assertEqual(data["clients"][0]["peer"], "tcp:127.0.0.1:40000")
         self.assertIsNone(data["kernel"])

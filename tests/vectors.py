@@ -33,10 +33,10 @@ def transcriptSession(**options):
     frames (serial, information, re-key request, re-key reply) with the
     transcript's nonce, so that it holds the transcript's session key.
 
-    @param options: passed to L{ekey.session.KeySession}.
+    @param options: passed to L{ekey.core.session.KeySession}.
     """
-    from ekey.keyring import Keyring
-    from ekey.session import KeySession
+    from ekey.core.keyring import Keyring
+    from ekey.core.session import KeySession
 
     ring = Keyring("/etc/entropykey/keyring")
     ring.set(SERIAL, LONG_TERM_KEY)
@@ -54,8 +54,8 @@ def entropyFrame(sequence, plaintext, key=SESSION_KEY):
     An entropy frame carrying C{plaintext} at C{sequence}, encrypted and
     MAC'd under C{key} (the transcript's session key by default).
     """
-    from ekey.frames import binaryPayload, buildContent, buildFrame, encodeSubcode
-    from ekey.skein import prepared
+    from ekey.core.frames import binaryPayload, buildContent, buildFrame, encodeSubcode
+    from ekey.core.skein import prepared
 
     pad = prepared("EES", SERIAL, key).update(encodeSubcode(sequence)).final()
     ciphertext = bytes(a ^ b for a, b in zip(plaintext, pad))

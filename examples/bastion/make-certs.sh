@@ -1,6 +1,6 @@
 #!/bin/sh
 # Make the certificate authority and the per-host certificates of the
-# bastion chain, with `python3 -m ekey.certs`, and sort them into one bundle
+# bastion chain, with `python3 -m ekey.cli.certs`, and sort them into one bundle
 # per host.
 #
 #   sh examples/bastion/make-certs.sh [OUT]          (default OUT: ./pki)
@@ -31,7 +31,7 @@
 # name (service_identity); mtls: listeners check only that a client's
 # certificate chains to ca.pem. See doc/relays.md.
 #
-# An existing CA is reused (ekey.certs refuses to replace one), so the script
+# An existing CA is reused (ekey.cli.certs refuses to replace one), so the script
 # can be run again to add hosts; an existing host bundle is left alone.
 set -eu
 
@@ -42,7 +42,7 @@ python=${PYTHON:-python3}
 umask 077
 mkdir -p "$out/ca"
 if [ ! -e "$out/ca/ca.key" ]; then
-    "$python" -m ekey.certs --out "$out/ca" ca --name "ekey relay CA"
+    "$python" -m ekey.cli.certs --out "$out/ca" ca --name "ekey relay CA"
 fi
 
 for host in $hosts; do
@@ -52,7 +52,7 @@ for host in $hosts; do
         continue
     fi
     mkdir -p "$bundle"
-    "$python" -m ekey.certs --out "$out/ca" host "$host" >/dev/null
+    "$python" -m ekey.cli.certs --out "$out/ca" host "$host" >/dev/null
     # Move (not copy) the key, so that exactly one copy of it exists.
     mv "$out/ca/$host.key" "$bundle/$host.key"
     mv "$out/ca/$host.crt" "$bundle/$host.crt"

@@ -1,3 +1,3 @@
-from ekey.mtls import MutualTLSServerParser
+from ekey.services.mtls import MutualTLSServerParser
 
 mtls = MutualTLSServerParser()

@@ -1,3 +1,3 @@
 from twisted.application.service import ServiceMaker
 
-ekey = ServiceMaker("ekey", "ekey.tap", "Entropy Key host daemon: keys, EGD, relays, sinks", "ekey")
+ekey = ServiceMaker("ekey", "ekey.cli.twistd", "Entropy Key host daemon: keys, EGD, relays, sinks", "ekey")

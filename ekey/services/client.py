@@ -17,7 +17,7 @@ from twisted.internet import defer, task
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
-from ekey.egd import (
+from ekey.core.egd import (
     MAX_READ,
     Command,
     EGDClientParser,
@@ -28,7 +28,7 @@ from ekey.egd import (
     Write,
     encodeRequest,
 )
-from ekey.frames import RemoteProtocolError
+from ekey.core.errors import RemoteProtocolError
 
 
 class EGDConnectionLost(Exception):

@@ -16,7 +16,9 @@ import string
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
-from ekey.skein import SkeinState
+from ekey.core.errors import LocalProtocolError, RemoteProtocolError
+from ekey.core.skein import SkeinState
+
 
 FRAME_LENGTH = 64
 CONTENT_LENGTH = 52
@@ -33,20 +35,6 @@ CLASS_BINARY = ord("!")
 
 _ALPHABET = (string.ascii_uppercase + string.ascii_lowercase + string.digits + "+/").encode()
 _INDEX = {c: i for i, c in enumerate(_ALPHABET)}
-
-
-class RemoteProtocolError(Exception):
-    """
-    The device sent something the protocol does not allow.  This is the
-    device's fault (or the line's): count it, and resynchronise or reset.
-    """
-
-
-class LocalProtocolError(Exception):
-    """
-    This side was asked to do something the protocol does not allow: a bug
-    in the caller.
-    """
 
 
 def encodeSubcode(value: int) -> bytes:
@@ -99,7 +87,7 @@ def computeMAC(prepared: SkeinState, content: bytes) -> bytes:
     The 6-byte MAC of a frame's content or a long-term re-key nonce:
     bytes 0..2 and 29..31 of a prepared state's C{final_pad} output.
 
-    @param prepared: a prepared state (L{ekey.skein.prepared}); it is copied,
+    @param prepared: a prepared state (L{ekey.core.skein.prepared}); it is copied,
         not consumed.
     @param content: the bytes to authenticate.
     """

@@ -4,7 +4,7 @@ The daemon over HTTP: Prometheus metrics and a status page.
 
     twistd -n ekey --device ... --port ... --metrics tcp:9110:interface=127.0.0.1
 
-L{makeSite} serves, from one L{ekey.daemon.Daemon}:
+L{makeSite} serves, from one L{ekey.services.daemon.Daemon}:
 
   - C{/metrics}: the Prometheus text format, made by C{prometheus_client}
     from a L{DaemonCollector} on a private registry that reads the daemon
@@ -32,8 +32,8 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from ekey.daemon import HISTORY, SAMPLE_INTERVAL
-from ekey.session import KeyState
+from ekey.services.daemon import HISTORY, SAMPLE_INTERVAL
+from ekey.core.session import KeyState
 
 log = Logger()
 
@@ -83,7 +83,7 @@ _KEY_GAUGES = (
 
 def stateName(words: str) -> str:
     """
-    @param words: a key's state in words, as L{ekey.keys.KeyManager.describe}
+    @param words: a key's state in words, as L{ekey.services.keys.KeyManager.describe}
         gives it (a L{KeyState} value).
     @return: its name for metrics, such as C{"running"} or
         C{"failed_health"}; C{"unknown"} for words that are no state.
@@ -114,7 +114,7 @@ def snapshot(daemon) -> Dict[str, object]:
     Read everything the page, C{/status.json} and the metrics show, at
     once.
 
-    @param daemon: an L{ekey.daemon.Daemon}.
+    @param daemon: an L{ekey.services.daemon.Daemon}.
     @return: a JSON-serialisable dictionary.
     """
     now = daemon.clock.seconds()
@@ -174,7 +174,7 @@ class DaemonCollector:
 
     def __init__(self, daemon):
         """
-        @param daemon: an L{ekey.daemon.Daemon}.
+        @param daemon: an L{ekey.services.daemon.Daemon}.
         """
         self.daemon = daemon
 
@@ -597,7 +597,7 @@ def makeSite(daemon, reactor=None) -> Site:
     The daemon's web site: C{/} (the status page), C{/metrics}
     (Prometheus) and C{/status.json}.
 
-    @param daemon: an L{ekey.daemon.Daemon}.
+    @param daemon: an L{ekey.services.daemon.Daemon}.
     @param reactor: an L{IReactorTime} for connection time-outs and the
         access log (default the daemon's clock).
     @return: a L{Site}, for any server endpoint.

@@ -9,7 +9,7 @@ Each command answers one JSON value in a L{JSONValue} argument named
 C{result}; a refusal is an AMP error whose description is one line fit for
 the user:
 
-    ListKeys                    -> [key, ...]   (see L{ekey.keys.KeyManager.describe})
+    ListKeys                    -> [key, ...]   (see L{ekey.services.keys.KeyManager.describe})
     KeyStats(identifier)        -> {"key": key, "statistics": {Name: value}}
     AddKey(path)                -> key
     AddAll(directory)           -> [key, ...]   (the keys added)
@@ -36,20 +36,18 @@ import errno
 import functools
 import json
 import os
-import socket
-import struct
 import sys
 from typing import Callable, Dict, List, Optional, Sequence
 
 from twisted.internet import defer, error as netError
-from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols import amp
 
-from ekey.device import KeyPathError
-from ekey.keyring import KeyringError
-from ekey.keys import KeyNotFound
+from ekey.services.device import KeyPathError
+from ekey.services.peers import describePeer
+from ekey.core.keyring import KeyringError
+from ekey.services.keys import KeyNotFound
 
 #: Where C{ekeyctl} looks for the daemon first (C{twistd --rundir /run/ekey}).
 SYSTEM_CONTROL = "unix:/run/ekey/control.sock"
@@ -238,29 +236,6 @@ class Pool(_ControlCommand):
 # The server --------------------------------------------------------------------
 
 
-def describePeer(transport) -> str:
-    """
-    Say who is at the other end of a control connection: for a Unix socket
-    the process, user and group the kernel reports (C{SO_PEERCRED}), for
-    TCP the address.
-    """
-    try:
-        peer = transport.getPeer()
-    except Exception:
-        return "?"
-    if isinstance(peer, UNIXAddress):
-        try:
-            raw = transport.getHandle().getsockopt(
-                socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-            pid, uid, gid = struct.unpack("3i", raw)
-            return f"unix:pid={pid},uid={uid},gid={gid}"
-        except (AttributeError, OSError, struct.error):
-            return "unix:?"
-    if isinstance(peer, (IPv4Address, IPv6Address)):
-        return f"{peer.type.lower()}:{peer.host}:{peer.port}"
-    return str(peer)
-
-
 def _translated(what: str):
     """
     Make a L{Controller} method raise L{ControlError}s only: the daemon's
@@ -291,12 +266,12 @@ def _translated(what: str):
 
 class Controller:
     """
-    What the control commands do to a L{ekey.daemon.Daemon}, free of I/O:
+    What the control commands do to a L{ekey.services.daemon.Daemon}, free of I/O:
     each method takes the peer (for the log) and the command's arguments,
     and returns a JSON value or raises a L{ControlError}.  State-changing
     commands are logged, with who asked, whether they succeed or not.
 
-    @ivar daemon: the L{ekey.daemon.Daemon}.
+    @ivar daemon: the L{ekey.services.daemon.Daemon}.
     """
 
     log = Logger()
@@ -500,7 +475,7 @@ class ControlFactory(Factory):
 
     def __init__(self, daemon, clock=None):
         """
-        @param daemon: the L{ekey.daemon.Daemon} to control.
+        @param daemon: the L{ekey.services.daemon.Daemon} to control.
         @param clock: an L{IReactorTime} (default the daemon's clock).
         """
         self.daemon = daemon

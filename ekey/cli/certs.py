@@ -3,9 +3,9 @@
 Make a small certificate authority and per-host certificates for relay
 chains, with the C{cryptography} package.
 
-    python3 -m ekey.certs --out /etc/ekey/pki ca
-    python3 -m ekey.certs --out /etc/ekey/pki host keyhost.example.net
-    python3 -m ekey.certs --out /etc/ekey/pki host bastion.example.net
+    python3 -m ekey.cli.certs --out /etc/ekey/pki ca
+    python3 -m ekey.cli.certs --out /etc/ekey/pki host keyhost.example.net
+    python3 -m ekey.cli.certs --out /etc/ekey/pki host bastion.example.net
 
 Each host gets C{NAME.crt} (certificate, usable by servers and clients) and
 C{NAME.key} (its private key, mode 0600).  The CA's certificate is
@@ -161,10 +161,10 @@ def loadCA(directory: str):
 
 def main(argv=None) -> int:
     """
-    The C{python3 -m ekey.certs} command.
+    The C{python3 -m ekey.cli.certs} command.
     """
     parser = argparse.ArgumentParser(
-        prog="python3 -m ekey.certs",
+        prog="python3 -m ekey.cli.certs",
         description="Make a CA and host certificates for ekey relays (mutual TLS).")
     parser.add_argument("--out", "-o", default=".", help="directory of the CA and certificates")
     parser.add_argument("--days", type=int, default=DEFAULT_DAYS, help="validity in days")
@@ -178,7 +178,7 @@ def main(argv=None) -> int:
     try:
         if args.verb == "ca":
             if os.path.exists(os.path.join(args.out, "ca.key")):
-                print(f"ekey.certs: {args.out}/ca.key exists; not replacing a CA",
+                print(f"ekey.cli.certs: {args.out}/ca.key exists; not replacing a CA",
                       file=sys.stderr)
                 return 2
             certificate, key = makeCA(args.name, args.days)
@@ -192,7 +192,7 @@ def main(argv=None) -> int:
             writePublic(base + ".crt", certificatePEM(certificate))
             print(f"{args.hostname}: {base}.crt and {base}.key")
     except (OSError, ValueError) as e:
-        print(f"ekey.certs: {e}", file=sys.stderr)
+        print(f"ekey.cli.certs: {e}", file=sys.stderr)
         return 2
     return 0
 

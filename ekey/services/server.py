@@ -30,7 +30,7 @@ from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 
-from ekey.egd import (
+from ekey.core.egd import (
     Command,
     EGDServerParser,
     GetLevel,
@@ -43,9 +43,10 @@ from ekey.egd import (
     encodePID,
     encodeRead,
 )
-from ekey.frames import RemoteProtocolError
-from ekey.pool import EntropyPool, PendingRead
-from ekey.ratelimit import RateLimiter
+from ekey.core.errors import RemoteProtocolError
+from ekey.services.peers import describePeer
+from ekey.core.pool import EntropyPool, PendingRead
+from ekey.core.ratelimit import RateLimiter
 
 #: Parsed commands a connection may queue behind a blocking read before it
 #: stops reading from its client.
@@ -62,18 +63,6 @@ _BLOCKING = (ReadBlocking, ReadBlockingRun)
 #: a share of what arrives (so that a client asking one request at a time,
 #: a round trip apart, is not outrun by one with many in flight).
 ACTIVE_WINDOW = 1.0
-
-
-def describePeer(transport) -> str:
-    """
-    @return: a client's address in words, for logs.
-    """
-    peer = transport.getPeer()
-    host = getattr(peer, "host", None)
-    if host is not None:
-        return f"{host}:{peer.port}"
-    name = getattr(peer, "name", None)
-    return f"unix:{name.decode() if isinstance(name, bytes) else name or '(unnamed)'}"
 
 
 @implementer(IPushProducer, IHandshakeListener)

@@ -39,17 +39,17 @@ import struct
 from dataclasses import dataclass
 from typing import Callable, List, Optional
 
-from ekey.frames import (
+from ekey.core.errors import RemoteProtocolError
+from ekey.core.frames import (
     FrameReader,
     Information,
     Packet,
-    RemoteProtocolError,
     parseFrame,
     parseInformation,
     pemEncode,
 )
-from ekey.keyring import Keyring, formatSerial
-from ekey.skein import prepared
+from ekey.core.keyring import Keyring, formatSerial
+from ekey.core.skein import prepared
 
 RESET = b"\x03"
 NONCE_LENGTH = 12

@@ -28,9 +28,10 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from ekey.health import FIPS_BLOCK_BYTES, HealthMonitor
-from ekey.keyring import Keyring, formatSerial
-from ekey.session import (
+from ekey.core.health import FIPS_BLOCK_BYTES, HealthMonitor
+from ekey.core.keyring import Keyring, formatSerial
+from ekey.core.status import KeyReadings, KeyStatus
+from ekey.core.session import (
     EntropyReceived,
     InformationReceived,
     REKEY_TIMEOUT,
@@ -352,6 +353,23 @@ class KeyService(ClientService):
         )
         self.setName(f"key:{path}")
         self._startedEarly = False
+
+    def status(self) -> KeyStatus:
+        """
+        @return: this key's state, readings and health, now.
+        """
+        factory = self.factory
+        protocol = factory.protocol
+        health = factory.health
+        session = protocol.session if protocol is not None else None
+        if session is None or session.state is KeyState.CLOSED:
+            return KeyStatus(self.path, KeyState.CLOSED, "not connected (retrying)", None, None,
+                             None, health.fipsBlocks, health.fipsFailed, health.failure)
+        return KeyStatus(
+            self.path, session.state, session.reason,
+            formatSerial(session.serial) if session.serial else None,
+            protocol.connectedAt, KeyReadings.fromStatistics(session.statistics),
+            health.fipsBlocks, health.fipsFailed, health.failure)
 
     def privilegedStartService(self):
         """

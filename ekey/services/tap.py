@@ -21,22 +21,22 @@ from twisted.application.service import MultiService, Service
 from twisted.logger import Logger
 from twisted.python import usage
 
-from ekey.daemon import Daemon
-from ekey.device import KeyDirectoryService, KeyPathError, checkKeyPath
-from ekey.feeder import KernelFeeder, openKernel
-from ekey.kernel import (
+from ekey.services.daemon import Daemon
+from ekey.services.device import KeyDirectoryService, KeyPathError, checkKeyPath
+from ekey.services.feeder import KernelFeeder, openKernel
+from ekey.core.kernel import (
     DEFAULT_BYTES,
     DEFAULT_INTERVAL,
     DEFAULT_SHANNONS_PER_BYTE,
     KernelError,
 )
-from ekey.keyring import DEFAULT_KEYRING, Keyring, KeyringError
-from ekey.keys import KeyManager
-from ekey.pool import DEFAULT_POOL_SIZE, EntropyPool
-from ekey.ratelimit import RateLimiter
-from ekey.server import DEFAULT_MAX_PENDING, EGDServerFactory
-from ekey.sinks import FileSink, SinkError
-from ekey.upstream import DEFAULT_HIGH_WATER, DEFAULT_LOW_WATER, PullPolicy, UpstreamService
+from ekey.core.keyring import DEFAULT_KEYRING, Keyring, KeyringError
+from ekey.services.keys import KeyManager
+from ekey.core.pool import DEFAULT_POOL_SIZE, EntropyPool
+from ekey.core.ratelimit import RateLimiter
+from ekey.services.server import DEFAULT_MAX_PENDING, EGDServerFactory
+from ekey.services.sinks import FileSink, SinkError
+from ekey.services.upstream import DEFAULT_HIGH_WATER, DEFAULT_LOW_WATER, PullPolicy, UpstreamService
 
 log = Logger()
 
@@ -310,12 +310,12 @@ def makeService(options, reactor=None):
         top.kernelFeeder.setServiceParent(top)
         daemon.kernelFeeder = top.kernelFeeder
     if options["control"]:
-        from ekey.control import ControlFactory
+        from ekey.services.control import ControlFactory
 
         strports.service(options["control"], ControlFactory(daemon),
                          reactor=reactor).setServiceParent(top)
     if options["metrics"]:
-        from ekey.web import makeSite
+        from ekey.services.web import makeSite
 
         strports.service(options["metrics"], makeSite(daemon),
                          reactor=reactor).setServiceParent(top)

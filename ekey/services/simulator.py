@@ -51,9 +51,9 @@ from twisted.internet.task import LoopingCall, react
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from ekey.frames import (
+from ekey.core.errors import RemoteProtocolError
+from ekey.core.frames import (
     FAIL_MODES,
-    RemoteProtocolError,
     binaryPayload,
     buildContent,
     buildFrame,
@@ -62,14 +62,14 @@ from ekey.frames import (
     pemDecode,
     pemEncode,
 )
-from ekey.keyring import (
+from ekey.core.keyring import (
     Keyring,
     KeyringError,
     formatSerial,
     parseSecret,
     parseSerial,
 )
-from ekey.skein import prepared
+from ekey.core.skein import prepared
 
 #: The serial number C{ekey-sim} uses unless told otherwise: the twelve ASCII
 #: bytes C{SIMULATOR-01}, C{U0lNVUxBVE9SLTAx} in PEM, so that it is
@@ -956,7 +956,7 @@ def _serve(reactor, args: argparse.Namespace, key: SimulatedKey, endpoint):
     @return: a L{Deferred} that fails with C{SystemExit(2)} if the key
         cannot be served, and otherwise never fires.
     """
-    log = Logger(namespace="ekey.simulator")
+    log = Logger(namespace="ekey.services.simulator")
     log.warn("This key is SIMULATED: it is not a source of entropy")
     log.info(
         "Simulated key {serial}, {rate} entropy frames/s, faults: {faults}",

@@ -16,7 +16,7 @@ from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from ekey.kernel import (
+from ekey.core.kernel import (
     DEFAULT_BYTES,
     DEFAULT_INTERVAL,
     DEFAULT_SHANNONS_PER_BYTE,
@@ -25,7 +25,7 @@ from ekey.kernel import (
     LinuxKernel,
     countsEntropy,
 )
-from ekey.pool import EntropyPool
+from ekey.core.pool import EntropyPool
 
 
 def fetchFromPool(pool: EntropyPool, n: int):
@@ -182,7 +182,7 @@ def main(argv=None, reactor=None):
     from twisted.logger import globalLogBeginner, textFileLogObserver
     from twisted.python.usage import UsageError
 
-    from ekey.tap import Options, makeService
+    from ekey.services.tap import Options, makeService
 
     args = _parser().parse_args(argv)
     high = max(2048, 4 * args.bytes)

@@ -26,8 +26,8 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from ekey.egd import MAX_READ, ReadBlocking, encodeRequest
-from ekey.pool import EntropyPool
+from ekey.core.egd import MAX_READ, ReadBlocking, encodeRequest
+from ekey.core.pool import EntropyPool
 
 #: Blocking reads each upstream connection keeps in flight, at most (the
 #: watermarks usually bound them first; an upstream stops reading a

@@ -25,15 +25,15 @@ from typing import Callable, List, Optional
 from twisted.internet import defer, task
 from twisted.internet.protocol import Factory, Protocol
 
-from ekey.frames import (
+from ekey.core.errors import RemoteProtocolError
+from ekey.core.frames import (
     FrameReader,
     Packet,
-    RemoteProtocolError,
     computeMAC,
     parseFrame,
     pemEncode,
 )
-from ekey.keyring import (
+from ekey.core.keyring import (
     DEFAULT_KEYRING,
     KEY_LENGTH,
     Keyring,
@@ -41,8 +41,8 @@ from ekey.keyring import (
     formatSerial,
     parseSecret,
 )
-from ekey.session import NONCE_LENGTH, RESET, ZERO_KEY, EntropyReceived, KeySession
-from ekey.skein import prepared
+from ekey.core.session import NONCE_LENGTH, RESET, ZERO_KEY, EntropyReceived, KeySession
+from ekey.core.skein import prepared
 
 
 def crc8(data: bytes) -> int:
@@ -283,7 +283,7 @@ async def rekeyDevice(reactor, path: str, exchange: LongTermRekey, keyring: Keyr
 
     @return: the exit status for C{ekey-rekey}.
     """
-    from ekey.device import KeyDeviceEndpoint
+    from ekey.services.device import KeyDeviceEndpoint
 
     out = out or sys.stdout
     protocol = _RekeyProtocol(exchange)
@@ -366,8 +366,8 @@ def main(argv=None, reactor=None) -> int:
     @return: the exit status: 0 done, 1 the key refused or did not answer,
         2 bad usage or configuration.
     """
-    from ekey.device import KeyPathError, checkKeyPath
-    from ekey.keyring import parseSerial
+    from ekey.services.device import KeyPathError, checkKeyPath
+    from ekey.core.keyring import parseSerial
 
     args = _parser().parse_args(argv)
     try:

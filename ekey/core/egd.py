@@ -22,7 +22,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Deque, List, Union
 
-from ekey.frames import LocalProtocolError, RemoteProtocolError
+from ekey.core.errors import LocalProtocolError, RemoteProtocolError
 
 GET_LEVEL = 0x00
 READ = 0x01

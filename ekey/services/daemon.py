@@ -26,12 +26,12 @@ class Daemon(Service):
     """
     The daemon's parts, and a sampler of its entropy rate.
 
-    @ivar keys: the L{ekey.keys.KeyManager}.
-    @ivar pool: the L{ekey.pool.EntropyPool}.
-    @ivar pullPolicy: the L{ekey.upstream.PullPolicy}, or C{None} without
+    @ivar keys: the L{ekey.services.keys.KeyManager}.
+    @ivar pool: the L{ekey.core.pool.EntropyPool}.
+    @ivar pullPolicy: the L{ekey.services.upstream.PullPolicy}, or C{None} without
         upstreams.
     @ivar listeners: C{(endpoint description, EGDServerFactory)} pairs.
-    @ivar kernelFeeder: the L{ekey.feeder.KernelFeeder}, or C{None}.
+    @ivar kernelFeeder: the L{ekey.services.feeder.KernelFeeder}, or C{None}.
     @ivar sinks: the file sinks.
     @ivar history: C{(time, bytes in per second)} samples, oldest first.
     """
@@ -87,7 +87,7 @@ class Daemon(Service):
     @property
     def upstreams(self) -> list:
         """
-        The L{ekey.upstream.Upstream}s, possibly none.
+        The L{ekey.services.upstream.Upstream}s, possibly none.
         """
         return list(self.pullPolicy.upstreams) if self.pullPolicy is not None else []
 

@@ -13,9 +13,9 @@ from typing import Dict, List, Optional
 from twisted.application.service import MultiService
 from twisted.logger import Logger
 
-from ekey.device import KeyPathError, KeyService, checkKeyPath
-from ekey.keyring import Keyring, KeyringError, formatSerial
-from ekey.session import KeyState
+from ekey.services.device import KeyPathError, KeyService, checkKeyPath
+from ekey.core.keyring import Keyring, KeyringError, formatSerial
+from ekey.core.session import KeyState
 
 
 class KeyNotFound(LookupError):

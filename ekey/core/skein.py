@@ -128,7 +128,7 @@ def _generateThreefish():
     w = names
     lines.append(f"    return ({w[0]} ^ p0, {w[1]} ^ p1, {w[2]} ^ p2, {w[3]} ^ p3)")
     namespace: dict = {}
-    exec(compile("\n".join(lines), "<ekey.skein threefish256>", "exec"), namespace)
+    exec(compile("\n".join(lines), "<ekey.core.skein threefish256>", "exec"), namespace)
     return namespace["threefish"]
 
 
