@@ -17,13 +17,13 @@ What is measured
     ekey N       A fast source -> daemon A (big pool) -> N ekey relays, each
                  pulling from the one before over TLS (client certificates,
                  names checked) and serving mtls:, the last also serving plain
-                 TCP to the client.  N = 0 is A itself.  The relays' watermarks
-                 are sized for a fast upstream (--watermarks, pool twice the
-                 high one): a relay keeps at most its high watermark in its
-                 pool and in flight together, so its throughput is at most
-                 the high watermark per round trip (doc/relays.md).
-    ekey N dflt  The same chain with the relays' default watermarks (64 KiB,
-                 256 KiB): what a relay gives before any tuning.
+                 TCP to the client.  N = 0 is A itself.  The relays run at
+                 their default settings (watermarks included).
+    ekey N tuned With --tuned: the same chain with the relays' watermarks
+                 sized for a fast upstream (--watermarks, pool twice the high
+                 one): a relay keeps at most its high watermark in its pool
+                 and in flight together, so its throughput is at most the
+                 high watermark per round trip (doc/relays.md).
     stunnel N    The same N TLS links made by stunnel (mutual TLS, names
                  checked) in front of A's plain TCP port: per hop one stunnel
                  process holding a server service (TLS in, plain out towards
@@ -52,8 +52,17 @@ Latency: with the pools full (the last hop's level checked first), one
 client sends --samples blocking 32-byte reads one after another and times
 each; "added per hop" is (pN - p0) / N against 0 hops in the same run.
 
-Targets: ekey throughput at least stunnel's at each hop count (the 'ekey N'
-rows); ekey's added p99 latency per hop under 2 ms on loopback.
+Every case is measured --repeats times (default 5), the cases interleaved:
+each repeat builds and measures every chain length of every kind in turn,
+the kinds' order rotating between repeats.  Figures are medians with their
+min-max; the ratio to stunnel is taken pair by pair within a repeat.
+--output FILE writes the result (machine, date, command, table) as Markdown;
+figures quoted in the README and doc/ come from such files, committed under
+benchmarks/results/.
+
+Targets (judged on medians, at default settings): ekey throughput at least
+stunnel's at each hop count; ekey's added p99 latency per hop under 2 ms on
+loopback.
 
 This is a benchmark, not a test: it prints figures and asserts nothing.
 Every process it starts is stopped by its id before it exits.
@@ -434,67 +443,96 @@ def fmt(value, spec: str, none: str = "-") -> str:
     return none if value is None else format(value, spec)
 
 
-def measure(bench: Bench, label: str, port: int, pids: Dict[str, int], args,
-            doLatency: bool = True) -> dict:
-    row = {"label": label}
-    if doLatency:
-        level = waitLevel(port, 16384, 8.0)
-        row["levelBefore"] = level
-        row.update(latency(port, args.samples))
+def measure(bench: Bench, port: int, pids: Dict[str, int], args) -> dict:
+    level = waitLevel(port, 16384, 8.0)
+    row = {"levelBefore": level}
+    row.update(latency(port, args.samples))
     row.update(throughput(port, args.duration, args.warmup, pids, args.pipeline))
     return row
 
 
-def printRows(rows: List[dict]) -> None:
-    print()
-    print(f"{'chain':<24} {'hops':>4} {'KiB/s':>9} {'p50 ms':>7} {'p99 ms':>7} "
-          f"{'+p50/hop':>8} {'+p99/hop':>8}  cpu % of a core in the window")
-    base = {r["kind"]: r for r in rows if r.get("hops") == 0}
-    zero = base.get("ekey")  # A direct
-    for r in rows:
-        hops = r.get("hops")
-        addP50 = addP99 = None
-        if zero and hops and r.get("p50") is not None and zero.get("p50") is not None:
-            addP50 = (r["p50"] - zero["p50"]) / hops
-            addP99 = (r["p99"] - zero["p99"]) / hops
-        cpu = " ".join(f"{k}={v:.0f}" for k, v in r.get("cpu", {}).items())
-        note = ""
-        if r.get("stalled"):
-            note = f"  STALLED after {r['total']} bytes"
-        if r.get("timeouts"):
-            note += f"  latency: {r['n']} reads then a 1 s time-out"
-        print(f"{r['label']:<24} {fmt(hops, 'd'):>4} {r['bps'] / 1024:>9.1f} "
-              f"{fmt(r.get('p50'), '.2f'):>7} {fmt(r.get('p99'), '.2f'):>7} "
-              f"{fmt(addP50, '+.2f'):>8} {fmt(addP99, '+.2f'):>8}  {cpu}{note}")
+def median(values: List[float]) -> Optional[float]:
+    """
+    @return: the median of C{values} (the mean of the middle two for an even
+        count), or C{None} for none.
+    """
+    values = sorted(v for v in values if v is not None)
+    if not values:
+        return None
+    middle = len(values) // 2
+    return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2
 
 
-def printTargets(rows: List[dict]) -> None:
-    print()
-    print("Targets:")
-    theirs = {r["hops"]: r for r in rows if r["kind"] == "stunnel"}
-    zero = {r["hops"]: r for r in rows if r["kind"] == "ekey"}.get(0)
-    defaults = {r["hops"]: r for r in rows if r["kind"] == "ekey-default"}
-    for kind in ("ekey",):
-        ours = {r["hops"]: r for r in rows if r["kind"] == kind}
-        for hops in sorted(h for h in ours if h and h in theirs):
-            o, t = ours[hops], theirs[hops]
-            ratio = o["bps"] / t["bps"] if t["bps"] else float("inf")
-            note = ""
-            if hops in defaults and t["bps"]:
-                note = f"; default watermarks {defaults[hops]['bps'] / t['bps']:.2f}x"
-            print(f"  {kind:<8} throughput, {hops} hop(s): {o['bps'] / 1024:.0f} KiB/s vs stunnel "
-                  f"{t['bps'] / 1024:.0f} KiB/s = {ratio:.2f}x  "
-                  f"{'MET' if ratio >= 1.0 else 'NOT MET'} (target >= 1x{note})")
-        for hops in sorted(h for h in ours if h):
-            o = ours[hops]
-            if zero and o.get("p99") is not None and zero.get("p99") is not None:
-                added = (o["p99"] - zero["p99"]) / hops
-                print(f"  {kind:<8} added p99 per hop, {hops} hop(s): {added:+.2f} ms  "
-                      f"{'MET' if added < TARGET_P99_PER_HOP_MS else 'NOT MET'} "
-                      f"(target < {TARGET_P99_PER_HOP_MS:g} ms)")
-            elif o.get("p99") is None:
-                print(f"  {kind:<8} added p99 per hop, {hops} hop(s): no latency figure "
-                      "(the chain stalled)  NOT MET")
+def spread(values: List[float], spec: str, scale: float = 1.0) -> str:
+    """
+    @return: "median (min-max)" of C{values} scaled, or "-".
+    """
+    values = [v / scale for v in values if v is not None]
+    if not values:
+        return "-"
+    return (f"{format(median(values), spec)} ({format(min(values), spec)}-"
+            f"{format(max(values), spec)})")
+
+
+KINDS = {"ekey": "ekey (default watermarks)", "ekey-tuned": "ekey (--watermarks)",
+         "stunnel": "stunnel"}
+
+
+def table(cases: Dict[tuple, List[dict]], hops: int) -> List[str]:
+    """
+    The results as a Markdown table: per chain, throughput and latency as
+    median (min-max) over the repeats, and each ekey chain's ratio to the
+    stunnel chain of the same length, taken pair by pair (the two measured
+    one after the other in the same repeat).
+    """
+    lines = ["| chain | hops | MiB/s | p50 ms | p99 ms | added p99 ms/hop | / stunnel (paired) |",
+             "|---|---|---|---|---|---|---|"]
+    zero = cases.get(("ekey", 0), [])
+    for kind in KINDS:
+        for h in range(0, hops + 1):
+            runs = cases.get((kind, h))
+            if not runs:
+                continue
+            added = []
+            for i, r in enumerate(runs):
+                if h and i < len(zero) and r.get("p99") is not None and zero[i].get("p99") is not None:
+                    added.append((r["p99"] - zero[i]["p99"]) / h)
+            ratios = []
+            theirs = cases.get(("stunnel", h), [])
+            if kind != "stunnel":
+                ratios = [r["bps"] / t["bps"] for r, t in zip(runs, theirs) if t["bps"]]
+            lines.append(
+                f"| {KINDS[kind]} | {h} | {spread([r['bps'] for r in runs], '.1f', 1 << 20)} "
+                f"| {spread([r.get('p50') for r in runs], '.2f')} "
+                f"| {spread([r.get('p99') for r in runs], '.2f')} "
+                f"| {spread(added, '+.2f')} | {spread(ratios, '.2f') if ratios else '-'} |")
+    return lines
+
+
+def targets(cases: Dict[tuple, List[dict]], hops: int) -> List[str]:
+    """
+    The targets, judged on medians: at default watermarks a relay chain
+    carries at least what the stunnel chain does, and adds under
+    L{TARGET_P99_PER_HOP_MS} of p99 latency per hop.
+    """
+    lines = []
+    for h in range(1, hops + 1):
+        ours, theirs = cases.get(("ekey", h), []), cases.get(("stunnel", h), [])
+        ratios = [r["bps"] / t["bps"] for r, t in zip(ours, theirs) if t["bps"]]
+        if ratios:
+            m = median(ratios)
+            lines.append(f"- throughput, {h} hop(s), default watermarks: median ratio "
+                         f"{m:.2f}x stunnel ({min(ratios):.2f}-{max(ratios):.2f}), "
+                         f"{'MET' if m >= 1.0 else 'NOT MET'} (target >= 1x)")
+        zero = cases.get(("ekey", 0), [])
+        added = [(r["p99"] - z["p99"]) / h for r, z in zip(ours, zero)
+                 if r.get("p99") is not None and z.get("p99") is not None]
+        if added:
+            m = median(added)
+            lines.append(f"- added p99 per hop, {h} hop(s): median {m:+.2f} ms, "
+                         f"{'MET' if m < TARGET_P99_PER_HOP_MS else 'NOT MET'} "
+                         f"(target < {TARGET_P99_PER_HOP_MS:g} ms)")
+    return lines
 
 
 def keyRate(bench: Bench, args) -> List[dict]:
@@ -545,15 +583,24 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=1000,
                         help="32-byte reads per latency case (default 1000)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="measure every case this many times, interleaved (default 5)")
+    parser.add_argument("--tuned", action="store_true",
+                        help="also measure ekey chains with --watermarks (not the defaults)")
+    parser.add_argument("--output", metavar="FILE",
+                        help="also write the result (machine, date, command, table) to FILE, "
+                             "such as benchmarks/results/relay-DATE.md")
     parser.add_argument("--pipeline", type=int, default=PIPELINE,
                         help=f"blocking reads the throughput client keeps in flight "
                              f"(default {PIPELINE})")
     parser.add_argument("--watermarks", default="1048576:2097152", metavar="LOW:HIGH",
-                        help="the relays' --low-water and --high-water in the 'ekey N' rows, "
+                        help="with --tuned, the relays' --low-water and --high-water, "
                              "their pool twice HIGH (default 1048576:2097152)")
     args = parser.parse_args()
     if not 0 <= args.hops <= 6:
         parser.error("--hops must be from 0 to 6")
+    if not 1 <= args.repeats <= 50:
+        parser.error("--repeats must be from 1 to 50")
     if not 1 <= args.pipeline <= 4096:
         parser.error("--pipeline must be from 1 to 4096")
     try:
@@ -570,51 +617,78 @@ def main() -> None:
           f"stunnel {'at ' + bench.stunnel if bench.stunnel else 'NOT INSTALLED'}; "
           f"--duration {args.duration:g} --hops {args.hops} --samples {args.samples} "
           f"--pipeline {args.pipeline} --watermarks {args.watermarks}")
-    rows: List[dict] = []
+    cases: Dict[tuple, List[dict]] = {}
+    keyRows: List[dict] = []
     try:
         bench.makeCertificates()
-        rows.extend(keyRate(bench, args))
+        keyRows = keyRate(bench, args)
         bench.startSource()
         bench.startA()
         pidsA = {"A": bench.a.pid, "src": bench.source.pid}
-
-        def chainRow(kind: str, label: str, hops: int, build) -> None:
-            port, pids, chain = build(hops)
-            pids.update(pidsA)
-            row = measure(bench, label, port, pids, args)
-            row.update(kind=kind, hops=hops)
-            rows.append(row)
-            for p in reversed(chain):
-                bench.procs.stop(p)
-
-        for hops in range(0, args.hops + 1):
-            chainRow("ekey", f"ekey {hops}" + (" (A direct)" if hops == 0 else ""), hops,
-                     lambda h: bench.ekeyChain(h, watermarks))
-        for hops in range(1, args.hops + 1):
-            chainRow("ekey-default", f"ekey {hops} dflt", hops,
-                     lambda h: bench.ekeyChain(h, None))
-        if bench.stunnel:
-            for hops in range(1, args.hops + 1):
-                chainRow("stunnel", f"stunnel {hops}", hops, bench.stunnelChain)
+        builders = {"ekey": lambda h: bench.ekeyChain(h, None),
+                    "ekey-tuned": lambda h: bench.ekeyChain(h, watermarks),
+                    "stunnel": bench.stunnelChain}
+        order = ["ekey", "stunnel"] + (["ekey-tuned"] if args.tuned else [])
+        if not bench.stunnel:
+            order.remove("stunnel")
+        for repeat in range(args.repeats):
+            # Interleaved: every chain length and kind once per repeat, the
+            # kinds' order rotating from one repeat to the next, so that a
+            # drift in the machine's speed falls on every kind alike.
+            rotated = order[repeat % len(order):] + order[:repeat % len(order)]
+            for hops in range(0, args.hops + 1):
+                for kind in (["ekey"] if hops == 0 else rotated):
+                    port, pids, chain = builders[kind](hops)
+                    pids.update(pidsA)
+                    row = measure(bench, port, pids, args)
+                    cases.setdefault((kind, hops), []).append(row)
+                    for p in reversed(chain):
+                        bench.procs.stop(p)
+                    print(f"  repeat {repeat + 1}/{args.repeats} {kind} {hops}: "
+                          f"{row['bps'] / (1 << 20):.1f} MiB/s"
+                          + (" STALLED" if row.get("stalled") else ""), flush=True)
     finally:
         bench.stopAll()
         if args.keep:
             print(f"kept {directory}")
         else:
             shutil.rmtree(directory, ignore_errors=True)
-    printRows(rows)
-    printTargets(rows)
+    command = "python3 benchmarks/bench_relay.py " + " ".join(sys.argv[1:])
+    report = [
+        f"# bench_relay, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+        "",
+        f"- command: `{command.strip()}`",
+        f"- machine: {platform.machine()}, {os.cpu_count()} cores, {platform.system()} "
+        f"{platform.release()}, Python {platform.python_version()}, "
+        f"{stunnelVersion(bench.stunnel)}",
+        f"- each case {args.repeats} times, interleaved; throughput window {args.duration:g} s "
+        f"after {args.warmup:g} s, client pipeline {args.pipeline}; latency {args.samples} "
+        f"blocking 32-byte reads; tuned watermarks {args.watermarks}",
+        "- figures: median (min-max) over the repeats",
+        "",
+    ] + table(cases, args.hops) + [""]
+    for row in keyRows:
+        report.append(f"- {row['label']}: {row['bps'] / 1024:.1f} KiB/s (one key at "
+                      "--rate 0, decoded by the pure-Python session)")
+    report += ["", "Targets:", ""] + targets(cases, args.hops) + [
+        "", f"Whole run: {time.monotonic() - started:.0f} s."]
+    text = "\n".join(report) + "\n"
     print()
-    print("Notes: 'key -> K' is one simulated key at --rate 0 decoded by the pure-Python session:")
-    print("the ceiling of any chain fed by one key today; '-> R' adds one relay pulling from K.")
-    print("'ekey N' rows are fed by a fast source through daemon A, the relays' watermarks")
-    print("from --watermarks; 'ekey N dflt' rows are the same chains with default watermarks.")
-    print("Latency is the client's view of a 32-byte 0x02 read on the last hop (its pool full")
-    print("for ekey; for stunnel every read travels to A). +p50/hop, +p99/hop: (pN - p0) / N")
-    print("against 'ekey 0'. cpu: A = daemon A,")
-    print("src = the fast source, R<i> = ekey relays, S<i> = stunnel processes, K/sim = key row,")
-    print("client = this script's reading client.")
-    print(f"Whole run: {time.monotonic() - started:.0f} s.")
+    print(text)
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(text)
+        print(f"written to {args.output}")
+
+
+def stunnelVersion(path: Optional[str]) -> str:
+    if not path:
+        return "stunnel not installed"
+    result = subprocess.run([path, "-version"], capture_output=True, text=True, timeout=10)
+    for line in (result.stdout + result.stderr).splitlines():
+        if line.startswith("stunnel "):
+            return " ".join(line.split()[:2])
+    return "stunnel (version unknown)"
 
 
 if __name__ == "__main__":
