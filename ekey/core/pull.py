@@ -4,9 +4,18 @@ How a relay shares its demand among its upstreams: a policy that knows
 nothing of sockets.
 
 One L{PullPolicy} serves every upstream of a daemon.  When the pool falls
-below the refill point it starts a refill: it asks for bytes until the pool
-plus what is asked for and not yet received reaches the high watermark,
-then stops until the pool falls again.  Each upstream taking part is a
+below the refill point a refill starts: the policy asks, in whole blocks,
+for what the pool plus what is on its way from delivering upstreams lacks
+of the high watermark, and asks again as bytes arrive, until the pool
+itself holds the high watermark (to within a block); then it stops until
+the pool falls again.  Bytes under test (an upstream's health tests hold
+them until a whole FIPS 140-2 block has passed) do not count towards the
+high watermark, so the pool may end a refill above it by what the tests
+held back (a FIPS block and an adaptive proportion window per upstream,
+about 3 KiB); never above its capacity, since the policy never asks for
+more than the pool has room for, counting every byte asked of anybody or
+under test.  (The pool should therefore be at least that much larger than
+the refill point.)  Each upstream taking part is a
 I{member} (an object with a C{pull(n)} method, which sends blocking reads
 for C{n} bytes and says so with L{PullPolicy.requested}); the adapter tells
 the policy what happens to it, and the policy owns all the accounting:
@@ -33,15 +42,15 @@ Stalls.  A member that has been asked for bytes and has delivered nothing
 for C{stallTimeout} seconds (by the injected clock) is I{stalled}: what it
 holds no longer counts towards the refill, so the same demand is asked of
 the others at once.  Its reads stay pending (EGD cannot cancel a blocking
-read), so when it delivers again it is a member like the others; the
-policy never asks for more than the pool has room for, counting every
-byte asked of anybody, so late bytes are never refused.
+read), so when it delivers again it is a member like the others; since
+the policy never asks for more than the pool has room for, its late bytes
+are never refused.
 
-Losses.  A lost connection's demand is asked of the others at once: a
-refill that had asked for everything is resumed.  Bytes already received
-from it stay where they are (in the pool if they had passed their tests):
-the policy only ever re-issues demand, never bytes, so nothing is counted
-or served twice and nothing is made up.
+Losses.  A lost connection's demand is asked of the others at once (the
+refill is not over until the pool itself is full).  Bytes that had passed
+its tests stay in the pool; bytes still under test are discarded with the
+connection.  The policy only ever re-issues demand, never bytes, so
+nothing is counted or served twice and nothing is made up.
 
 Priorities.  Each member has a priority, a number, lower first (0 by
 default; C{--upstream tcp:host:8888:priority=1} sets it).  Only the members
@@ -115,7 +124,8 @@ class PullPolicy:
     @ivar refillAt: the level below which pulling starts now, between the
         low watermark and the high one.
     @ivar ranDry: refills during which readers emptied the pool.
-    @ivar filling: whether a refill is still asking for bytes.
+    @ivar filling: whether a refill is under way (from the level falling
+        below the refill point until it reaches the high watermark).
     """
 
     log = Logger()
@@ -149,8 +159,6 @@ class PullPolicy:
         self.refillAt = lowWater
         self.ranDry = 0
         self._dry = False
-        # From the start of a refill until every byte it asked for arrived.
-        self._awaiting = True
         self._step = max(READ_SIZE, (highWater - lowWater) // 4)
         self._wasDown = False
         pool.observeLevel(self._levelChanged)
@@ -219,9 +227,6 @@ class PullPolicy:
         ledger.inFlight -= n
         ledger.testing += n
         ledger.lastProgress = self.clock.seconds()
-        if self._awaiting and not self.filling and not ledger.inFlight \
-                and not self._counted()[0]:
-            self._refillDone()
         if ledger.stalled:
             ledger.stalled = False
             self.log.info("Upstream {upstream} delivers again", upstream=ledger.name)
@@ -250,8 +255,7 @@ class PullPolicy:
         self._cancelTimer(ledger)
         self._stateChanged()
         if lostDemand:
-            self._resume()
-        self.kick()
+            self.kick()
 
     def inFlightOf(self, member) -> int:
         """
@@ -301,7 +305,6 @@ class PullPolicy:
             "Upstream {upstream} delivered nothing for {timeout} s: asking the others "
             "for its {held} bytes", upstream=ledger.name, timeout=self.stallTimeout,
             held=ledger.inFlight)
-        self._resume()
         self.kick()
 
     # Demand ----------------------------------------------------------------------------
@@ -335,10 +338,7 @@ class PullPolicy:
         want = min(self.highWater - level - active, self.pool.capacity - level - committed)
         # Whole blocks only, so that blocks stay whole along a chain.
         want -= want % BLOCK_SIZE
-        if want <= 0:
-            self.filling = False
-            return 0
-        return want
+        return max(0, want)
 
     def allocate(self) -> List[Tuple[object, int]]:
         """
@@ -381,19 +381,8 @@ class PullPolicy:
         """
         for member, n in self.allocate():
             member.pull(n)
-        if self.filling:
-            # A refill that has now asked for everything ends here.
-            self.wanted()
-
-    def _resume(self) -> None:
-        # Demand was lost (a connection went, a member stalled): a refill
-        # that had asked for everything is under way again.
-        self.filling = True
 
     def _refillDone(self) -> None:
-        # Every byte the refill asked of members that deliver arrived:
-        # move the refill point.
-        self._awaiting = False
         if self._dry:
             self.ranDry += 1
             self.refillAt = min(self.highWater - min(READ_SIZE, self.highWater - self.lowWater),
@@ -403,13 +392,15 @@ class PullPolicy:
         self._dry = False
 
     def _levelChanged(self, pool: EntropyPool) -> None:
-        if self._awaiting and not pool.level and self.inFlight:
-            self._dry = True
-        if not self.filling and pool.level < self.refillAt:
-            # A refill starts, or one whose bytes are on their way asks for
-            # what readers took meanwhile.
+        if self.filling:
+            if not pool.level and self.inFlight:
+                self._dry = True
+            if pool.level > self.highWater - BLOCK_SIZE:
+                # Nothing more to ask for in whole blocks: the refill is over.
+                self.filling = False
+                self._refillDone()
+        elif pool.level < self.refillAt:
             self.filling = True
-            self._awaiting = True
             self.kick()
 
     # Up and down -----------------------------------------------------------------------

@@ -154,6 +154,9 @@ class UpstreamProtocol(Protocol):
             received = b"".join([reply.value for reply in replies])
             self._asked -= len(received)
             self.upstream.received(self, received)
+        else:
+            # Part of a reply: the upstream is delivering, however slowly.
+            self.upstream.heard()
 
     def drop(self, reason: str) -> None:
         """
@@ -197,6 +200,8 @@ class Upstream(Factory):
     @ivar description: the endpoint string (without C{priority=}).
     @ivar priority: lower is asked first.
     @ivar connection: the connected L{UpstreamProtocol}, or C{None}.
+    @ivar bytesRequested: bytes asked of it.
+    @ivar bytesReceived: of those, bytes received (before the health tests).
     @ivar bytesPulled: bytes received from it, tested and added to the pool.
     @ivar bytesRefused: of those, bytes the pool had no room for.
     @ivar connections: connections made to it.
@@ -220,6 +225,8 @@ class Upstream(Factory):
         self.policy = policy
         self.connection: Optional[UpstreamProtocol] = None
         self.connecting = False
+        self.bytesRequested = 0
+        self.bytesReceived = 0
         self.bytesPulled = 0
         self.bytesRefused = 0
         self.connections = 0
@@ -296,7 +303,14 @@ class Upstream(Factory):
         """
         The connection asked for C{n} more bytes.
         """
+        self.bytesRequested += n
         self.policy.requested(self, n)
+
+    def heard(self) -> None:
+        """
+        Part of a reply arrived.
+        """
+        self.policy.received(self, 0)
 
     def received(self, connection: UpstreamProtocol, data: bytes) -> None:
         """
@@ -304,6 +318,7 @@ class Upstream(Factory):
         passed to the pool, and ask for more if more is wanted.
         """
         policy = self.policy
+        self.bytesReceived += len(data)
         policy.received(self, len(data))
         released = connection.monitor.feed(data)
         if connection.monitor.failure is not None:
