@@ -579,6 +579,23 @@ class UpstreamServiceTests(unittest.TestCase):
         self.assertRaises(ValueError, UpstreamService, "ssl:relay.example:8888", policy,
                           reactor=MemoryReactorClock())
 
+    def test_plainTCPAcrossANetworkWarnedAtStart(self):
+        """
+        Starting an upstream service for plain TCP to a host other than
+        loopback logs a warning naming it.
+        """
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        reactor = MemoryReactorClock()
+        policy = PullPolicy(EntropyPool(4096), 100, 200, reactor=reactor)
+        service = UpstreamService("tcp:192.0.2.7:8888", policy, reactor=reactor)
+        service.startService()
+        self.addCleanup(service.stopService)
+        warnings = [e["caution"] for e in events if "caution" in e]
+        self.assertEqual(len(warnings), 1)
+        self.assertIn("192.0.2.7", warnings[0])
+
     def test_priorityNotPassedToTheEndpoint(self):
         """
         C{priority=} is the relay's own: the endpoint is made without it.

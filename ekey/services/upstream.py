@@ -406,7 +406,12 @@ class UpstreamService(ClientService):
     """
     Keep one upstream connected, reconnecting with backoff (one second
     doubling to thirty, with jitter).
+
+    @ivar warnings: what L{checkUpstreamDescription} found to warn about,
+        logged when the service starts.
     """
+
+    log = Logger()
 
     def __init__(self, description: str, policy: pull.PullPolicy, reactor=None):
         """
@@ -420,7 +425,7 @@ class UpstreamService(ClientService):
 
         if reactor is None:
             from twisted.internet import reactor
-        checkUpstreamDescription(description)
+        self.warnings = checkUpstreamDescription(description)
         self.upstream = Upstream(description, policy)
         ClientService.__init__(
             self,
@@ -431,3 +436,8 @@ class UpstreamService(ClientService):
             clock=reactor,
         )
         self.setName(f"upstream:{description}")
+
+    def startService(self):
+        for warning in self.warnings:
+            self.log.warn("{caution}", caution=warning)
+        ClientService.startService(self)
