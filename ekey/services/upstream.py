@@ -100,7 +100,6 @@ class UpstreamProtocol(Protocol):
         self.upstream = upstream
         self.monitor = HealthMonitor()
         self._parser = EGDClientParser()
-        self._asked = 0
         self._up = False
         self.connected = False
         self.dropReason: Optional[str] = None
@@ -120,7 +119,7 @@ class UpstreamProtocol(Protocol):
         """
         Bytes asked for and not yet received.
         """
-        return self._asked
+        return self.upstream.policy.inFlightOf(self.upstream) if self._up else 0
 
     def pull(self, n: int) -> None:
         """
@@ -138,7 +137,6 @@ class UpstreamProtocol(Protocol):
             last = ReadBlocking(rest)
             parser.sent(last)
             requests += encodeRequest(last)
-        self._asked += n
         self.upstream.requested(n)
         self.transport.write(requests)
 
@@ -148,12 +146,12 @@ class UpstreamProtocol(Protocol):
         try:
             replies = self._parser.receiveData(data)
         except RemoteProtocolError as e:
+            self.log.warn("Upstream {upstream} broke the EGD protocol ({reason}); "
+                          "disconnecting", upstream=self.upstream.description, reason=str(e))
             self.drop(f"it broke the EGD protocol: {e}")
             return
         if replies:
-            received = b"".join([reply.value for reply in replies])
-            self._asked -= len(received)
-            self.upstream.received(self, received)
+            self.upstream.received(self, b"".join([reply.value for reply in replies]))
         else:
             # Part of a reply: the upstream is delivering, however slowly.
             self.upstream.heard()
@@ -170,7 +168,6 @@ class UpstreamProtocol(Protocol):
 
     def connectionLost(self, reason):
         self.connected = False
-        self._asked = 0
         if self.upstream.connection is self:
             self.upstream.disconnected(self, reason)
         else:
