@@ -1,15 +1,16 @@
 """
-Tests for L{ekey.services.upstream}: relays pulling from upstream EGD servers, in
-memory (and, for socket options, on loopback).
+Tests for L{ekey.services.upstream}: relays pulling from upstream EGD
+servers, in memory (and, for socket options, on loopback).
 """
 
 import os
+import random
 import socket
 
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import Clock, deferLater
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import globalLogPublisher
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
@@ -18,45 +19,213 @@ from twisted.trial import unittest
 
 from ekey.cli import certs
 from ekey.core.pool import EntropyPool
+from ekey.core.units import BLOCK_SIZE
+from ekey.core.upstreamstatus import UpstreamState, UpstreamStatus
 from ekey.services.server import EGDServerFactory
-from ekey.services.upstream import MAX_PIPELINE, READ_SIZE, PullPolicy, Upstream, UpstreamService
+from ekey.services.upstream import PullPolicy, Upstream, UpstreamService
 
 
-def stream(n):
-    return bytes(i * 7 % 256 for i in range(n))
-
-
-class RelayTests(unittest.TestCase):
+def randomStream(seed, n):
     """
-    An upstream fills the relay's pool between its watermarks.
+    @return: C{n} seeded random bytes (which pass the health tests).
+    """
+    return random.Random(seed).randbytes(n)
+
+
+def traceStreams(output, streams):
+    """
+    Trace every byte of C{output} to exactly one of C{streams}, once.
+
+    C{output} must be made of runs of whole blocks, each run a contiguous
+    slice of one stream, and the runs from one stream must come in the
+    stream's order without overlapping (gaps are allowed: bytes discarded
+    untested).
+
+    @return: the runs, as C{(stream index, offset, length)}.
+    @raise ValueError: naming the first block that cannot be traced.
+    """
+    cursors = [0] * len(streams)
+    runs = []
+    position = 0
+    while position < len(output):
+        block = output[position : position + BLOCK_SIZE]
+        for index, stream in enumerate(streams):
+            offset = stream.find(block, cursors[index])
+            if offset >= 0:
+                break
+        else:
+            raise ValueError(f"the block at {position} comes from no stream, or again")
+        length = len(block)
+        while (position + length < len(output)
+               and output[position + length : position + length + BLOCK_SIZE]
+               == stream[offset + length : offset + length + BLOCK_SIZE]):
+            length += BLOCK_SIZE
+        length = min(length, len(output) - position)
+        runs.append((index, offset, length))
+        cursors[index] = offset + length
+        position += length
+    return runs
+
+
+def traced(runs, index):
+    """
+    @return: the bytes L{traceStreams} traced to stream C{index}.
+    """
+    return sum(length for i, _, length in runs if i == index)
+
+
+class TraceStreamsTests(unittest.TestCase):
+    """
+    L{traceStreams}, which the relay tests rely on, rejects what did not
+    come from the streams once and in order.
     """
 
     def setUp(self):
-        self.upstreamPool = EntropyPool(1 << 20)
-        self.server = EGDServerFactory(self.upstreamPool, clock=Clock())
-        self.pool = EntropyPool(4096)
-        self.policy = PullPolicy(self.pool, lowWater=1000, highWater=3000)
-        self.upstream = Upstream("tcp:upstream:8888", self.policy)
+        self.a = randomStream(1, 4096)
+        self.b = randomStream(2, 4096)
 
-    def connect(self):
-        server = self.server.buildProtocol(None)
-        client = self.upstream.buildProtocol(None)
-        return client, iosim.connect(
+    def test_interleavedRunsAccepted(self):
+        """
+        Runs of whole blocks from two streams, in each stream's order and
+        with gaps, are traced.
+        """
+        output = self.a[:64] + self.b[:96] + self.a[128:256] + self.b[96:128]
+        self.assertEqual(traceStreams(output, [self.a, self.b]),
+                         [(0, 0, 64), (1, 0, 96), (0, 128, 128), (1, 96, 32)])
+
+    def test_randomBytesRejected(self):
+        """
+        Bytes from neither stream are rejected.
+        """
+        self.assertRaises(ValueError, traceStreams, randomStream(3, 64), [self.a, self.b])
+
+    def test_repeatedBlockRejected(self):
+        """
+        A block served twice is rejected.
+        """
+        output = self.a[:64] + self.a[32:64]
+        self.assertRaises(ValueError, traceStreams, output, [self.a, self.b])
+
+    def test_swappedBlocksRejected(self):
+        """
+        Blocks of one stream out of order are rejected.
+        """
+        output = self.a[32:64] + self.a[:32]
+        self.assertRaises(ValueError, traceStreams, output, [self.a, self.b])
+
+
+class _RelayMixin:
+    """
+    A relay's pool and policy on a L{Clock}, and in-memory upstream EGD
+    servers to connect it to.
+    """
+
+    stallTimeout = 2.0
+
+    def setUp(self):
+        self.clock = Clock()
+        self.pool = EntropyPool(16384)
+        self.policy = PullPolicy(self.pool, lowWater=1000, highWater=3000,
+                                 stallTimeout=self.stallTimeout, reactor=self.clock)
+        self.pumps = {}
+        self.taken = []
+
+    def upstreamServer(self, data=b""):
+        """
+        @return: an upstream EGD server's pool, holding C{data}, and its
+            factory.
+        """
+        pool = EntropyPool(1 << 20)
+        pool.add(data)
+        return pool, EGDServerFactory(pool, clock=self.clock)
+
+    def connect(self, upstream, factory):
+        """
+        Connect C{upstream} to the server C{factory} in memory.
+
+        @return: the relay's L{UpstreamProtocol}.
+        """
+        server = factory.buildProtocol(None)
+        client = upstream.buildProtocol(None)
+        self.pumps[client] = iosim.connect(
             server, iosim.FakeTransport(server, isServer=True),
-            client, iosim.FakeTransport(client, isServer=False))
+            client, iosim.FakeTransport(client, isServer=False), clock=self.clock)
+        return client
+
+    def disconnect(self, client):
+        """
+        Close C{client}'s connection from the relay's side.
+        """
+        client.transport.loseConnection()
+        self.flush()
+        del self.pumps[client]
+
+    def flush(self):
+        """
+        Move bytes on every connection until none moves.
+        """
+        moved = True
+        while moved:
+            moved = False
+            for pump in list(self.pumps.values()):
+                moved = pump.flush() or moved
+
+    def read(self, n):
+        """
+        A reader waits for C{n} bytes of the relay's pool.
+
+        @return: a list the bytes it got are appended to.
+        """
+        got = []
+
+        def deliver(data):
+            got.append(data)
+            self.taken.append(data)
+
+        self.pool.request(n, deliver)
+        return got
+
+    def drain(self):
+        """
+        Take everything the relay's pool holds.
+        """
+        self.taken.append(self.pool.take(self.pool.level))
+
+    def output(self):
+        """
+        @return: everything taken from the relay's pool, in order.
+        """
+        return b"".join(self.taken)
+
+
+class RelayTests(_RelayMixin, unittest.TestCase):
+    """
+    One upstream fills the relay's pool between its watermarks, with bytes
+    that passed the health tests.
+    """
+
+    def setUp(self):
+        _RelayMixin.setUp(self)
+        self.data = randomStream(7, 20000)
+        self.upstreamPool, self.server = self.upstreamServer()
+        self.upstream = Upstream("tcp:upstream:8888", self.policy)
 
     def test_fillsToHighWaterInOrder(self):
         """
-        The relay pulls the upstream's bytes, in order and each once, up to
-        the high watermark and no further.
+        The relay pulls the upstream's bytes, in order and each once, to the
+        high watermark (beyond it by at most what the health tests held
+        back until their block was complete), and the pool never refuses
+        any.
         """
-        data = stream(10000)
-        self.upstreamPool.add(data)
-        client, pump = self.connect()
-        pump.flush()
-        self.assertEqual(self.pool.level, 3000)
-        self.assertEqual(self.pool.take(3000), data[:3000])
-        self.assertEqual(self.upstream.bytesPulled, 3000)
+        self.upstreamPool.add(self.data)
+        self.connect(self.upstream, self.server)
+        self.flush()
+        level = self.pool.level
+        self.assertGreaterEqual(level, 3000 - BLOCK_SIZE)
+        self.assertLessEqual(level, 3000 + 2500)
+        self.assertEqual(self.pool.take(level), self.data[:level])
+        self.assertEqual(self.upstream.bytesPulled, level)
+        self.assertEqual(self.pool.bytesRefused, 0)
         self.assertEqual(self.upstream.state, "up")
 
     def test_pullsAgainBelowLowWater(self):
@@ -64,68 +233,68 @@ class RelayTests(unittest.TestCase):
         Draining the relay's pool below the low watermark makes it pull
         again, continuing the upstream's stream where it stopped.
         """
-        data = stream(10000)
-        self.upstreamPool.add(data)
-        client, pump = self.connect()
-        pump.flush()
-        first = self.pool.take(1500)
-        pump.flush()
-        self.assertEqual(self.pool.level, 1500)
-        more = self.pool.take(600)
-        pump.flush()
-        self.assertEqual(self.pool.level, 3000)
-        rest = self.pool.take(3000)
-        self.assertEqual(first + more + rest, data[:5100])
+        self.upstreamPool.add(self.data)
+        self.connect(self.upstream, self.server)
+        self.flush()
+        first = self.pool.take(self.pool.level - 500)
+        self.flush()
+        self.assertGreaterEqual(self.pool.level, 3000 - BLOCK_SIZE)
+        rest = self.pool.take(self.pool.level)
+        self.assertEqual(first + rest, self.data[:len(first + rest)])
 
     def test_waitsForUpstream(self):
         """
         An upstream with nothing to give leaves blocking reads pending, up
-        to the high watermark and at most the pipeline's worth, and they are
-        answered as bytes arrive.
+        to the high watermark in whole blocks, and they are answered as
+        bytes arrive; bytes reach the pool once a health-test block of them
+        has passed.
         """
-        client, pump = self.connect()
-        pump.flush()
-        self.assertLessEqual(client.outstanding, MAX_PIPELINE * READ_SIZE)
-        # Whole 32-byte blocks up to the high watermark.
+        client = self.connect(self.upstream, self.server)
+        self.flush()
         self.assertEqual(self.policy.inFlight, 2976)
+        self.assertEqual(client.outstanding, 2976)
+        self.upstreamPool.add(self.data[:2000])
+        self.flush()
         self.assertEqual(self.pool.level, 0)
-        self.upstreamPool.add(stream(100))
-        pump.flush()
-        self.assertEqual(self.pool.take(100), stream(100))
+        self.upstreamPool.add(self.data[2000:4000])
+        self.flush()
+        self.assertEqual(self.pool.take(2496), self.data[:2496])
 
-    def test_lostConnectionKeepsPartialRead(self):
+    def test_lostConnectionDiscardsUntestedBytes(self):
         """
-        Bytes of a blocking read cut short by a lost connection are kept in
-        the pool (the upstream handed them to nobody else), and the
-        upstream is marked down with the reason.
+        When a connection is lost, bytes that passed the health tests stay
+        in the pool; those still under test are discarded (never served);
+        the upstream is marked down with the reason.
         """
-        client, pump = self.connect()
-        pump.flush()
-        self.upstreamPool.add(b"x" * 100)
-        pump.flush()
-        self.assertEqual(self.pool.level, 100)
-        self.upstreamPool.add(b"y" * 10)
-        pump.flush()
+        client = self.connect(self.upstream, self.server)
+        self.flush()
+        self.upstreamPool.add(self.data[:3000])
+        self.flush()
+        self.assertEqual(self.pool.level, 2496)
+        self.assertEqual(self.upstream.status().testing, self.upstream.bytesReceived - 2496)
+        self.assertGreater(self.upstream.status().testing, 0)
         client.connectionLost(Failure(ConnectionError("upstream went away")))
-        self.assertEqual(self.pool.take(1000), b"x" * 100 + b"y" * 10)
-        self.assertEqual(self.upstream.state, "down")
-        self.assertIn("went away", self.upstream.lastError)
+        self.assertEqual(self.pool.take(10000), self.data[:2496])
+        status = self.upstream.status()
+        self.assertEqual((status.state, status.inFlight, status.testing),
+                         (UpstreamState.DOWN, 0, 0))
+        self.assertIn("went away", status.lastError)
         self.assertEqual(self.policy.inFlight, 0)
 
     def test_unaskedBytesDisconnect(self):
         """
         An upstream that sends more than was asked for breaks the protocol:
-        nothing it sent beyond that is used, and it is disconnected.
+        nothing it sent is used, and it is disconnected with the reason.
         """
-        from twisted.internet.testing import StringTransport
-
         client = self.upstream.buildProtocol(None)
         transport = StringTransport()
         client.makeConnection(transport)
         asked = client.outstanding
-        client.dataReceived(b"x" * (asked + 1))
+        client.dataReceived(randomStream(1, asked + 1))
         self.assertTrue(transport.disconnecting)
         self.assertEqual(self.pool.level, 0)
+        client.connectionLost(Failure(ConnectionError("closed")))
+        self.assertIn("nobody asked for", self.upstream.lastError)
 
     def test_everyUpstreamDownIsLogged(self):
         """
@@ -135,59 +304,246 @@ class RelayTests(unittest.TestCase):
         events = []
         globalLogPublisher.addObserver(events.append)
         self.addCleanup(globalLogPublisher.removeObserver, events.append)
-        client, pump = self.connect()
-        pump.flush()
+        client = self.connect(self.upstream, self.server)
+        self.flush()
         client.connectionLost(Failure(ConnectionError("gone")))
         texts = [e.get("log_format", "") for e in events]
         self.assertTrue(any("Every upstream is down" in t for t in texts), texts)
 
-    def test_refillStartsEarlierAfterRunningDry(self):
+    def test_requestsUseTheClientParser(self):
         """
-        A refill during which readers emptied the pool makes the next one
-        start earlier (a quarter of the way to the high watermark); one
-        that completes without running dry moves the point back down.  The
-        pool never holds more than the high watermark.
+        Requests are blocking reads of whole blocks, sent in one write.
         """
-        client, pump = self.connect()
-        self.upstreamPool.add(stream(3000))
-        pump.flush()
-        self.assertEqual((self.pool.level, self.policy.refillAt), (3000, 1000))
-        # Below the low watermark with nothing upstream: the refill waits,
-        # and readers empty the pool meanwhile.
-        self.pool.take(2100)
-        pump.flush()
-        self.assertTrue(self.policy.filling)
-        self.pool.take(900)
-        self.upstreamPool.add(stream(20000))
-        pump.flush()
-        self.assertEqual(self.pool.level, 3000)
-        self.assertEqual((self.policy.ranDry, self.policy.refillAt), (1, 1500))
-        # Now a level of 1400 starts a refill, which completes without the
-        # pool running dry: the point goes back to the low watermark.
-        self.pool.take(1600)
-        self.assertTrue(self.policy.filling)
-        pump.flush()
-        self.assertEqual(self.pool.level, 3000)
-        self.assertEqual(self.policy.refillAt, 1000)
-        self.assertFalse(self.policy.filling)
+        client = self.upstream.buildProtocol(None)
+        transport = StringTransport()
+        client.makeConnection(transport)
+        sent = transport.value()
+        self.assertEqual(sent, b"\x02\xe0" * 13 + b"\x02\x40")
+        self.assertEqual(client.outstanding, 13 * 224 + 64)
 
-    def test_refillPointBelowHighWater(self):
-        """
-        However often the pool runs dry, pulling starts at least one read
-        below the high watermark.
-        """
-        client, pump = self.connect()
-        for _ in range(10):
-            self.policy._dry = True
-            self.policy._refillDone()
-        self.assertEqual(self.policy.refillAt, 3000 - READ_SIZE)
 
-    def test_badWatermarks(self):
+class HealthTests(_RelayMixin, unittest.TestCase):
+    """
+    An upstream's bytes pass the same health tests as a key's before they
+    reach the pool.
+    """
+
+    def test_constantStreamFails(self):
         """
-        Watermarks out of order, or above the pool's size, are refused.
+        An upstream serving a constant byte fails the repetition count
+        test: it is disconnected, nothing it sent reaches the pool, and the
+        failure is logged, counted and shown in its status.
         """
-        self.assertRaises(ValueError, PullPolicy, EntropyPool(100), 50, 50)
-        self.assertRaises(ValueError, PullPolicy, EntropyPool(100), 10, 200)
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        _, factory = self.upstreamServer(b"\x00" * 10000)
+        upstream = Upstream("tcp:constant:8888", self.policy)
+        self.connect(upstream, factory)
+        self.flush()
+        status = upstream.status()
+        self.assertEqual(self.pool.bytesIn, 0)
+        self.assertEqual((status.state, status.healthFailures, status.bytesPulled),
+                         (UpstreamState.DOWN, 1, 0))
+        self.assertIn("health tests", status.lastError)
+        self.assertIn("repetition count", status.lastError)
+        self.assertTrue(any("failed the health tests" in e.get("log_format", "")
+                            for e in events))
+
+    def test_randomStreamPasses(self):
+        """
+        An upstream serving good random bytes passes, beside one that
+        fails, and fills the pool alone after the other is dropped.
+        """
+        good = randomStream(5, 50000)
+        _, badFactory = self.upstreamServer(b"\x00" * 10000)
+        _, goodFactory = self.upstreamServer(good)
+        bad = Upstream("tcp:constant:8888", self.policy)
+        upstream = Upstream("tcp:random:8888", self.policy)
+        self.connect(bad, badFactory)
+        self.connect(upstream, goodFactory)
+        self.flush()
+        self.assertEqual(bad.status().healthFailures, 1)
+        self.assertEqual(upstream.status().healthFailures, 0)
+        self.assertGreaterEqual(self.pool.level, 3000 - BLOCK_SIZE)
+        self.drain()
+        self.assertEqual(self.output(), good[:len(self.output())])
+
+
+class SeveralUpstreamsTests(_RelayMixin, unittest.TestCase):
+    """
+    Several upstreams share a relay's demand, take it over from one that
+    stalls or goes, and never bring a byte twice or one that was not asked
+    for.
+    """
+
+    def setUp(self):
+        _RelayMixin.setUp(self)
+        self.streamA = randomStream(10, 200000)
+        self.streamB = randomStream(11, 200000)
+        self.a = Upstream("tcp:a:8888", self.policy)
+        self.b = Upstream("tcp:b:8888", self.policy)
+
+    def checkOutput(self, servers):
+        """
+        Everything the relay served traces to the upstreams' streams, each
+        byte once, and no upstream brought more than it was asked or the
+        pool refused any.
+
+        @param servers: the upstream servers' pools, A's then B's.
+        """
+        self.drain()
+        runs = traceStreams(self.output(), [self.streamA, self.streamB])
+        for index, (upstream, server) in enumerate(zip((self.a, self.b), servers)):
+            self.assertEqual(traced(runs, index), upstream.bytesPulled)
+            self.assertLessEqual(upstream.bytesPulled, upstream.bytesReceived)
+            self.assertLessEqual(upstream.bytesReceived, upstream.bytesRequested)
+            self.assertLessEqual(upstream.bytesReceived, server.bytesOut)
+        self.assertEqual(self.pool.bytesIn, self.a.bytesPulled + self.b.bytesPulled)
+        self.assertEqual(self.pool.bytesRefused, 0)
+
+    def test_emptyFirstUpstreamBesideFullOne(self):
+        """
+        An upstream with nothing to give, connected first, holds at most its
+        share of the demand: a reader is served from the other at once, and
+        once the empty one has delivered nothing for the stall time-out,
+        the other fills the pool.
+        """
+        poolA, serverA = self.upstreamServer()
+        poolB, serverB = self.upstreamServer(self.streamB[:100000])
+        self.a.attempting()
+        self.b.attempting()
+        self.connect(self.a, serverA)
+        self.connect(self.b, serverB)
+        got = self.read(200)
+        self.flush()
+        self.assertEqual(len(b"".join(got)), 200)
+        self.assertLessEqual(self.a.status().inFlight, 1504)
+        self.assertEqual(self.a.state, "up")
+        self.clock.advance(self.stallTimeout)
+        self.flush()
+        self.assertEqual(self.a.status().state, UpstreamState.STALLED)
+        self.assertGreaterEqual(self.pool.level, 3000 - BLOCK_SIZE - 200)
+        self.checkOutput([poolA, poolB])
+        self.assertEqual(self.a.bytesPulled, 0)
+
+    def test_firstUpstreamDisconnectsMidDemand(self):
+        """
+        An upstream that took the whole refill, connected alone, goes away
+        having delivered a little: its demand is asked of the other at once,
+        the reader waiting is served from it, and what the lost one sent,
+        untested, is never served.
+        """
+        poolA, serverA = self.upstreamServer(self.streamA[:64])
+        poolB, serverB = self.upstreamServer()
+        clientA = self.connect(self.a, serverA)
+        self.flush()
+        self.connect(self.b, serverB)
+        self.flush()
+        got = self.read(200)
+        self.disconnect(clientA)
+        poolB.add(self.streamB[:100000])
+        self.flush()
+        self.assertEqual(len(b"".join(got)), 200)
+        self.checkOutput([poolA, poolB])
+        self.assertEqual(self.a.bytesPulled, 0)
+
+    def test_bothFlapping(self):
+        """
+        Two upstreams that come and go in turn keep a reader served, and
+        every byte served is one of theirs, once.
+        """
+        poolA, serverA = self.upstreamServer(self.streamA)
+        poolB, serverB = self.upstreamServer(self.streamB)
+        clients = {}
+        reads = []
+        for round in range(12):
+            up, down = (self.a, self.b) if round % 2 else (self.b, self.a)
+            factory = serverA if up is self.a else serverB
+            clients[up] = self.connect(up, factory)
+            self.flush()
+            reads.append(self.read(700))
+            self.flush()
+            if down in clients:
+                self.disconnect(clients.pop(down))
+            reads.append(self.read(700))
+            self.flush()
+        self.assertEqual([len(b"".join(got)) for got in reads], [700] * len(reads))
+        self.assertEqual((self.a.connections, self.b.connections), (6, 6))
+        self.checkOutput([poolA, poolB])
+
+    def test_tricklingUpstream(self):
+        """
+        An upstream that delivers a little at a time is not stalled and
+        never holds more than its share; the other serves the readers.
+        """
+        poolA, serverA = self.upstreamServer()
+        poolB, serverB = self.upstreamServer(self.streamB)
+        self.a.attempting()
+        self.b.attempting()
+        self.connect(self.a, serverA)
+        self.connect(self.b, serverB)
+        reads = []
+        trickled = 0
+        for second in range(30):
+            poolA.add(self.streamA[trickled : trickled + 64])
+            trickled += 64
+            self.clock.advance(1)
+            reads.append(self.read(300))
+            self.flush()
+            self.assertEqual(len(b"".join(reads[-1])), 300)
+            self.assertEqual(self.a.state, "up")
+            self.assertLessEqual(self.a.status().inFlight, 1504)
+        # All it had, but for part of a read not yet complete.
+        self.assertGreater(self.a.bytesReceived, 30 * 64 - 224)
+        self.checkOutput([poolA, poolB])
+
+    def test_backupAskedOnlyWhenPrimaryDown(self):
+        """
+        A backup (C{priority=1}) is asked nothing while the primary
+        delivers, and takes over when the primary goes.
+        """
+        backup = Upstream("tcp:backup:8888:priority=1", self.policy)
+        self.assertEqual((backup.description, backup.priority), ("tcp:backup:8888", 1))
+        poolA, serverA = self.upstreamServer(self.streamA)
+        poolB, serverB = self.upstreamServer(self.streamB)
+        clientA = self.connect(self.a, serverA)
+        self.connect(backup, serverB)
+        self.flush()
+        self.drain()
+        self.flush()
+        self.assertEqual(backup.bytesRequested, 0)
+        self.disconnect(clientA)
+        self.drain()
+        self.flush()
+        self.assertGreater(backup.bytesPulled, 0)
+        self.assertEqual(self.pool.bytesRefused, 0)
+
+
+class StatusTests(_RelayMixin, unittest.TestCase):
+    """
+    L{Upstream.status} is a frozen snapshot of one upstream.
+    """
+
+    def test_states(self):
+        """
+        An upstream is down, then connecting, then up; its priority comes
+        from its description.
+        """
+        upstream = Upstream("tcp:a:8888:priority=3", self.policy)
+        self.assertEqual(upstream.status(), UpstreamStatus(
+            description="tcp:a:8888", priority=3, state=UpstreamState.DOWN, bytesPulled=0,
+            bytesRefused=0, inFlight=0, testing=0, connections=0, healthFailures=0,
+            lastError=None))
+        upstream.attempting()
+        self.assertEqual(upstream.status().state, UpstreamState.CONNECTING)
+        _, factory = self.upstreamServer()
+        self.connect(upstream, factory)
+        self.flush()
+        status = upstream.status()
+        self.assertEqual((status.state, status.inFlight, status.connections),
+                         (UpstreamState.UP, 2976, 1))
+        self.assertRaises(AttributeError, setattr, status, "state", UpstreamState.DOWN)
 
 
 class UpstreamServiceTests(unittest.TestCase):
@@ -213,6 +569,45 @@ class UpstreamServiceTests(unittest.TestCase):
         self.assertIn("refused", service.upstream.lastError)
         reactor.advance(60)
         self.assertEqual(len(reactor.tcpClients), 2)
+
+
+    def test_sslRefused(self):
+        """
+        An C{ssl:} upstream (no certificate check) is refused.
+        """
+        policy = PullPolicy(EntropyPool(4096), 100, 200, reactor=MemoryReactorClock())
+        self.assertRaises(ValueError, UpstreamService, "ssl:relay.example:8888", policy,
+                          reactor=MemoryReactorClock())
+
+    def test_plainTCPAcrossANetworkWarnedAtStart(self):
+        """
+        Starting an upstream service for plain TCP to a host other than
+        loopback logs a warning naming it.
+        """
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        reactor = MemoryReactorClock()
+        policy = PullPolicy(EntropyPool(4096), 100, 200, reactor=reactor)
+        service = UpstreamService("tcp:192.0.2.7:8888", policy, reactor=reactor)
+        service.startService()
+        self.addCleanup(service.stopService)
+        warnings = [e["caution"] for e in events if "caution" in e]
+        self.assertEqual(len(warnings), 1)
+        self.assertIn("192.0.2.7", warnings[0])
+
+    def test_priorityNotPassedToTheEndpoint(self):
+        """
+        C{priority=} is the relay's own: the endpoint is made without it.
+        """
+        reactor = MemoryReactorClock()
+        policy = PullPolicy(EntropyPool(4096), 100, 200, reactor=reactor)
+        service = UpstreamService("tcp:127.0.0.1:9:priority=1", policy, reactor=reactor)
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.assertEqual(reactor.tcpClients[0][:2], ("127.0.0.1", 9))
+        self.assertEqual(service.upstream.priority, 1)
+        self.assertEqual(service.upstream.state, "connecting")
 
 
 class NoDelayTests(unittest.TestCase):
@@ -241,10 +636,10 @@ class NoDelayTests(unittest.TestCase):
             service.startService()
             self.addCleanup(service.stopService)
             for _ in range(200):
-                if service.upstream.protocol is not None:
+                if service.upstream.connection is not None:
                     break
                 await deferLater(reactor, 0.05, lambda: None)
-            protocol = service.upstream.protocol
+            protocol = service.upstream.connection
             self.assertIsNotNone(protocol, service.upstream.lastError)
             transport = protocol.transport
             if isinstance(transport, TLSMemoryBIOProtocol):

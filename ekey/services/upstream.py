@@ -3,21 +3,31 @@
 Upstream EGD sources: what makes a daemon a relay.
 
 Each C{--upstream} is a client endpoint (C{tcp:}, C{unix:}, C{tls:} with
-its certificate checks) kept connected by a L{ClientService} with backoff
-and jitter.  All upstreams share one L{PullPolicy}: when the pool falls
-below the low watermark they pull, with pipelined blocking reads (0x02), up
-to the high watermark, and then stop until it falls again (the point where
-they start again rises towards the high watermark while readers empty the
-pool faster than refills arrive).  Bytes pulled go into the pool as they
-arrive (not only when a read is complete), in order and each once; bytes of
-a read cut short by a lost connection are kept, since the upstream handed
-them to us and to nobody else.  When every upstream is down the daemon says
-so and serves only what its pool holds: it never makes anything up.
+its certificate checks; C{ssl:} is refused, see
+L{ekey.core.upstreamconfig}) kept connected by a L{ClientService} with
+backoff and jitter.  All upstreams share one L{PullPolicy}
+(L{ekey.core.pull}), which decides how much to ask of which: demand is
+spread over every connected, delivering upstream, moves away from one that
+stalls, is asked again of the others when a connection is lost, and goes
+to backups (a higher C{priority=}) only while the primaries are down or
+stalled.
+
+An upstream connection is an EGD client that only ever sends blocking
+reads (0x02); L{EGDClientParser} matches the replies to them, and a server
+that sends what was not asked for is disconnected.  Every byte received
+goes through the connection's own L{HealthMonitor}, the same tests a key's
+bytes pass, and only bytes that passed reach the pool, in order and each
+once.  An upstream whose bytes fail is disconnected, the bytes it sent
+that were not yet tested are discarded, and the failure is logged and
+counted.  Bytes still under test when a connection goes away are discarded
+too: nothing untested is ever served.  When every upstream is down the
+daemon says so and serves only what its pool holds: it never makes
+anything up.
 """
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Optional
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import defer
@@ -26,154 +36,73 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from ekey.core.egd import MAX_READ, ReadBlocking, encodeRequest
+from ekey.core import pull
+from ekey.core.egd import EGDClientParser, ReadBlocking, encodeRequest
+from ekey.core.errors import RemoteProtocolError
+from ekey.core.health import HealthMonitor
+from ekey.core.pull import (
+    DEFAULT_HIGH_WATER,
+    DEFAULT_LOW_WATER,
+    DEFAULT_STALL_TIMEOUT,
+    MAX_PIPELINE,
+    READ_SIZE,
+)
 from ekey.core.pool import EntropyPool
+from ekey.core.upstreamconfig import checkUpstreamDescription, splitPriority
+from ekey.core.upstreamstatus import UpstreamState, UpstreamStatus
 
-#: Blocking reads each upstream connection keeps in flight, at most (the
-#: watermarks usually bound them first; an upstream stops reading a
-#: client's requests beyond its own cap on pending bytes).
-MAX_PIPELINE = 4096
+__all__ = [
+    "DEFAULT_HIGH_WATER", "DEFAULT_LOW_WATER", "DEFAULT_STALL_TIMEOUT", "MAX_PIPELINE",
+    "READ_SIZE", "PullPolicy", "Upstream", "UpstreamProtocol", "UpstreamService",
+    "checkUpstreamDescription",
+]
 
-#: Bytes per read: the most whole 32-byte key blocks that fit in an EGD
-#: read, so that blocks stay whole along a chain even from an upstream that
-#: serves newest bytes first (ekeyd).
-READ_SIZE = MAX_READ - MAX_READ % 32
-
-DEFAULT_LOW_WATER = 64 * 1024
-DEFAULT_HIGH_WATER = 256 * 1024
+_READ = ReadBlocking(READ_SIZE)
+_READ_REQUEST = encodeRequest(_READ)
 
 
-class PullPolicy:
+class PullPolicy(pull.PullPolicy):
     """
-    Decide, for all upstreams together, how much to pull: start below the
-    low watermark, stop at the high one (counting bytes requested but not
-    yet received).
-
-    The point where pulling starts again adapts to demand.  When readers
-    empty the pool while a refill is on its way, the low watermark was too
-    low to cover the upstream's round trip at the rate they draw: the next
-    refill starts earlier, a quarter of the way from the low watermark to
-    the high one each time, until under steady heavy demand the policy
-    keeps the upstream busy, topping the pool up as it is drawn.  Every
-    refill that completes without the pool running dry moves the point back
-    by the same step, down to the low watermark.  The pool never holds more
-    than the high watermark either way.
-
-    @ivar upstreams: every L{Upstream}.
-    @ivar refillAt: the level below which pulling starts now, between the
-        low watermark and the high one.
-    @ivar ranDry: refills during which readers emptied the pool.
+    L{ekey.core.pull.PullPolicy} on the reactor's clock unless told
+    otherwise.
     """
-
-    log = Logger()
 
     def __init__(self, pool: EntropyPool, lowWater: int = DEFAULT_LOW_WATER,
-                 highWater: int = DEFAULT_HIGH_WATER):
+                 highWater: int = DEFAULT_HIGH_WATER,
+                 stallTimeout: float = DEFAULT_STALL_TIMEOUT, reactor=None):
         """
-        @raise ValueError: unless C{0 <= lowWater < highWater <= capacity}.
+        @param reactor: an L{IReactorTime} (default the reactor).
+        @raise ValueError: as L{ekey.core.pull.PullPolicy} does.
         """
-        if not 0 <= lowWater < highWater <= pool.capacity:
-            raise ValueError(
-                f"watermarks must satisfy 0 <= low ({lowWater}) < high ({highWater}) "
-                f"<= pool size ({pool.capacity})"
-            )
-        self.pool = pool
-        self.lowWater = lowWater
-        self.highWater = highWater
-        self.upstreams: List["Upstream"] = []
-        self.inFlight = 0
-        self.filling = True
-        self.refillAt = lowWater
-        self.ranDry = 0
-        self._dry = False
-        self._step = max(READ_SIZE, (highWater - lowWater) // 4)
-        self._wasDown = False
-        pool.observeLevel(self._levelChanged)
-
-    def wanted(self) -> int:
-        """
-        @return: bytes to request now (0 when the pool is full enough).
-        """
-        if not self.filling:
-            return 0
-        want = self.highWater - self.pool.level - self.inFlight
-        if want <= 0:
-            self.filling = False
-            self._refillDone()
-            return 0
-        return want
-
-    def _refillDone(self):
-        if self._dry:
-            self.ranDry += 1
-            self.refillAt = min(self.highWater - min(READ_SIZE, self.highWater - self.lowWater),
-                                self.refillAt + self._step)
-        else:
-            self.refillAt = max(self.lowWater, self.refillAt - self._step)
-        self._dry = False
-
-    def _levelChanged(self, pool):
-        if self.filling:
-            if self.inFlight and not pool.level:
-                self._dry = True
-        elif pool.level < self.refillAt:
-            self.filling = True
-            self.kick()
-
-    def kick(self):
-        """
-        Ask every connected upstream to pull what is wanted.
-        """
-        for upstream in self.upstreams:
-            if upstream.protocol is not None:
-                upstream.protocol.pull()
-
-    @property
-    def upCount(self) -> int:
-        """
-        Upstreams connected now.
-        """
-        return sum(1 for u in self.upstreams if u.protocol is not None)
-
-    def stateChanged(self):
-        """
-        An upstream came or went: say so when none is left, and when one is
-        back.
-        """
-        down = self.upCount == 0
-        if down and not self._wasDown:
-            self.log.warn(
-                "Every upstream is down: serving only the {poolLevel} bytes the pool holds "
-                "until one comes back",
-                poolLevel=self.pool.level,
-            )
-        elif not down and self._wasDown:
-            self.log.info("An upstream is back: pulling again")
-        self._wasDown = down
+        if reactor is None:
+            from twisted.internet import reactor
+        pull.PullPolicy.__init__(self, pool, lowWater, highWater, clock=reactor,
+                                 stallTimeout=stallTimeout)
 
 
 @implementer(IHandshakeListener)
 class UpstreamProtocol(Protocol):
     """
-    An EGD client that fills the pool.
+    One connection to an upstream: blocking reads out, replies in.
 
-    It only ever sends blocking reads (0x02), whose replies are exactly the
-    bytes asked for and nothing else, so every byte the upstream sends is
-    entropy, in order: the protocol counts bytes rather than matching
-    replies to requests, and hands each read of the connection to the pool
-    whole.  A server that sends more than was asked is breaking the
-    protocol and is disconnected.  Over TLS the upstream counts as
-    connected only once the handshake (and the check of its name) has
-    succeeded.
+    It asks for what its L{Upstream} is told to pull, in reads of
+    L{READ_SIZE} bytes, and hands every completed reply's bytes to it.
+    Over TLS the upstream counts as connected only once the handshake (and
+    the check of its name) has succeeded.
+
+    @ivar monitor: the health tests of the bytes this connection brings.
+    @ivar dropReason: why we closed it, or C{None}.
     """
 
     log = Logger()
 
     def __init__(self, upstream: "Upstream"):
         self.upstream = upstream
-        self._requested = 0
+        self.monitor = HealthMonitor()
+        self._parser = EGDClientParser()
         self._up = False
         self.connected = False
+        self.dropReason: Optional[str] = None
 
     def connectionMade(self):
         self.connected = True
@@ -184,55 +113,62 @@ class UpstreamProtocol(Protocol):
     def handshakeCompleted(self):
         self._up = True
         self.upstream.connected(self)
-        self.pull()
 
     @property
     def outstanding(self) -> int:
         """
         Bytes asked for and not yet received.
         """
-        return self._requested
+        return self.upstream.policy.inFlightOf(self.upstream) if self._up else 0
 
-    def pull(self):
+    def pull(self, n: int) -> None:
         """
-        Ask for what the policy wants, in reads of L{READ_SIZE} bytes, with
-        at most L{MAX_PIPELINE} reads' worth in flight, in one write.
+        Ask for C{n} more bytes, in reads of L{READ_SIZE} bytes, in one
+        write.
         """
-        if not (self._up and self.connected):
+        if not (self._up and self.connected) or n <= 0:
             return
-        policy = self.upstream.policy
-        room = MAX_PIPELINE * READ_SIZE - self._requested
-        wanted = min(policy.wanted(), room)
-        if wanted >= 32:
-            wanted -= wanted % 32
-        if wanted <= 0:
-            return
-        full, rest = divmod(wanted, READ_SIZE)
-        requests = encodeRequest(ReadBlocking(READ_SIZE)) * full
+        full, rest = divmod(n, READ_SIZE)
+        parser = self._parser
+        for _ in range(full):
+            parser.sent(_READ)
+        requests = _READ_REQUEST * full
         if rest:
-            requests += encodeRequest(ReadBlocking(rest))
-        policy.inFlight += wanted
-        self._requested += wanted
+            last = ReadBlocking(rest)
+            parser.sent(last)
+            requests += encodeRequest(last)
+        self.upstream.requested(n)
         self.transport.write(requests)
 
     def dataReceived(self, data):
-        if len(data) > self._requested:
-            self.log.warn("Upstream {upstream} sent {extra} bytes nobody asked for; "
-                          "disconnecting", upstream=self.upstream.description,
-                          extra=len(data) - self._requested)
-            self._up = False
-            self.transport.loseConnection()
+        if not self._up:
             return
-        self._requested -= len(data)
-        self.upstream.policy.inFlight -= len(data)
-        self.upstream.received(data)
-        self.pull()
+        try:
+            replies = self._parser.receiveData(data)
+        except RemoteProtocolError as e:
+            self.log.warn("Upstream {upstream} broke the EGD protocol ({reason}); "
+                          "disconnecting", upstream=self.upstream.description, reason=str(e))
+            self.drop(f"it broke the EGD protocol: {e}")
+            return
+        if replies:
+            self.upstream.received(self, b"".join([reply.value for reply in replies]))
+        else:
+            # Part of a reply: the upstream is delivering, however slowly.
+            self.upstream.heard()
+
+    def drop(self, reason: str) -> None:
+        """
+        Use nothing more from this connection, and close it.
+
+        @param reason: why, in words, for the upstream's last error.
+        """
+        self._up = False
+        self.dropReason = reason
+        self.transport.loseConnection()
 
     def connectionLost(self, reason):
         self.connected = False
-        self.upstream.policy.inFlight -= self._requested
-        self._requested = 0
-        if self._up:
+        if self.upstream.connection is self:
             self.upstream.disconnected(self, reason)
         else:
             self.upstream.connectionFailed(reason)
@@ -255,57 +191,166 @@ def _noDelay(transport) -> None:
 
 class Upstream(Factory):
     """
-    One upstream: its state for logs and status, and the factory of its
-    connections.
+    One upstream: a member of the L{PullPolicy}, its counters for status,
+    and the factory of its connections.
 
-    @ivar description: the endpoint string.
-    @ivar protocol: the connected L{UpstreamProtocol}, or C{None}.
-    @ivar bytesPulled: bytes received from it and added to the pool.
+    @ivar description: the endpoint string (without C{priority=}).
+    @ivar priority: lower is asked first.
+    @ivar connection: the connected L{UpstreamProtocol}, or C{None}.
+    @ivar bytesRequested: bytes asked of it.
+    @ivar bytesReceived: of those, bytes received (before the health tests).
+    @ivar bytesPulled: bytes received from it, tested and added to the pool.
+    @ivar bytesRefused: of those, bytes the pool had no room for.
+    @ivar connections: connections made to it.
+    @ivar healthFailures: connections dropped because its bytes failed the
+        health tests.
     @ivar lastError: why it last failed or went away, in words.
     """
 
     log = Logger()
 
-    def __init__(self, description: str, policy: PullPolicy):
-        self.description = description
+    def __init__(self, description: str, policy: pull.PullPolicy,
+                 priority: Optional[int] = None):
+        """
+        @param description: the endpoint string, possibly with
+            C{priority=N}.
+        @param priority: overrides a C{priority=} in the description.
+        @raise ValueError: if the priority in the description is bad.
+        """
+        self.description, named = splitPriority(description)
+        self.priority = named if priority is None else priority
         self.policy = policy
-        self.protocol: Optional[UpstreamProtocol] = None
+        self.connection: Optional[UpstreamProtocol] = None
+        self.connecting = False
+        self.bytesRequested = 0
+        self.bytesReceived = 0
         self.bytesPulled = 0
         self.bytesRefused = 0
         self.connections = 0
+        self.healthFailures = 0
         self.lastError: Optional[str] = None
-        policy.upstreams.append(self)
+        policy.join(self, self.description, self.priority)
+
+    def __repr__(self):
+        return f"<Upstream {self.description}>"
+
+    @property
+    def stateValue(self) -> UpstreamState:
+        """
+        Where it stands now.
+        """
+        if self.connection is not None:
+            return UpstreamState.STALLED if self.policy.isStalled(self) else UpstreamState.UP
+        return UpstreamState.CONNECTING if self.connecting else UpstreamState.DOWN
 
     @property
     def state(self) -> str:
         """
-        C{"up"} or C{"down"}.
+        L{stateValue} in words: C{"connecting"}, C{"up"}, C{"stalled"} or
+        C{"down"}.
         """
-        return "up" if self.protocol is not None else "down"
+        return self.stateValue.value
+
+    def status(self) -> UpstreamStatus:
+        """
+        @return: a snapshot of this upstream.
+        """
+        return UpstreamStatus(
+            description=self.description, priority=self.priority, state=self.stateValue,
+            bytesPulled=self.bytesPulled, bytesRefused=self.bytesRefused,
+            inFlight=self.policy.inFlightOf(self), testing=self.policy.testingOf(self),
+            connections=self.connections, healthFailures=self.healthFailures,
+            lastError=self.lastError)
 
     def buildProtocol(self, addr):
+        if not self.connecting:
+            self.attempting()
         return UpstreamProtocol(self)
 
-    def connected(self, protocol: UpstreamProtocol):
-        self.protocol = protocol
+    # From the policy --------------------------------------------------------------------
+
+    def pull(self, n: int) -> None:
+        """
+        Ask the connected upstream for C{n} more bytes (the policy's
+        decision).
+        """
+        if self.connection is not None:
+            self.connection.pull(n)
+
+    # From the connection ----------------------------------------------------------------
+
+    def attempting(self) -> None:
+        """
+        A connection attempt started.
+        """
+        self.connecting = True
+        self.policy.attempting(self)
+
+    def connected(self, connection: UpstreamProtocol) -> None:
+        """
+        C{connection} is up (over TLS, its handshake succeeded).
+        """
+        self.connection = connection
+        self.connecting = False
         self.connections += 1
         self.log.info("Upstream {upstream} connected", upstream=self.description)
-        self.policy.stateChanged()
+        self.policy.connected(self)
 
-    def received(self, data: bytes):
-        accepted = self.policy.pool.add(data)
-        self.bytesPulled += accepted
-        self.bytesRefused += len(data) - accepted
+    def requested(self, n: int) -> None:
+        """
+        The connection asked for C{n} more bytes.
+        """
+        self.bytesRequested += n
+        self.policy.requested(self, n)
 
-    def disconnected(self, protocol: UpstreamProtocol, reason):
-        if self.protocol is protocol:
-            self.protocol = None
-        self.lastError = _describeFailure(reason)
+    def heard(self) -> None:
+        """
+        Part of a reply arrived.
+        """
+        self.policy.received(self, 0)
+
+    def received(self, connection: UpstreamProtocol, data: bytes) -> None:
+        """
+        Bytes asked for arrived on C{connection}: test them, add what
+        passed to the pool, and ask for more if more is wanted.
+        """
+        policy = self.policy
+        self.bytesReceived += len(data)
+        policy.received(self, len(data))
+        released = connection.monitor.feed(data)
+        if connection.monitor.failure is not None:
+            self.healthFailures += 1
+            self.log.error(
+                "Upstream {upstream} failed the health tests ({reason}): disconnecting, its "
+                "untested bytes discarded", upstream=self.description,
+                reason=connection.monitor.failure)
+            connection.drop(f"its bytes failed the health tests: {connection.monitor.failure}")
+            return
+        for chunk in released:
+            policy.released(self, len(chunk))
+            accepted = policy.pool.add(chunk)
+            self.bytesPulled += accepted
+            self.bytesRefused += len(chunk) - accepted
+        policy.kick()
+
+    def disconnected(self, connection: UpstreamProtocol, reason) -> None:
+        """
+        C{connection}, which was up, went away; what it was asked for is
+        asked of the others.
+        """
+        self.connection = None
+        self.connecting = False
+        self.lastError = connection.dropReason or _describeFailure(reason)
         self.log.warn("Upstream {upstream} lost: {reason}", upstream=self.description,
                       reason=self.lastError)
-        self.policy.stateChanged()
+        self.policy.lost(self)
 
-    def connectionFailed(self, failure):
+    def connectionFailed(self, failure) -> None:
+        """
+        A connection attempt failed (before it was up).
+        """
+        self.connecting = False
+        self.policy.failed(self)
         self.lastError = _describeFailure(failure)
         self.log.warn("Upstream {upstream} unreachable: {reason}", upstream=self.description,
                       reason=self.lastError)
@@ -344,6 +389,7 @@ class _ReportingEndpoint:
         self._upstream = upstream
 
     def connect(self, factory):
+        self._upstream.attempting()
         d = defer.maybeDeferred(self._endpoint.connect, factory)
 
         def failed(failure):
@@ -357,19 +403,38 @@ class UpstreamService(ClientService):
     """
     Keep one upstream connected, reconnecting with backoff (one second
     doubling to thirty, with jitter).
+
+    @ivar warnings: what L{checkUpstreamDescription} found to warn about,
+        logged when the service starts.
     """
 
-    def __init__(self, description: str, policy: PullPolicy, reactor=None):
+    log = Logger()
+
+    def __init__(self, description: str, policy: pull.PullPolicy, reactor=None):
+        """
+        @param description: the endpoint string, possibly with
+            C{priority=N}.
+        @param reactor: the reactor (default the global one).
+        @raise ValueError: for a description that must not be used (see
+            L{checkUpstreamDescription}).
+        """
         from twisted.internet.endpoints import clientFromString
 
         if reactor is None:
             from twisted.internet import reactor
+        self.warnings = checkUpstreamDescription(description)
         self.upstream = Upstream(description, policy)
         ClientService.__init__(
             self,
-            _ReportingEndpoint(clientFromString(reactor, description), self.upstream),
+            _ReportingEndpoint(clientFromString(reactor, self.upstream.description),
+                               self.upstream),
             self.upstream,
             retryPolicy=backoffPolicy(initialDelay=1.0, maxDelay=30.0),
             clock=reactor,
         )
         self.setName(f"upstream:{description}")
+
+    def startService(self):
+        for warning in self.warnings:
+            self.log.warn("{caution}", caution=warning)
+        ClientService.startService(self)
