@@ -1,0 +1,129 @@
+# -*- test-case-name: tests.test_stattests -*-
+"""
+The statistical tests every verified byte goes through, written for speed
+in pure Python: the FIPS 140-2 tests (monobit, poker, runs, long run) on
+one 20,000-bit block, as rngd applies them (change notice 1 bounds), and
+the search for a run of one byte value that SP 800-90B's repetition count
+test fails on.
+
+Every byte a key or an upstream delivers goes through these, so they are
+written for speed in pure Python: the block is one big integer, and each
+test is a handful of whole-block operations (shifts, ANDs, popcounts) that
+run in C, rather than a loop over 20,000 bits.
+
+  - C{y_k}, the bits that start C{k} ones in a row, is
+    C{y_{k-1} & (y_{k-1} >> 1)}; a run of length C{L >= k} is one run of
+    C{y_k}, and C{y_k} has C{popcount(y_k) - popcount(y_{k+1})} runs, so the
+    runs of each length come from seven popcounts;
+  - the long run (26 or more) doubles up from C{y_6}: C{y_12}, C{y_24},
+    then C{y_26 = y_24 & (y_2 >> 24)};
+  - the poker test's nibble counts come from the four bit planes of the
+    nibbles, combined two by two.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+BLOCK_BYTES = 2500
+BLOCK_BITS = 8 * BLOCK_BYTES
+
+# FIPS 140-2 (change notice 1) bounds, as rngd applies them.
+MONOBIT = (9725, 10275)
+POKER = (2.16, 46.17)
+RUNS = ((2315, 2685), (1114, 1386), (527, 723), (240, 384), (103, 209), (103, 209))
+LONG_RUN = 26
+
+_MASK = (1 << BLOCK_BITS) - 1
+#: Bit 0 of every nibble.
+_PLANE = int("1" * (BLOCK_BITS // 4), 16)
+
+
+def _runCounts(x: int) -> Tuple[List[int], bool]:
+    """
+    @return: the number of runs of ones in C{x} of lengths 1 to 5 and of 6
+        or more, and whether it has a run of L{LONG_RUN} or more.
+    """
+    ys = [x]
+    y = x
+    for _ in range(6):
+        y &= y >> 1
+        ys.append(y)
+    counts = [v.bit_count() for v in ys]
+    atLeast = [counts[k] - counts[k + 1] for k in range(6)]
+    exact = [atLeast[k] - atLeast[k + 1] for k in range(5)] + [atLeast[5]]
+    longRun = False
+    y6 = ys[5]
+    if y6:
+        y12 = y6 & (y6 >> 6)
+        if y12:
+            y24 = y12 & (y12 >> 12)
+            longRun = bool(y24 & (ys[1] >> 24))
+    return exact, longRun
+
+
+def _nibbleCounts(x: int) -> List[int]:
+    """
+    @return: how many of the block's 5,000 nibbles have each value 0 to 15.
+    """
+    planes = [(x >> i) & _PLANE for i in range(4)]
+    low = []
+    for b1 in (planes[1] ^ _PLANE, planes[1]):
+        for b0 in (planes[0] ^ _PLANE, planes[0]):
+            low.append(b1 & b0)
+    counts = []
+    for b3 in (planes[3] ^ _PLANE, planes[3]):
+        for b2 in (planes[2] ^ _PLANE, planes[2]):
+            high = b3 & b2
+            counts.extend((high & pair).bit_count() for pair in low)
+    return counts
+
+
+def fipsFailures(block: bytes) -> List[str]:
+    """
+    Run the FIPS 140-2 tests on one 2,500-byte block.
+
+    @return: the names of the tests it failed (empty when it passed), in
+        the order monobit, poker, runs, long run.
+    @raise ValueError: unless the block is 2,500 bytes.
+    """
+    if len(block) != BLOCK_BYTES:
+        raise ValueError("a FIPS 140-2 block is 2,500 bytes")
+    failed = []
+    number = int.from_bytes(block, "big")
+    if not MONOBIT[0] < number.bit_count() < MONOBIT[1]:
+        failed.append("monobit")
+    poker = 16 / 5000 * sum(c * c for c in _nibbleCounts(number)) - 5000
+    if not POKER[0] < poker < POKER[1]:
+        failed.append("poker")
+    ones, longOnes = _runCounts(number)
+    zeros, longZeros = _runCounts(number ^ _MASK)
+    if any(not low <= count <= high for count, (low, high) in zip(ones + zeros, RUNS * 2)):
+        failed.append("runs")
+    if longOnes or longZeros:
+        failed.append("long run")
+    return failed
+
+
+def repeatedRun(data: bytes, length: int) -> Optional[int]:
+    """
+    Find C{length} equal bytes in a row (SP 800-90B's repetition count
+    test fails on a run of C{length}).
+
+    The bytes that equal the one before them are the zero bytes of C{data}
+    XORed with itself shifted by one byte, so a run of C{length} is
+    C{length - 1} zero bytes in a row there: one XOR of two big integers
+    and one substring search, instead of a regular expression stepping
+    through every byte.
+
+    @param length: at least 2.
+    @return: the index where the first such run starts, or C{None}.
+    """
+    if length < 2:
+        raise ValueError("a repeated run is at least 2 bytes")
+    if len(data) < length:
+        return None
+    size = len(data) - 1
+    difference = (int.from_bytes(data[:-1], "big") ^ int.from_bytes(data[1:], "big"))
+    index = difference.to_bytes(size, "big").find(bytes(length - 1))
+    return None if index < 0 else index
