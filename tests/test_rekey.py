@@ -338,3 +338,16 @@ class RekeyCommandTests(CommandMixin, unittest.TestCase):
         self.assertOneLineFailure(status, "could not be verified")
         self.assertEqual(Keyring.load(self.bench.keyringPath).get(SERIAL_BYTES),
                          self.bench.key.longTermKey)
+
+    def test_controlPathTooLong(self):
+        """
+        A control socket path too long for a Unix socket counts as no
+        daemon answering, in words, not as a traceback from the reactor.
+        """
+        self.bench.writeKeyring()
+        status = self.runCommand(
+            ["-d", self.bench.keyPath, "-f", self.bench.keyringPath,
+             "--control", "unix:/" + "x" * 200], typed=formatMasterKey(MASTER_KEY), environ={})
+        self.assertEqual(status, 0, self.bench.err.getvalue())
+        self.assertIn("at most 107 bytes", self.bench.out.getvalue())
+        self.assertEqual(self.bench.reactor.unixClients[0][0], self.bench.keyPath)

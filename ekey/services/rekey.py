@@ -33,6 +33,9 @@ from ekey.services.device import KeyDeviceEndpoint, KeyPathError
 #: (a daemon that has just let go of it).
 RETRY_DELAY = 0.25
 
+#: The longest Unix socket path (C{sun_path} holds 108 bytes with the NUL).
+MAX_UNIX_PATH = 107
+
 
 class RekeyError(Exception):
     """
@@ -323,6 +326,10 @@ class DaemonLink:
             client = clientFromString(reactor, endpoint)
         except (ValueError, KeyError, TypeError) as e:
             raise RekeyError(f"bad --control endpoint {endpoint!r}: {e}") from None
+        path = getattr(client, "_path", None)
+        if isinstance(path, str) and len(os.fsencode(path)) > MAX_UNIX_PATH:
+            return None, (f"a Unix socket path is at most {MAX_UNIX_PATH} bytes; "
+                          "give a shorter one")
         connecting = connectProtocol(client, amp.AMP())
         connecting.addTimeout(timeout, reactor)
         try:
