@@ -18,6 +18,7 @@ from ekey.services.rekey import (
     findKeyPath,
     prepareKeyring,
     readMasterKeyFile,
+    saveTerminal,
     storeLongTermKey,
 )
 from tests.keybench import (
@@ -30,6 +31,7 @@ from tests.keybench import (
     HangUpKey,
     SilentKey,
     fileMode,
+    makeSocketFile,
     shortTempDir,
 )
 
@@ -240,8 +242,6 @@ class NoTerminalTests(unittest.TestCase):
         a master key from its standard input with echo.
         """
         directory = shortTempDir(self)
-        from tests.keybench import makeSocketFile
-
         key = makeSocketFile(os.path.join(directory, "key.sock"))
         env = dict(os.environ, PYTHONPATH=REPO_ROOT)
         result = subprocess.run(
@@ -349,3 +349,43 @@ class FindKeyPathTests(unittest.TestCase):
         self.assertEqual(findKeyPath("AB/C", ["/a", "/b"], present.__contains__), "/a/AB.C")
         self.assertEqual(findKeyPath("AB/C", ["/b", "/a"], present.__contains__), "/b/AB_C")
         self.assertIsNone(findKeyPath("XY", ["/a", "/b"], present.__contains__))
+
+
+class TerminalTests(unittest.TestCase):
+    """
+    L{saveTerminal} puts back the terminal settings pyserial changes, which
+    ekeyd's tools depend on.
+    """
+
+    def test_restores(self):
+        """
+        Settings changed after saving (C{VMIN} 0, as pyserial leaves them)
+        are put back as they were.
+        """
+        import termios
+
+        master, slave = os.openpty()
+        self.addCleanup(os.close, master)
+        self.addCleanup(os.close, slave)
+        path = os.ttyname(slave)
+        before = termios.tcgetattr(slave)
+        before[6][termios.VMIN] = 1
+        termios.tcsetattr(slave, termios.TCSANOW, before)
+        before = termios.tcgetattr(slave)
+        restore = saveTerminal(path)
+        changed = termios.tcgetattr(slave)
+        changed[6][termios.VMIN] = 0
+        changed[4] = changed[5] = termios.B9600
+        termios.tcsetattr(slave, termios.TCSANOW, changed)
+        self.assertNotEqual(termios.tcgetattr(slave), before)
+        restore()
+        self.assertEqual(termios.tcgetattr(slave), before)
+
+    def test_notATerminal(self):
+        """
+        For a socket, or a path that does not exist, there is nothing to
+        put back.
+        """
+        directory = shortTempDir(self)
+        saveTerminal(makeSocketFile(os.path.join(directory, "key.sock")))()
+        saveTerminal(os.path.join(directory, "gone"))()

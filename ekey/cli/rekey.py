@@ -152,7 +152,7 @@ async def rekey(reactor, options, keyring, masterKey: bytes, out,
                     await verifyLongTermKey(reactor, protocol, keyring, options.timeout)
                     say("Verified: the key sends entropy under the new long-term key")
             finally:
-                protocol.transport.loseConnection()
+                protocol.close()
         except RekeyError as e:
             problems.append(str(e))
         if released is not None:

@@ -276,7 +276,7 @@ def main(argv: Optional[Sequence[str]] = None, reactor=None, out=None, err=None,
         protocol, exchange = await changeLongTermKey(
             reactor, options.path, masterKey, options.expectedSerial, options.timeout,
             randomBytes=randomBytes)
-        protocol.transport.loseConnection()
+        protocol.close()
         serial = formatSerial(exchange.serial)
         if keyring is None:
             out.write(f"{serial} {formatSerial(exchange.newLongTermKey)}\n")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import stat
 import tempfile
+import termios
 from typing import Callable, Dict, Iterable, Optional, Tuple
 
 from twisted.internet import defer
@@ -106,6 +107,40 @@ def readMasterKeyFile(path: str) -> bytes:
 # The key -------------------------------------------------------------------------
 
 
+def saveTerminal(path: str) -> Callable[[], None]:
+    """
+    Remember a serial device's terminal settings, to put them back once the
+    key is closed: pyserial leaves a tty non-blocking (C{VMIN} and C{VTIME}
+    0), after which ekeyd's tools, which read the tty blocking, fail with
+    "Unexpected error: Success".
+
+    @param path: the key's path (a socket or an unreadable device is left
+        alone).
+    @return: a function that puts the settings back (and does nothing for
+        a socket or if they could not be read).
+    """
+    def attributes(action):
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+        except OSError:
+            return None
+        try:
+            return action(fd)
+        except termios.error:
+            return None
+        finally:
+            os.close(fd)
+
+    try:
+        isTerminal = stat.S_ISCHR(os.stat(path).st_mode)
+    except OSError:
+        isTerminal = False
+    saved = attributes(termios.tcgetattr) if isTerminal else None
+    if saved is None:
+        return lambda: None
+    return lambda: attributes(lambda fd: termios.tcsetattr(fd, termios.TCSANOW, saved))
+
+
 class _RekeyProtocol(Protocol):
     """
     Drive a L{LongTermRekey} over a key's connection, then optionally prove
@@ -118,8 +153,10 @@ class _RekeyProtocol(Protocol):
 
     lostEarly = False
 
-    def __init__(self, exchange: LongTermRekey):
+    def __init__(self, exchange: LongTermRekey,
+                 restoreTerminal: Callable[[], None] = lambda: None):
         self.exchange = exchange
+        self._restoreTerminal = restoreTerminal
         self.rekeyed = defer.Deferred()
         self.verified = defer.Deferred()
         self._session: Optional[KeySession] = None
@@ -127,6 +164,14 @@ class _RekeyProtocol(Protocol):
     def connectionMade(self):
         self.exchange.start()
         self.transport.write(self.exchange.dataToSend())
+
+    def close(self) -> None:
+        """
+        Close the key, and put its terminal settings back as they were.
+        """
+        if self.transport is not None:
+            self.transport.loseConnection()
+        self._restoreTerminal()
 
     def verify(self, keyring: Keyring) -> defer.Deferred:
         """
@@ -194,16 +239,17 @@ async def changeLongTermKey(reactor, path: str, masterKey: bytes,
     @param timeout: seconds for the whole exchange.
     @param randomBytes: where the host's nonce comes from.
     @return: the connected protocol (to verify the new key with, then
-        close) and the finished exchange, whose C{serial} and
+        C{close()}) and the finished exchange, whose C{serial} and
         C{newLongTermKey} are set.
     @raise RekeyError: if the key cannot be opened, refuses, or does not
         answer in time; the connection is then closed.
     """
     deadline = reactor.seconds() + timeout
+    restoreTerminal = saveTerminal(path)
     while True:
         exchange = LongTermRekey(masterKey, randomBytes=randomBytes,
                                  expectedSerial=expectedSerial)
-        protocol = _RekeyProtocol(exchange)
+        protocol = _RekeyProtocol(exchange, restoreTerminal)
         remaining = max(deadline - reactor.seconds(), 0)
         connecting = connectProtocol(KeyDeviceEndpoint(reactor, path), protocol)
         connecting.addTimeout(remaining, reactor)
@@ -226,7 +272,7 @@ async def changeLongTermKey(reactor, path: str, masterKey: bytes,
                           f"({exchange.state.value})")
         if exchange.state is RekeyState.DONE:
             return protocol, exchange
-        protocol.transport.loseConnection()
+        protocol.close()
         if protocol.lostEarly:
             if reactor.seconds() + RETRY_DELAY < deadline:
                 await deferLater(reactor, RETRY_DELAY)
@@ -414,6 +460,7 @@ class DaemonLink:
 
 __all__ = [
     "DaemonLink",
+    "saveTerminal",
     "RekeyError",
     "changeLongTermKey",
     "findKeyPath",
