@@ -389,3 +389,57 @@ class TerminalTests(unittest.TestCase):
         directory = shortTempDir(self)
         saveTerminal(makeSocketFile(os.path.join(directory, "key.sock")))()
         saveTerminal(os.path.join(directory, "gone"))()
+
+
+class PromptTests(unittest.TestCase):
+    """
+    C{ekey-setkey} asking for the master key on a real terminal.
+    """
+
+    def test_noEcho(self):
+        """
+        The master key is asked for on the terminal and what is typed is
+        not echoed; here it has a typing error, which the check digit
+        catches, in one line that does not repeat it.
+        """
+        import pty
+        import select
+        import time
+
+        directory = shortTempDir(self)
+        key = makeSocketFile(os.path.join(directory, "key.sock"))
+        card = formatMasterKey(MASTER_KEY).replace(" ", "")
+        typo = ("B" if card[0] != "B" else "C") + card[1:]
+        pid, fd = pty.fork()
+        if pid == 0:  # the child: run the command on the pty, whatever happens
+            try:
+                os.environ["PYTHONPATH"] = REPO_ROOT
+                os.execv(sys.executable, [
+                    sys.executable, "-c", "from ekey.cli.setkey import main; main()",
+                    "-f", os.path.join(directory, "keyring"), key])
+            finally:
+                os._exit(127)
+        self.addCleanup(os.close, fd)
+        output = b""
+        typed = False
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 0.1)
+            if ready:
+                try:
+                    chunk = os.read(fd, 4096)
+                except OSError:  # EIO: the child has gone
+                    break
+                if not chunk:
+                    break
+                output += chunk
+            if not typed and b"Master key" in output:
+                os.write(fd, typo.encode() + b"\n")
+                typed = True
+        _, status = os.waitpid(pid, 0)
+        text = output.decode("utf-8", "replace")
+        self.assertTrue(typed, text)
+        self.assertEqual(os.waitstatus_to_exitcode(status), 1, text)
+        self.assertNotIn(typo, text)
+        self.assertIn("check digit", text)
+        self.assertNotIn("Traceback", text)
