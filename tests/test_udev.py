@@ -39,7 +39,8 @@ _BOTH = {"ENV": True, "ATTR": True, "NAME": False, "SYMLINK": False, "TAG": Fals
          "PROGRAM": False}
 _MATCH_OPS = ("==", "!=")
 _ASSIGN_OPS = ("=", "+=", "-=", ":=")
-_TOKEN = re.compile(r'\s*([A-Z_]+)(?:\{([^{}"]+)\})?\s*(==|!=|\+=|-=|:=|=)\s*"((?:[^"\\]|\\.)*)"\s*')
+_TOKEN = re.compile(
+    r'\s*([A-Z_]+)(?:\{([^{}"]+)\})?\s*(==|!=|\+=|-=|:=|=)\s*"((?:[^"\\]|\\.)*)"\s*')
 
 
 class RuleError(ValueError):

@@ -25,7 +25,7 @@ from typing import Callable, Optional, Sequence
 
 from ekey.cli.setkey import (
     ArgumentParser,
-    Failure,
+    CommandFailed,
     UsageError,
     addCommonArguments,
     checkCommonArguments,
@@ -80,7 +80,7 @@ def parseArguments(argv: Optional[Sequence[str]], environ=None):
     """
     @return: the options, with C{device} found and C{control} filled in.
     @raise UsageError: if the command line is wrong.
-    @raise Failure: if no key can be found for the serial.
+    @raise CommandFailed: if no key can be found for the serial.
     """
     prog = "ekey-rekey"
     options = _parser().parse_args(argv)
@@ -98,7 +98,7 @@ def parseArguments(argv: Optional[Sequence[str]], environ=None):
             raise UsageError("give the key's SERIAL or --device PATH (see ekey-rekey --help)")
         options.device = findKeyPath(options.serial, KEY_DIRECTORIES)
         if options.device is None:
-            raise Failure(f"no key with serial {options.serial} in "
+            raise CommandFailed(f"no key with serial {options.serial} in "
                           f"{' or '.join(KEY_DIRECTORIES)}: is it plugged in? "
                           "(or give --device PATH)")
     options.device = os.path.abspath(options.device)
@@ -117,7 +117,7 @@ async def rekey(reactor, options, keyring, masterKey: bytes, out,
     @param masterKey: the key's master key.
     @param out: where progress goes.
     @return: 0.
-    @raise Failure: with one line saying everything that went wrong.
+    @raise CommandFailed: with one line saying everything that went wrong.
     """
     def say(text: str) -> None:
         out.write(text + "\n")
@@ -162,7 +162,7 @@ async def rekey(reactor, options, keyring, masterKey: bytes, out,
             else:
                 say(f"The daemon at {options.control} serves the key again")
         if problems:
-            raise Failure("; ".join(problems))
+            raise CommandFailed("; ".join(problems))
         return 0
     finally:
         if link is not None:

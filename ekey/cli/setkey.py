@@ -52,7 +52,7 @@ class UsageError(Exception):
     """
 
 
-class Failure(Exception):
+class CommandFailed(Exception):
     """
     The command failed (exit status 1); the message is one line.
     """
@@ -122,18 +122,18 @@ def promptForMasterKey(prompt: str = MASTER_KEY_PROMPT) -> str:
     Ask for the master key on the terminal, without echo.
 
     @return: what was typed.
-    @raise Failure: if there is no terminal to ask on, or nothing was typed.
+    @raise CommandFailed: if there is no terminal to ask on, or nothing was typed.
     """
     try:
         with open("/dev/tty", "rb"):
             pass
     except OSError:
-        raise Failure("no terminal to ask for the master key on: "
+        raise CommandFailed("no terminal to ask for the master key on: "
                       "give --master-key-file FILE (chmod 600)") from None
     try:
         return getpass.getpass(prompt)
     except (EOFError, KeyboardInterrupt):
-        raise Failure("no master key was typed") from None
+        raise CommandFailed("no master key was typed") from None
 
 
 def readMasterKey(options: argparse.Namespace,
@@ -141,37 +141,37 @@ def readMasterKey(options: argparse.Namespace,
     """
     @param prompt: asks the user and returns what was typed.
     @return: the master key from C{--master-key-file}, else from C{prompt}.
-    @raise Failure: if it cannot be read or is malformed.
+    @raise CommandFailed: if it cannot be read or is malformed.
     """
     try:
         if options.master_key_file is not None:
             return readMasterKeyFile(options.master_key_file)
         return parseMasterKey(prompt())
     except ValueError as e:
-        raise Failure(str(e)) from None
+        raise CommandFailed(str(e)) from None
 
 
 def checkKey(path: str) -> str:
     """
     @return: C{path}, once it is known to be a key (device or socket).
-    @raise Failure: if it is not.
+    @raise CommandFailed: if it is not.
     """
     try:
         checkKeyPath(path)
     except KeyPathError as e:
-        raise Failure(str(e)) from None
+        raise CommandFailed(str(e)) from None
     return path
 
 
 def openKeyring(path: str):
     """
     @return: the keyring, checked writable (L{prepareKeyring}).
-    @raise Failure: if it cannot be read or written.
+    @raise CommandFailed: if it cannot be read or written.
     """
     try:
         return prepareKeyring(path)
     except KeyringError as e:
-        raise Failure(f"{e} (nothing was changed)") from None
+        raise CommandFailed(f"{e} (nothing was changed)") from None
 
 
 def runCommand(prog: str, prepare: Callable[[], object], execute,
@@ -179,7 +179,7 @@ def runCommand(prog: str, prepare: Callable[[], object], execute,
     """
     Run a command: C{prepare()} before the reactor (checks, prompts), then
     C{execute(reactor, prepared)}, a coroutine, on it.  A L{UsageError}
-    exits with 2, a L{Failure} or L{RekeyError} with 1, each after one line
+    exits with 2, a L{CommandFailed} or L{RekeyError} with 1, each after one line
     on C{err}; never a traceback.
 
     @param reactor: if given, run on it and return a L{Deferred} firing
@@ -196,7 +196,7 @@ def runCommand(prog: str, prepare: Callable[[], object], execute,
     async def guarded(reactor, prepared) -> int:
         try:
             return await execute(reactor, prepared)
-        except (Failure, RekeyError) as e:
+        except (CommandFailed, RekeyError) as e:
             return fail(str(e), 1)
         except Exception as e:  # never a traceback
             return fail(f"unexpected error: {e.__class__.__name__}: {e}", 1)
@@ -205,7 +205,7 @@ def runCommand(prog: str, prepare: Callable[[], object], execute,
         prepared = prepare()
     except UsageError as e:
         status = fail(str(e), 2)
-    except Failure as e:
+    except CommandFailed as e:
         status = fail(str(e), 1)
     else:
         status = None
@@ -291,7 +291,7 @@ def main(argv: Optional[Sequence[str]] = None, reactor=None, out=None, err=None,
 
 __all__: List[str] = [
     "ArgumentParser",
-    "Failure",
+    "CommandFailed",
     "UsageError",
     "addCommonArguments",
     "checkCommonArguments",
