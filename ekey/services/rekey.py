@@ -1,223 +1,162 @@
 # -*- test-case-name: tests.test_rekey -*-
 """
-Long-term re-keying: give a key a new long-term key, made from its master
-key, and store it in the keyring (ekeyd's C{ekey-rekey} and
-C{ekey-setkey}).
+Long-term re-keying over a key's connection, and what goes with it: the
+keyring checked writable before the key is touched, the master key read
+from an owner-only file, and a running daemon asked to let go of the key
+and to take it back (ekeyd's C{ekey-setkey} and C{ekey-rekey}).
 
-The exchange, after a reset: the key says its serial number; the host
-sends C{M} and the MAC of a fresh nonce under the master key; the key
-answers C{M} (unlocked); the host sends C{L} and the nonce; the key checks
-the MAC and answers C{L} with 32 bytes of its own entropy (or C{l}:
-refused).  Both sides then derive the new long-term key.  Every frame is
-authenticated under the all-zero session key of a freshly reset key.
+The exchange itself is L{ekey.core.rekey.LongTermRekey} (sans-I/O); the
+commands are L{ekey.cli.setkey} and L{ekey.cli.rekey}.  Every failure here
+is a L{RekeyError} whose message is one line for the user.
 """
 
 from __future__ import annotations
 
-import argparse
-import base64
-import binascii
-import enum
 import os
-import sys
-from typing import Callable, List, Optional
+import stat
+import tempfile
+import termios
+from typing import Callable, Dict, Iterable, Optional, Tuple
 
-from twisted.internet import defer, task
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet import defer
+from twisted.internet.endpoints import clientFromString, connectProtocol
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import deferLater
+from twisted.protocols import amp
 
-from ekey.core.errors import RemoteProtocolError
-from ekey.core.frames import (
-    FrameReader,
-    Packet,
-    computeMAC,
-    parseFrame,
-    pemEncode,
-)
-from ekey.core.keyring import (
-    DEFAULT_KEYRING,
-    KEY_LENGTH,
-    Keyring,
-    KeyringError,
-    formatSerial,
-    parseSecret,
-)
-from ekey.core.session import NONCE_LENGTH, RESET, ZERO_KEY, EntropyReceived, KeySession
-from ekey.core.skein import prepared
+from ekey.core.keyring import Keyring, KeyringError, formatSerial
+from ekey.core.rekey import LongTermRekey, RekeyState, parseMasterKey
+from ekey.core.session import EntropyReceived, KeySession
+from ekey.services.control import AddKey, ControlError, ReloadKeyring, RemoveKey, UnknownKey
+from ekey.services.device import KeyDeviceEndpoint, KeyPathError
+
+#: Seconds between attempts to open a key that another program still holds
+#: (a daemon that has just let go of it).
+RETRY_DELAY = 0.25
+
+#: The longest Unix socket path (C{sun_path} holds 108 bytes with the NUL).
+MAX_UNIX_PATH = 107
 
 
-def crc8(data: bytes) -> int:
+class RekeyError(Exception):
     """
-    The CCITT CRC-8 (polynomial 0x31, initial value 0xFF) that checks a
-    master key as printed on the key's card.
+    Re-keying failed; the message is one line for the user.
     """
-    crc = 0xFF
-    for byte in data:
-        crc ^= byte
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x31) & 0xFF if crc & 0x80 else (crc << 1) & 0xFF
-    return crc
 
 
-def parseMasterKey(text: str) -> bytes:
-    """
-    Parse a master key as printed on the key's card: 44 base64 characters
-    (spaces allowed) holding the 32-byte key and a CRC-8 check byte.  A
-    plain 32-byte key in base64 or 64 hex digits is accepted too.
+# Files ---------------------------------------------------------------------------
 
-    @return: the 32-byte master key.
-    @raise ValueError: with a message fit for the user.
+
+def prepareKeyring(path: str) -> Keyring:
     """
-    compact = "".join(text.split())
+    Read the keyring (or start an empty one if the file does not exist
+    yet) and check that it can be written, by creating and removing a
+    file beside it as L{Keyring.save} will: this is done before the key
+    is touched, so that a key never gets a long-term key that cannot be
+    stored.
+
+    @param path: the keyring file.
+    @return: the keyring.
+    @raise KeyringError: if it cannot be read or written, naming the file.
+    """
+    keyring = Keyring.load(path) if os.path.exists(path) else Keyring(path)
+    directory = os.path.dirname(os.path.abspath(path))
     try:
-        decoded = base64.b64decode(compact, validate=True)
-    except (binascii.Error, ValueError):
-        decoded = b""
-    if len(decoded) == KEY_LENGTH + 1:
-        if crc8(decoded[:KEY_LENGTH]) != decoded[KEY_LENGTH]:
+        fd, probe = tempfile.mkstemp(prefix=".keyring.", dir=directory)
+    except OSError as e:
+        reason = e.strerror or str(e)
+        raise KeyringError(f"cannot write keyring {path}: {reason}") from None
+    os.close(fd)
+    os.unlink(probe)
+    if os.path.exists(path) and not os.access(path, os.R_OK | os.W_OK):
+        raise KeyringError(f"cannot write keyring {path}: permission denied")
+    return keyring
+
+
+def readMasterKeyFile(path: str) -> bytes:
+    """
+    Read a master key from a file that only its owner may read or write
+    (as ssh does with private keys): the first line, as printed on the
+    key's card.
+
+    @param path: the file.
+    @return: the 32-byte master key.
+    @raise ValueError: with one line for the user, if the file cannot be
+        read, is open to group or others, or holds no master key.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOCTTY)
+    except OSError as e:
+        raise ValueError(f"cannot read master key file {path}: {e.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        mode = stat.S_IMODE(os.fstat(f.fileno()).st_mode)
+        if mode & 0o077:
             raise ValueError(
-                "the master key's check digit is incorrect: check for typing errors "
-                "and character substitution"
-            )
-        return decoded[:KEY_LENGTH]
-    return parseSecret(compact, "master key")
+                f"master key file {path} is open to group or others (mode {mode:04o}): "
+                f"chmod 600 {path}")
+        text = f.read(4096).decode("ascii", "replace")
+    lines = text.strip().splitlines()
+    if not lines:
+        raise ValueError(f"master key file {path} is empty")
+    try:
+        return parseMasterKey(lines[0])
+    except ValueError as e:
+        raise ValueError(f"master key file {path}: {e}") from None
 
 
-def formatMasterKey(key: bytes) -> str:
+# The key -------------------------------------------------------------------------
+
+
+def saveTerminal(path: str) -> Callable[[], None]:
     """
-    @return: a master key as printed on a card (with its check byte), in
-        groups of four characters.
+    Remember a serial device's terminal settings, to put them back once the
+    key is closed: pyserial leaves a tty non-blocking (C{VMIN} and C{VTIME}
+    0), after which ekeyd's tools, which read the tty blocking, fail with
+    "Unexpected error: Success".
+
+    @param path: the key's path (a socket or an unreadable device is left
+        alone).
+    @return: a function that puts the settings back (and does nothing for
+        a socket or if they could not be read).
     """
-    text = base64.b64encode(key + bytes([crc8(key)])).decode("ascii")
-    return " ".join(text[i : i + 4] for i in range(0, len(text), 4))
+    def attributes(action):
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+        except OSError:
+            return None
+        try:
+            return action(fd)
+        except termios.error:
+            return None
+        finally:
+            os.close(fd)
 
-
-class RekeyState(enum.Enum):
-    """
-    Where a long-term re-key stands.
-    """
-
-    WAITING_SERIAL = "waiting for the serial number"
-    WAITING_UNLOCK = "waiting for the key to accept the MAC"
-    WAITING_REPLY = "waiting for the key's entropy"
-    DONE = "new long-term key agreed"
-    FAILED = "failed"
-
-
-class LongTermRekey:
-    """
-    The host's side of a long-term re-key, sans-I/O.
-
-    @ivar state: a L{RekeyState}.
-    @ivar serial: the key's serial once said.
-    @ivar newLongTermKey: the new key once agreed.
-    @ivar error: why it failed, in words.
-    """
-
-    def __init__(self, masterKey: bytes, randomBytes: Callable[[int], bytes] = os.urandom,
-                 expectedSerial: Optional[bytes] = None):
-        if len(masterKey) != KEY_LENGTH:
-            raise ValueError("the master key is 32 bytes")
-        self._masterKey = masterKey
-        self._randomBytes = randomBytes
-        self._expectedSerial = expectedSerial
-        self._reader = FrameReader()
-        self._outgoing: List[bytes] = []
-        self._nonce = b""
-        self._pms = None
-        self.state = RekeyState.WAITING_SERIAL
-        self.serial: Optional[bytes] = None
-        self.newLongTermKey: Optional[bytes] = None
-        self.error: Optional[str] = None
-
-    def start(self) -> None:
-        """
-        Reset the key so that it says its serial number.
-        """
-        self._outgoing.append(RESET)
-
-    def dataToSend(self) -> bytes:
-        """
-        @return: bytes to send to the key now.
-        """
-        out, self._outgoing = b"".join(self._outgoing), []
-        return out
-
-    @property
-    def finished(self) -> bool:
-        """
-        Whether the exchange is over, one way or the other.
-        """
-        return self.state in (RekeyState.DONE, RekeyState.FAILED)
-
-    def fail(self, reason: str) -> None:
-        """
-        Give up (for example on a time-out).
-        """
-        if not self.finished:
-            self.state, self.error = RekeyState.FAILED, reason
-
-    def receiveData(self, data: bytes) -> None:
-        """
-        Process bytes from the key.
-        """
-        for frame in self._reader.receiveData(data):
-            if self.finished:
-                return
-            try:
-                self._packetReceived(parseFrame(frame))
-            except RemoteProtocolError:
-                # Noise or frames from before the reset: wait for the key.
-                continue
-
-    def _packetReceived(self, packet: Packet) -> None:
-        if self.state is RekeyState.WAITING_SERIAL:
-            if packet.type == "S" and packet.binary:
-                self._serialReceived(packet)
-            return
-        if not packet.verify(self._pms):
-            return
-        if packet.type == "l":
-            self.fail("the key refused the master key: it does not match the key's own")
-        elif self.state is RekeyState.WAITING_UNLOCK and packet.type == "M":
-            self.state = RekeyState.WAITING_REPLY
-            self._outgoing.append(b"L" + pemEncode(self._nonce) + b".")
-        elif self.state is RekeyState.WAITING_REPLY and packet.type == "L" and packet.binary:
-            length, deviceEntropy = packet.binaryPayload()
-            if length != len(self._nonce) or len(deviceEntropy) != KEY_LENGTH:
-                self.fail(f"the key received a {length}-byte nonce, not {len(self._nonce)}")
-                return
-            self.newLongTermKey = (
-                prepared("LRS", self.serial, self._masterKey).update(deviceEntropy + self._nonce)
-                .final()
-            )
-            self.state = RekeyState.DONE
-
-    def _serialReceived(self, packet: Packet) -> None:
-        _, serial = packet.binaryPayload()
-        if len(serial) != 12 or not packet.verify(prepared("PMS", serial, ZERO_KEY)):
-            return
-        if self._expectedSerial is not None and serial != self._expectedSerial:
-            self.fail(f"the key's serial is {formatSerial(serial)}, not the one given")
-            return
-        self.serial = serial
-        self._pms = prepared("PMS", serial, ZERO_KEY)
-        self._nonce = self._randomBytes(NONCE_LENGTH)
-        mac = computeMAC(prepared("LKMS", serial, self._masterKey), self._nonce)
-        self._outgoing.append(b"M" + pemEncode(mac))
-        self.state = RekeyState.WAITING_UNLOCK
-
-
-# Driving it over a real connection ------------------------------------------------
+    try:
+        isTerminal = stat.S_ISCHR(os.stat(path).st_mode)
+    except OSError:
+        isTerminal = False
+    saved = attributes(termios.tcgetattr) if isTerminal else None
+    if saved is None:
+        return lambda: None
+    return lambda: attributes(lambda fd: termios.tcsetattr(fd, termios.TCSANOW, saved))
 
 
 class _RekeyProtocol(Protocol):
     """
     Drive a L{LongTermRekey} over a key's connection, then optionally prove
     the new key with a session re-key on the same connection.
+
+    @ivar rekeyed: fires with the exchange once it is over.
+    @ivar lostEarly: whether the connection was lost before the key said
+        its serial number (nothing was changed: opening again is safe).
     """
 
-    def __init__(self, exchange: LongTermRekey):
+    lostEarly = False
+
+    def __init__(self, exchange: LongTermRekey,
+                 restoreTerminal: Callable[[], None] = lambda: None):
         self.exchange = exchange
+        self._restoreTerminal = restoreTerminal
         self.rekeyed = defer.Deferred()
         self.verified = defer.Deferred()
         self._session: Optional[KeySession] = None
@@ -226,10 +165,19 @@ class _RekeyProtocol(Protocol):
         self.exchange.start()
         self.transport.write(self.exchange.dataToSend())
 
+    def close(self) -> None:
+        """
+        Close the key, and put its terminal settings back as they were.
+        """
+        if self.transport is not None:
+            self.transport.loseConnection()
+        self._restoreTerminal()
+
     def verify(self, keyring: Keyring) -> defer.Deferred:
         """
         Reset the key and agree a session key under the new long-term key.
 
+        @param keyring: a keyring holding the key's new long-term key.
         @return: a L{Deferred} firing with C{None} once an entropy frame
             verified, or with the reason it did not, in words.
         """
@@ -258,6 +206,7 @@ class _RekeyProtocol(Protocol):
             self.rekeyed.callback(self.exchange)
 
     def connectionLost(self, reason):
+        self.lostEarly = self.exchange.state is RekeyState.WAITING_SERIAL
         self.exchange.fail("the connection to the key was lost")
         if not self.rekeyed.called:
             self.rekeyed.callback(self.exchange)
@@ -265,140 +214,258 @@ class _RekeyProtocol(Protocol):
             self.verified.callback("the connection to the key was lost")
 
 
-def _withTimeout(d: defer.Deferred, seconds: float, reactor, onTimeout) -> defer.Deferred:
-    def expired():
-        if not d.called:
-            onTimeout()
-
-    call = reactor.callLater(seconds, expired)
-    d.addBoth(lambda result: (call.active() and call.cancel(), result)[1])
-    return d
+def _describeFailure(path: str, exchange: LongTermRekey) -> str:
+    if exchange.mayHaveChanged:
+        return (f"{path}: {exchange.error} after the re-key was sent: the key may now have "
+                "a long-term key nobody knows; run this again with its master key")
+    return f"{path}: {exchange.error} (its long-term key is unchanged)"
 
 
-async def rekeyDevice(reactor, path: str, exchange: LongTermRekey, keyring: Keyring,
-                      timeout: float, verify: bool = True, out=None) -> int:
+async def changeLongTermKey(reactor, path: str, masterKey: bytes,
+                            expectedSerial: Optional[bytes] = None, timeout: float = 10.0,
+                            randomBytes: Callable[[int], bytes] = os.urandom,
+                            ) -> Tuple[_RekeyProtocol, LongTermRekey]:
     """
-    Re-key the key at C{path}, store the new long-term key in C{keyring}
-    and report on C{out} (standard output by default).
+    Open the key at C{path} and give it a new long-term key.  A key that
+    cannot be opened, or that closes the connection before saying its
+    serial number (another program, such as a daemon letting go of it,
+    still holds it), is tried again every L{RETRY_DELAY} seconds until
+    C{timeout}.
 
-    @return: the exit status for C{ekey-rekey}.
+    @param reactor: the reactor.
+    @param path: the key's serial device or Unix socket.
+    @param masterKey: its 32-byte master key.
+    @param expectedSerial: refuse a key with another serial number.
+    @param timeout: seconds for the whole exchange.
+    @param randomBytes: where the host's nonce comes from.
+    @return: the connected protocol (to verify the new key with, then
+        C{close()}) and the finished exchange, whose C{serial} and
+        C{newLongTermKey} are set.
+    @raise RekeyError: if the key cannot be opened, refuses, or does not
+        answer in time; the connection is then closed.
     """
-    from ekey.services.device import KeyDeviceEndpoint
-
-    out = out or sys.stdout
-    protocol = _RekeyProtocol(exchange)
-    try:
-        await KeyDeviceEndpoint(reactor, path).connect(_OneProtocolFactory(protocol))
-    except Exception as e:
-        print(f"ekey-rekey: cannot open {path}: {e}", file=sys.stderr)
-        return 1
-
-    def timedOut():
-        exchange.fail(f"the key did not answer within {timeout:g} seconds ({exchange.state.value})")
-        protocol.rekeyed.callback(exchange)
-
-    try:
-        await _withTimeout(protocol.rekeyed, timeout, reactor, timedOut)
-        if exchange.state is not RekeyState.DONE:
-            print(f"ekey-rekey: {path}: {exchange.error}", file=sys.stderr)
-            return 1
-        serial = formatSerial(exchange.serial)
-        print(f"Entropy Key serial: {serial}", file=out)
-        keyring.set(exchange.serial, exchange.newLongTermKey)
+    deadline = reactor.seconds() + timeout
+    restoreTerminal = saveTerminal(path)
+    while True:
+        exchange = LongTermRekey(masterKey, randomBytes=randomBytes,
+                                 expectedSerial=expectedSerial)
+        protocol = _RekeyProtocol(exchange, restoreTerminal)
+        remaining = max(deadline - reactor.seconds(), 0)
+        connecting = connectProtocol(KeyDeviceEndpoint(reactor, path), protocol)
+        connecting.addTimeout(remaining, reactor)
         try:
-            keyring.save()
-        except KeyringError as e:
-            print(f"ekey-rekey: the key now has a new long-term key, but {e}; "
-                  f"its keyring line is:\n{serial} {formatSerial(exchange.newLongTermKey)}",
-                  file=sys.stderr)
-            return 1
-        print(f"New long-term key stored in {keyring.path}", file=out)
-        if not verify:
-            return 0
-        verified = protocol.verify(keyring)
-        problem = await _withTimeout(
-            verified, timeout, reactor,
-            lambda: verified.callback(f"no entropy within {timeout:g} seconds"))
-        if problem is not None:
-            print(f"ekey-rekey: the new key could not be verified: {problem}", file=sys.stderr)
-            return 1
-        print("Verified: the key sends entropy under the new long-term key", file=out)
-        return 0
-    finally:
-        protocol.transport.loseConnection()
+            await connecting
+        except defer.TimeoutError:
+            raise RekeyError(f"cannot open {path}: no answer within {timeout:g} seconds") from None
+        except Exception as e:
+            reason = str(e) if isinstance(e, KeyPathError) else f"cannot open {path}: {e}"
+            if reactor.seconds() + RETRY_DELAY < deadline:
+                await deferLater(reactor, RETRY_DELAY)
+                continue
+            raise RekeyError(reason) from None
+        rekeyed = protocol.rekeyed
+        rekeyed.addTimeout(max(deadline - reactor.seconds(), 0), reactor)
+        try:
+            await rekeyed
+        except defer.TimeoutError:
+            exchange.fail(f"the key did not answer within {timeout:g} seconds "
+                          f"({exchange.state.value})")
+        if exchange.state is RekeyState.DONE:
+            return protocol, exchange
+        protocol.close()
+        if protocol.lostEarly:
+            if reactor.seconds() + RETRY_DELAY < deadline:
+                await deferLater(reactor, RETRY_DELAY)
+                continue
+            raise RekeyError(f"{path}: the key closed the connection before saying its serial "
+                             "number (is another program, such as a daemon, using it?)")
+        raise RekeyError(_describeFailure(path, exchange))
 
 
-class _OneProtocolFactory(Factory):
-    def __init__(self, protocol):
-        self._protocol = protocol
-
-    def buildProtocol(self, addr):
-        return self._protocol
-
-
-# The command line --------------------------------------------------------------
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="ekey-rekey",
-        description="Give an Entropy Key a new long-term key, made with its master key, "
-        "and store it in the keyring.",
-    )
-    parser.add_argument("--device", "-d", required=True,
-                        help="the key: a serial device or a Unix socket path")
-    parser.add_argument("--master-key", "-m", required=True,
-                        help="the master key as printed on the key's card (or 64 hex digits)")
-    parser.add_argument("--keyring", "-f", default=DEFAULT_KEYRING,
-                        help=f"the keyring to update (default {DEFAULT_KEYRING})")
-    parser.add_argument("--serial", "-s", help="refuse to re-key any key but this serial")
-    parser.add_argument("--timeout", type=float, default=10.0,
-                        help="seconds to wait for the key (default 10)")
-    parser.add_argument("--no-verify", action="store_true",
-                        help="do not check the new key with a session re-key afterwards")
-    return parser
-
-
-def main(argv=None, reactor=None) -> int:
+async def verifyLongTermKey(reactor, protocol: _RekeyProtocol, keyring: Keyring,
+                            timeout: float) -> None:
     """
-    The C{ekey-rekey} command.
+    Prove a new long-term key: reset the key on the same connection, agree
+    a session key under the key the keyring holds, and wait for a verified
+    entropy frame.
 
-    @return: the exit status: 0 done, 1 the key refused or did not answer,
-        2 bad usage or configuration.
+    @param protocol: from L{changeLongTermKey}.
+    @param keyring: holding the key's new long-term key.
+    @param timeout: seconds to wait.
+    @raise RekeyError: if no verified frame came.
     """
-    from ekey.services.device import KeyPathError, checkKeyPath
-    from ekey.core.keyring import parseSerial
-
-    args = _parser().parse_args(argv)
+    verified = protocol.verify(keyring)
+    verified.addTimeout(timeout, reactor)
     try:
-        masterKey = parseMasterKey(args.master_key)
-        expected = parseSerial(args.serial) if args.serial else None
-        checkKeyPath(args.device)
-        keyring = Keyring.load(args.keyring) if os.path.exists(args.keyring) else Keyring(args.keyring)
-    except (ValueError, KeyPathError, KeyringError) as e:
-        print(f"ekey-rekey: {e}", file=sys.stderr)
-        return 2
-    exchange = LongTermRekey(masterKey, expectedSerial=expected)
-    status = []
-
-    def run(reactor):
-        d = defer.Deferred.fromCoroutine(
-            rekeyDevice(reactor, args.device, exchange, keyring, args.timeout,
-                        verify=not args.no_verify)
-        )
-        d.addCallback(status.append)
-        return d
-
-    if reactor is not None:
-        run(reactor)
-        return status[0] if status else 1
-
-    def exitWithStatus(code):
-        # task.react turns a SystemExit failure into the process's status.
-        raise SystemExit(code)
-
-    task.react(lambda r: run(r).addCallback(exitWithStatus))
+        problem = await verified
+    except defer.TimeoutError:
+        problem = f"no entropy within {timeout:g} seconds"
+    if problem is not None:
+        raise RekeyError(f"the new long-term key could not be verified: {problem}")
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def storeLongTermKey(keyring: Keyring, serial: bytes, longTermKey: bytes) -> None:
+    """
+    Store a key's new long-term key in the keyring file.
+
+    @raise RekeyError: if the file cannot be written; the message then
+        holds the keyring line, so that the new key is not lost.
+    """
+    keyring.set(serial, longTermKey)
+    try:
+        keyring.save()
+    except KeyringError as e:
+        raise RekeyError(
+            f"the key now has a new long-term key, but {e}; add this line to the keyring "
+            f"by hand: {formatSerial(serial)} {formatSerial(longTermKey)}") from None
+
+
+def findKeyPath(serial: str, directories: Iterable[str],
+                exists: Callable[[str], bool] = os.path.lexists) -> Optional[str]:
+    """
+    Find a key by serial number where udev and ekeyd put it: each
+    directory's entry named after the serial, with C{/} (which a file name
+    cannot hold) as C{.} or C{_}, as ekeyd's C{ekey-rekey} looks.
+
+    @param serial: the serial, 16 base64 characters.
+    @param directories: where to look, in order.
+    @return: the first path that exists, or C{None}.
+    """
+    names = dict.fromkeys([serial.replace("/", "."), serial.replace("/", "_")])
+    for directory in directories:
+        for name in names:
+            path = os.path.join(directory, name)
+            if exists(path):
+                return path
+    return None
+
+
+# The daemon ------------------------------------------------------------------------
+
+
+class DaemonLink:
+    """
+    A running daemon's control channel, to let go of a key while it is
+    re-keyed and take it back afterwards (what ekeyd's C{ekey-rekey} does
+    with C{ekeydctl remove}, C{keyring} and C{add}).
+
+    @ivar endpoint: the control endpoint, as given.
+    """
+
+    def __init__(self, protocol: amp.AMP, endpoint: str, reactor, timeout: float):
+        self._protocol = protocol
+        self._reactor = reactor
+        self._timeout = timeout
+        self.endpoint = endpoint
+
+    @classmethod
+    async def connect(cls, reactor, endpoint: str, timeout: float
+                      ) -> Tuple[Optional["DaemonLink"], str]:
+        """
+        Connect to a daemon's control endpoint.
+
+        @return: the link and C{""}, or C{None} and why no daemon answered
+            (then there is none to ask).
+        @raise RekeyError: if C{endpoint} is not an endpoint.
+        """
+        try:
+            client = clientFromString(reactor, endpoint)
+        except (ValueError, KeyError, TypeError) as e:
+            raise RekeyError(f"bad --control endpoint {endpoint!r}: {e}") from None
+        path = getattr(client, "_path", None)
+        if isinstance(path, str) and len(os.fsencode(path)) > MAX_UNIX_PATH:
+            return None, (f"a Unix socket path is at most {MAX_UNIX_PATH} bytes; "
+                          "give a shorter one")
+        connecting = connectProtocol(client, amp.AMP())
+        connecting.addTimeout(timeout, reactor)
+        try:
+            protocol = await connecting
+        except defer.TimeoutError:
+            return None, f"no answer within {timeout:g} seconds"
+        except Exception as e:
+            code = getattr(e, "osError", None)
+            return None, os.strerror(code) if code else (str(e) or e.__class__.__name__)
+        return cls(protocol, endpoint, reactor, timeout), ""
+
+    async def _call(self, command, **arguments) -> object:
+        call = defer.maybeDeferred(self._protocol.callRemote, command, **arguments)
+        call.addTimeout(self._timeout, self._reactor)
+        try:
+            answer = await call
+        except defer.TimeoutError:
+            raise RekeyError(f"the daemon at {self.endpoint} did not answer within "
+                             f"{self._timeout:g} seconds") from None
+        except ControlError:
+            raise
+        except Exception as e:
+            raise ControlError(f"{e.__class__.__name__}: {e}") from None
+        return answer["result"]
+
+    async def release(self, identifiers: Iterable[str]) -> Optional[Dict[str, object]]:
+        """
+        Ask the daemon to stop serving a key (C{RemoveKey}).
+
+        @param identifiers: what the key may be known by (path, serial),
+            tried in order.
+        @return: the key's description as it was (its C{path} is where to
+            give it back), or C{None} if the daemon does not serve it.
+        @raise RekeyError: if the daemon refuses.
+        """
+        for identifier in identifiers:
+            try:
+                return await self._call(RemoveKey, identifier=identifier)
+            except UnknownKey:
+                continue
+            except ControlError as e:
+                raise RekeyError(f"the daemon at {self.endpoint} refused to let go of the key: "
+                                 f"{e} (stop the daemon first)") from None
+        return None
+
+    async def giveBack(self, path: str, keyring: str) -> str:
+        """
+        Ask the daemon to read its keyring again (C{ReloadKeyring}) and to
+        serve the key again (C{AddKey}).
+
+        @param path: the key's path, as the daemon had it.
+        @param keyring: the keyring the new long-term key went to.
+        @return: C{""} when done, else one line saying what the daemon did
+            not do, and what to do about it.
+        """
+        problems = []
+        try:
+            reloaded = await self._call(ReloadKeyring)
+        except (ControlError, RekeyError) as e:
+            problems.append(f"the daemon did not reload its keyring: {e} "
+                            "(run ekeyctl keyring)")
+        else:
+            loaded = reloaded.get("path") if isinstance(reloaded, dict) else None
+            if loaded and os.path.realpath(loaded) != os.path.realpath(keyring):
+                problems.append(f"the daemon reads the keyring {loaded}, not {keyring}: "
+                                "copy the key's new line there and run ekeyctl keyring")
+        try:
+            await self._call(AddKey, path=path)
+        except (ControlError, RekeyError) as e:
+            problems.append(f"the daemon did not take the key back: {e} "
+                            f"(run ekeyctl add {path})")
+        return "; ".join(problems)
+
+    def close(self) -> None:
+        """
+        Close the control connection.
+        """
+        transport = self._protocol.transport
+        if transport is not None:
+            transport.loseConnection()
+
+
+__all__ = [
+    "DaemonLink",
+    "saveTerminal",
+    "RekeyError",
+    "changeLongTermKey",
+    "findKeyPath",
+    "prepareKeyring",
+    "readMasterKeyFile",
+    "storeLongTermKey",
+    "verifyLongTermKey",
+]
