@@ -367,7 +367,7 @@ class ErrorTests(_ControlMixin, TestCase):
         self.assertOneLineError(self.ekeyctl("list", "extra"), 2, "too many arguments")
         # The daemon is still there and unchanged.
         self.assertEqual(len(self.ekeyctlJSON("list")), 2)
-        self.assertIn("refused to add key", daemonLog(self.daemon))
+        self.assertIn("refused to add a key", daemonLog(self.daemon))
 
     def notPermittedCommand(self):
         """
