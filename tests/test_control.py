@@ -18,6 +18,7 @@ from twisted.internet.address import IPv4Address, UNIXAddress
 from twisted.internet.error import ConnectError, ConnectionDone, ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.test import iosim
 from twisted.trial import unittest
@@ -35,6 +36,7 @@ from ekey.services.controlschema import (
     JSONValue,
     KeyStats,
     ListKeys,
+    NotPermitted,
     Pool,
     ReloadKeyring,
     RemoveKey,
@@ -803,6 +805,7 @@ class OutputTests(unittest.TestCase):
         for error in [UnknownKey("no key '9': give a number from 'list', a serial or a path"),
                       BadKeyPath("no such device or socket: /nope"),
                       BadKeyring("/k: line 2 is malformed"),
+                      NotPermitted("permission denied: uid 1000 may not control this daemon"),
                       ControlFailed("the daemon failed to list the keys; see its log")]:
             status, out, err, _ = self.run_(["list"], {ListKeys: error})
             self.assertEqual((status, out), (1, ""))
@@ -902,3 +905,171 @@ class EndToEndInMemoryTests(_DaemonMixin, unittest.TestCase):
         status, out, err = self.ekeyctl("stats", "1")
         self.assertEqual((status, out), (1, ""))
         self.assertTrue(err.startswith("ekeyctl: no key '1'"), err)
+
+
+class ControlAccessTests(unittest.TestCase):
+    """
+    L{control.ControlAccess} lets in root, the daemon's own user (as it is
+    when asked) and the control group's members, and nobody else.
+    """
+
+    def refusal(self, uid, groups=(), group=None, own=1000):
+        access = control.ControlAccess(group, getuid=lambda: own)
+        asked = []
+
+        def peerGroups():
+            asked.append(True)
+            return groups
+
+        return access.refusal(Credentials(pid=7, uid=uid, gid=uid), peerGroups), asked
+
+    def test_rootAndOwnUser(self):
+        """
+        Root and the daemon's user are let in without looking at groups.
+        """
+        self.assertEqual(self.refusal(0, group=50), (None, []))
+        self.assertEqual(self.refusal(1000, group=50), (None, []))
+
+    def test_others(self):
+        """
+        Another user is refused in one line naming their uid and who may;
+        with a control group, only if they are not in it.
+        """
+        message, _ = self.refusal(2000)
+        self.assertEqual(message, "permission denied: uid 2000 may not control this daemon; "
+                                  "only root, uid 1000 (the daemon's user) may")
+        message, asked = self.refusal(2000, groups=(2000, 51), group=50)
+        self.assertIn("and members of group 50", message)
+        self.assertEqual(asked, [True])
+        self.assertEqual(self.refusal(2000, groups=(2000, 50), group=50)[0], None)
+
+    def test_notUnix(self):
+        """
+        A peer the kernel cannot name (not on a Unix socket) is refused.
+        """
+        access = control.ControlAccess(None)
+        self.assertIn("only on its Unix control socket", access.refusal(None, lambda: ()))
+
+    def test_peerGroups(self):
+        """
+        The peer's groups are read from the kernel for a real Unix socket:
+        here, this process's own.
+        """
+        one, two = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.addCleanup(one.close)
+        self.addCleanup(two.close)
+
+        class Transport:
+            def getHandle(self):
+                return one
+
+        credentials = Credentials(os.getpid(), os.getuid(), os.getgid())
+        groups = control.peerGroups(Transport(), credentials)
+        self.assertEqual(set(groups), {os.getgid(), *os.getgroups()})
+
+    def test_refusedConnection(self):
+        """
+        A connection whose peer may not control the daemon is answered
+        L{NotPermitted} to every command, logged once with its uid, and
+        then closed.
+        """
+        reactor = MemoryReactorClock()
+        daemon = Daemon(None, EntropyPool(16), reactor, lambda: None)
+        events = []
+        factory = ControlFactory(daemon, credentials=lambda t: Credentials(9, 4321, 4321))
+        factory.controller.log = Logger(observer=events.append)
+        client, server, pump = iosim.connectedServerAndClient(
+            lambda: factory.buildProtocol(None), amp.AMP)
+        failures = []
+        client.callRemote(ListKeys).addErrback(failures.append)
+        pump.flush()
+        self.assertEqual(len(failures), 1)
+        failures[0].trap(NotPermitted)
+        self.assertEqual([e["uid"] for e in events if "uid" in e], [4321])
+        self.assertIsNotNone(server.transport)
+        reactor.advance(0)
+        pump.flush()
+        self.assertIsNone(server.transport)
+
+
+class ControlEndpointTests(unittest.TestCase):
+    """
+    L{control.checkControlEndpoint} lets only Unix sockets through and
+    forces their mode.
+    """
+
+    def test_modeForced(self):
+        """
+        Without a mode, 0600, or 0660 with a control group; a narrower
+        mode given is kept.
+        """
+        check = control.checkControlEndpoint
+        self.assertEqual(check("unix:/run/ekey/control.sock"),
+                         "unix:/run/ekey/control.sock:mode=600")
+        self.assertEqual(check("unix:/run/c.sock:lockfile=1", 50),
+                         "unix:/run/c.sock:lockfile=1:mode=660")
+        self.assertEqual(check("unix:c.sock:mode=600:lockfile=1"), "unix:c.sock:mode=600:lockfile=1")
+        self.assertEqual(check("unix:c.sock:mode=640", 50), "unix:c.sock:mode=640")
+        self.assertEqual(check("UNIX:address=c.sock"), "UNIX:address=c.sock:mode=600")
+
+    def test_refused(self):
+        """
+        A non-Unix endpoint, a mode that lets others in, a mode that is not
+        octal and a socket without a path are each refused in one line.
+        """
+        check = control.checkControlEndpoint
+        for description, group, text in [
+                ("tcp:7777", None, "must be a local Unix socket"),
+                ("ssl:7777:privateKey=k", None, "must be a local Unix socket"),
+                ("unix:c.sock:mode=666", None, "--control-group GROUP"),
+                ("unix:c.sock:mode=660", None, "would let other users"),
+                ("unix:c.sock:mode=664", 50, "would let other users"),
+                ("unix:c.sock:mode=rw", None, "not an octal mode"),
+                ("unix:mode=600", None, "no socket path")]:
+            message = str(self.assertRaises(ValueError, check, description, group))
+            self.assertIn(text, message, description)
+            self.assertNotIn("\n", message)
+
+    def test_socketPath(self):
+        """
+        The socket's path is the first positional field, unescaped.
+        """
+        self.assertEqual(control.controlSocketPath(r"unix:/run/a\:b.sock:mode=600"),
+                         "/run/a:b.sock")
+        self.assertEqual(control.controlSocketPath("unix:mode=600:address=/x"), "/x")
+
+    def test_resolveGroup(self):
+        """
+        A group is named or numbered; an unknown name is one line.
+        """
+        self.assertEqual(control.resolveGroup("root"), 0)
+        self.assertEqual(control.resolveGroup("4242"), 4242)
+        self.assertIn("no such group",
+                      str(self.assertRaises(ValueError, control.resolveGroup, "no-such-grp")))
+
+
+class PrintableTests(unittest.TestCase):
+    """
+    C{ekeyctl} prints nothing a terminal would act on.
+    """
+
+    def test_printable(self):
+        """
+        Escape sequences, C0 controls (but newline and tab), DEL and C1
+        controls are removed; other text, accents included, stays.
+        """
+        self.assertEqual(ekeyctl.printable("a\x1b[31mred\x1b[0m\x1b]0;title\x07b\x1bc"),
+                         "aredb")
+        self.assertEqual(ekeyctl.printable("x\x00\x08\r\x7f\x85\x9by\n\tz é"), "xy\n\tz é")
+
+    def test_outputStripped(self):
+        """
+        A key path holding escape sequences (chosen by whoever named the
+        socket) is printed without them, in lists and errors alike.
+        """
+        key = dict(KEYS[2], path="/tmp/\x1b[2J\x1b]0;pwned\x07k.sock\r")
+        status, out, err, _ = CommandLineTests.run_(self, ["list"], {ListKeys: [key]})
+        self.assertEqual(out.splitlines()[1], "3,NO,Key closed,/tmp/k.sock,")
+        status, out, err, _ = CommandLineTests.run_(
+            self, ["list"], {ListKeys: UnknownKey("no key '\x1b[2J\x9b1m'")})
+        self.assertEqual(err, "ekeyctl: no key '1m'\n")

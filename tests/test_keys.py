@@ -16,7 +16,7 @@ from ekey.core.session import KeyState
 from ekey.services.device import KeyPathError
 from ekey.services.keys import KeyNotFound, checkRunTimeKeyPath
 from tests.memory import boundSocket, connectKey, startKeyManager, writeKeyring
-from tests.vectors import LONG_TERM_KEY, SERIAL, SESSION, VECTORS, deviceFrames
+from tests.vectors import LONG_TERM_KEY, SERIAL, SESSION, VECTORS
 
 
 class KeyManagerTests(unittest.TestCase):

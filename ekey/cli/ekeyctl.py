@@ -48,12 +48,14 @@ LOCAL_CONTROL = "unix:control.sock"
 #: Seconds C{ekeyctl} waits for the daemon, by default.
 DEFAULT_TIMEOUT = 10.0
 
-#: What a terminal would act on: ANSI escape sequences (CSI and other
-#: ESC sequences), then any C0 control but newline and tab, DEL, and the
-#: C1 controls.
+#: What a terminal would act on: ANSI escape sequences (CSI, string
+#: sequences such as OSC up to their terminator, and other ESC
+#: sequences), then any C0 control but newline and tab, DEL, and the C1
+#: controls.
 _CONTROL = re.compile(
     r"\x1b\[[0-?]*[ -/]*[@-~]"      # CSI ... final byte
-    r"|\x1b[@-Z\\-_]"               # other two-character ESC sequences
+    r"|\x1b[\]PX^_][^\x07\x1b]*(?:\x07|\x1b\\)?"  # OSC, DCS, SOS, PM, APC ... terminator
+    r"|\x1b[ -/]*[0-~]"               # other ESC sequences (ESC c, ESC ( B, ...)
     r"|[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
