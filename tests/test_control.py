@@ -745,7 +745,7 @@ class OutputTests(unittest.TestCase):
             (["addall", "/dev/entropykey"], {AddAll: KEYS[:1]},
              "Added key 1: /dev/entropykey/NwBvBlg3OTBJORFD (NwBvBlg3OTBJORFD)\n"),
             (["addall", "/dev/entropykey"], {AddAll: []},
-             "No keys added: every key there is served already\n"),
+             "No keys added: those there are served already or may not be added at run time\n"),
             (["remove", "3"], {RemoveKey: KEYS[2]}, "Removed key 3: /tmp/gone.sock\n"),
             (["keyring"], {ReloadKeyring: {"path": "/etc/entropykey/keyring", "keys": 2}},
              "Keyring /etc/entropykey/keyring loaded: 2 key(s)\n"),

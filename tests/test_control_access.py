@@ -84,14 +84,14 @@ def readBox(sock: socket.socket) -> amp.AmpBox:
         box[key] = _readExactly(sock, length)
 
 
-def askAs(path: str, command: bytes, arguments: Dict[bytes, bytes], uid: Optional[int],
-          gid: Optional[int] = None, groups: Sequence[int] = ()):
+def _forkAsk(path: str, command: bytes, arguments: Dict[bytes, bytes], uid: Optional[int],
+             gid: Optional[int], groups: Sequence[int]) -> Tuple[int, int]:
     """
     Fork a child that takes the given user and groups, connects to the
-    control socket at C{path}, sends one command and reads its answer.
+    control socket at C{path}, sends one command, writes the answer box
+    (or C{CHILD-ERROR} and what went wrong) to a pipe and exits.
 
-    @param uid: the child's user, or C{None} to stay root.
-    @return: a L{Deferred} firing with the answer's L{amp.AmpBox}.
+    @return: the child's pid and the pipe's reading end.
     """
     readFD, writeFD = os.pipe()
     pid = os.fork()
@@ -115,15 +115,48 @@ def askAs(path: str, command: bytes, arguments: Dict[bytes, bytes], uid: Optiona
         finally:
             os._exit(status)
     os.close(writeFD)
+    return pid, readFD
 
-    def collect(_):
-        with os.fdopen(readFD, "rb") as f:
-            data = f.read()
-        if data.startswith(b"CHILD-ERROR"):
-            raise FailTest(data.decode("utf-8", "replace"))
-        return amp.parseString(data)[0]
 
-    return threads.deferToThread(os.waitpid, pid, 0).addCallback(collect)
+def _collect(pid: int, readFD: int) -> amp.AmpBox:
+    """
+    Wait for a child of L{_forkAsk}.
+
+    @return: the answer box.
+    @raise FailTest: with what went wrong in the child.
+    """
+    os.waitpid(pid, 0)
+    with os.fdopen(readFD, "rb") as f:
+        data = f.read()
+    if data.startswith(b"CHILD-ERROR"):
+        raise FailTest(data.decode("utf-8", "replace"))
+    return amp.parseString(data)[0]
+
+
+def askAs(path: str, command: bytes, arguments: Dict[bytes, bytes], uid: Optional[int],
+          gid: Optional[int] = None, groups: Sequence[int] = ()):
+    """
+    Ask the control socket at C{path} one command as another user, from a
+    child process, while this process's reactor runs (the daemon's side
+    in this process answers).
+
+    @param uid: the child's user, or C{None} to stay root.
+    @return: a L{Deferred} firing with the answer's L{amp.AmpBox}.
+    """
+    pid, readFD = _forkAsk(path, command, arguments, uid, gid, groups)
+    return threads.deferToThread(_collect, pid, readFD)
+
+
+def askAsNow(path: str, command: bytes, arguments: Dict[bytes, bytes], uid: Optional[int],
+             gid: Optional[int] = None, groups: Sequence[int] = ()) -> amp.AmpBox:
+    """
+    L{askAs}, blocking, for a daemon in another process.
+
+    @return: the answer's L{amp.AmpBox}.
+    @raise FailTest: if the child could not ask (such as C{PermissionError}
+        connecting to the socket).
+    """
+    return _collect(*_forkAsk(path, command, arguments, uid, gid, groups))
 
 
 class _AttackedDaemonMixin:

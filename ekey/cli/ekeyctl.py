@@ -151,7 +151,7 @@ def formatAdded(key: Dict[str, object]) -> str:
 
 def formatAddedAll(keys: Sequence[Dict[str, object]]) -> str:
     if not keys:
-        return "No keys added: every key there is served already\n"
+        return "No keys added: those there are served already or may not be added at run time\n"
     return "".join(formatAdded(key) for key in keys)
 
 
