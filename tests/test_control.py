@@ -1048,6 +1048,29 @@ class ControlEndpointTests(unittest.TestCase):
                       str(self.assertRaises(ValueError, control.resolveGroup, "no-such-grp")))
 
 
+class LayeringTests(unittest.TestCase):
+    """
+    C{ekeyctl} is a front end: it needs the schema, never the daemon.
+    """
+
+    def test_cliImportsSchemaOnly(self):
+        """
+        Importing L{ekey.cli.ekeyctl} in a fresh interpreter loads no ekey
+        module but the schema (not the responders, the keys or the
+        daemon).
+        """
+        import subprocess
+        import sys
+
+        code = ("import sys, ekey.cli.ekeyctl; "
+                "print(' '.join(sorted(m for m in sys.modules if m.startswith('ekey'))))")
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True,
+                              cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        self.assertEqual(done.stdout.decode().split(), [
+            "ekey", "ekey.cli", "ekey.cli.ekeyctl", "ekey.services",
+            "ekey.services.controlschema"])
+
+
 class PrintableTests(unittest.TestCase):
     """
     C{ekeyctl} prints nothing a terminal would act on.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_daemon -*-
+# -*- test-case-name: tests.test_status -*-
 """
 The running daemon as one object: what the control channel, the metrics
 and the status page read (through L{Daemon.status}, one typed snapshot)
