@@ -401,10 +401,29 @@ class ControlEndpointTests(TestCase):
         mode, gid = self.listen(f"unix:{self.directory}/control.sock", CONTROL_GROUP)
         self.assertEqual((mode, gid), (0o660, CONTROL_GROUP))
 
-    def test_tcpRefused(self):
+    def test_refused(self):
         """
-        A TCP control endpoint is refused in one line.
+        A TCP control endpoint, or a Unix one whose mode lets others in, is
+        refused in one line before anything listens.
         """
-        error = self.assertRaises(ValueError, checkControlEndpoint, "tcp:7777")
-        self.assertIn("must be a local Unix socket", str(error))
-        self.assertNotIn("\n", str(error))
+        from twisted.internet import reactor
+
+        daemon = Daemon(None, EntropyPool(16), reactor, id)
+        for description in ("tcp:7777", f"unix:{self.directory}/control.sock:mode=666"):
+            error = self.assertRaises(ValueError, controlService, description, daemon,
+                                      reactor=reactor)
+            self.assertNotIn("\n", str(error))
+        self.assertIn("must be a local Unix socket",
+                      str(self.assertRaises(ValueError, checkControlEndpoint, "tcp:7777")))
+        self.assertEqual(os.listdir(self.directory), [])
+
+    def test_failedBindStopsStart(self):
+        """
+        A socket that cannot be bound fails the service's start, as any
+        C{strports} listener does, so that the daemon does not start.
+        """
+        from twisted.internet import reactor
+
+        service = controlService(f"unix:{self.directory}/missing/control.sock",
+                                 Daemon(None, EntropyPool(16), reactor, id), reactor=reactor)
+        self.assertRaises(Exception, service.privilegedStartService)

@@ -146,24 +146,39 @@ def formatStats(result: Dict[str, object]) -> str:
 
 
 def formatAdded(key: Dict[str, object]) -> str:
+    """
+    @return: a line saying which key was added.
+    """
     return f"Added {_describeKey(key)}\n"
 
 
 def formatAddedAll(keys: Sequence[Dict[str, object]]) -> str:
+    """
+    @return: a line per key added, or one saying none was.
+    """
     if not keys:
         return "No keys added: those there are served already or may not be added at run time\n"
     return "".join(formatAdded(key) for key in keys)
 
 
 def formatRemoved(key: Dict[str, object]) -> str:
+    """
+    @return: a line saying which key was removed.
+    """
     return f"Removed {_describeKey(key)}\n"
 
 
 def formatKeyring(result: Dict[str, object]) -> str:
+    """
+    @return: a line saying which keyring was loaded, with how many keys.
+    """
     return f"Keyring {result['path']} loaded: {result['keys']} key(s)\n"
 
 
 def formatShutdown(result: Dict[str, object]) -> str:
+    """
+    @return: a line saying the daemon is stopping.
+    """
     return "The daemon is shutting down\n"
 
 

@@ -165,14 +165,27 @@ class Controller:
         checkRunTimeKeyPath(path, self.deviceDirs)
 
     def listKeys(self, peer: str) -> List[Dict[str, object]]:
+        """
+        @return: every key, as L{keyJSON} gives it.
+        """
         return [keyJSON(numbered) for numbered in self.daemon.keys.status()]
 
     def keyStats(self, peer: str, identifier: str) -> Dict[str, object]:
+        """
+        @return: a key and its statistics with ekeydctl's names.
+        @raise KeyNotFound: if no key matches C{identifier}.
+        """
         numbered = self.daemon.keys.find(identifier)
         return {"key": keyJSON(numbered),
                 "statistics": ekeydStatistics(numbered.key, self.daemon.clock.seconds())}
 
     def addKey(self, peer: str, path: str) -> Dict[str, object]:
+        """
+        Start serving a serial port, or an entry of a device directory.
+
+        @return: the key added.
+        @raise KeyPathError: if the path is refused.
+        """
         keys = self.daemon.keys
         number = keys.add(path, self._check)
         self.log.info("Control {peer}: added key {number}: {path}", peer=peer,
@@ -180,6 +193,12 @@ class Controller:
         return keyJSON(keys.keyStatus(number))
 
     def addAll(self, peer: str, directory: str) -> List[Dict[str, object]]:
+        """
+        Start serving every key of a directory that may be added at run
+        time and is not served yet.
+
+        @return: the keys added.
+        """
         keys = self.daemon.keys
         numbers = keys.addAll(directory, self._check)
         self.log.info("Control {peer}: added {count} key(s) from {directory}: {numbers}",
@@ -188,6 +207,10 @@ class Controller:
         return [keyJSON(keys.keyStatus(number)) for number in numbers]
 
     def removeKey(self, peer: str, identifier: str) -> Dict[str, object]:
+        """
+        @return: the key removed, as it was.
+        @raise KeyNotFound: if no key matches C{identifier}.
+        """
         numbered = self.daemon.keys.remove(identifier)
         self.log.info("Control {peer}: removed key {number}: {path}", peer=peer,
                       number=numbered.number, path=numbered.key.path)
@@ -233,13 +256,22 @@ class Controller:
             self.daemon.shutdown()
 
     def upstreams(self, peer: str) -> List[Dict[str, object]]:
+        """
+        @return: every upstream, as L{upstreamJSON} gives it.
+        """
         return [upstreamJSON(upstream) for upstream in self.daemon.status().upstreams]
 
     def clients(self, peer: str) -> List[Dict[str, object]]:
+        """
+        @return: every connected EGD client, as L{clientJSON} gives it.
+        """
         status = self.daemon.status()
         return [clientJSON(client, status.time) for client in status.clients]
 
     def pool(self, peer: str) -> Dict[str, object]:
+        """
+        @return: the pool, as L{poolJSON} gives it.
+        """
         return poolJSON(self.daemon.poolStatus())
 
 
@@ -314,6 +346,12 @@ class ControlProtocol(amp.AMP):
             self._shutdown()
 
     def locateResponder(self, name):
+        """
+        @param name: a command's name on the wire.
+        @return: its responder from L{RESPONDERS}, wrapped in AMP's
+            argument parsing and answer serialisation, or C{None} for a
+            command this channel does not have.
+        """
         entry = RESPONDERS.get(name)
         if entry is None:
             return None
