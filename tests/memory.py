@@ -54,14 +54,26 @@ def connectKey(testCase, reactor, manager: KeyManager, number: int, frames: int)
     """
     Connect the key last asked to connect on C{reactor} in memory and replay
     the transcript's first C{frames} frames to it (4 reach C{Running OK}).
+    A function that loses the connection (once) is appended to
+    C{testCase.keyConnections}; it is called when the test ends.
 
     @return: key C{number}'s L{ekey.services.device.KeyProtocol}.
     """
     factory = reactor.unixClients[-1][1]
     wrapper = factory.buildProtocol(None)
     wrapper.makeConnection(StringTransport())
+    lost = []
+
+    def lose():
+        if not lost:
+            lost.append(True)
+            wrapper.connectionLost(Failure(ConnectionDone()))
+
     # The key's service waits for the connection to close when it stops.
-    testCase.addCleanup(wrapper.connectionLost, Failure(ConnectionDone()))
+    testCase.addCleanup(lose)
+    if not hasattr(testCase, "keyConnections"):
+        testCase.keyConnections = []
+    testCase.keyConnections.append(lose)
     protocol = manager._keys[number].factory.protocol
     protocol.session._randomBytes = lambda n: HOST_NONCE[4:]
     for frame in deviceFrames()[:frames]:

@@ -1,8 +1,9 @@
 """
-Tests for L{ekey.services.control}: the AMP control channel against a real
-L{ekey.services.daemon.Daemon} (with a real L{ekey.services.keys.KeyManager} on a
-L{MemoryReactorClock}), and C{ekeyctl}'s command line, formatting and
-errors, all in memory.
+Tests for the control channel: L{ekey.services.control} (the daemon side)
+against a real L{ekey.services.daemon.Daemon} (with a real
+L{ekey.services.keys.KeyManager} on a L{MemoryReactorClock}), the schema
+of L{ekey.services.controlschema}, and C{ekeyctl}'s command line,
+formatting and errors (L{ekey.cli.ekeyctl}), all in memory.
 """
 
 import errno
@@ -17,35 +18,39 @@ from twisted.internet.address import IPv4Address, UNIXAddress
 from twisted.internet.error import ConnectError, ConnectionDone, ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.test import iosim
 from twisted.trial import unittest
 
+from ekey.cli import ekeyctl
 from ekey.services import control
-from ekey.services.control import (
+from ekey.services.control import ControlFactory
+from ekey.services.controlschema import (
     AddAll,
     AddKey,
     BadKeyPath,
     BadKeyring,
     Clients,
-    ControlFactory,
     ControlFailed,
     JSONValue,
     KeyStats,
     ListKeys,
+    NotPermitted,
     Pool,
     ReloadKeyring,
     RemoveKey,
     Shutdown,
     UnknownKey,
     Upstreams,
-    UsageError,
 )
+from ekey.cli.ekeyctl import UsageError
 from ekey.services.daemon import Daemon
+from ekey.services.peers import Credentials
 from ekey.core.pool import EntropyPool
 from ekey.services.upstream import PullPolicy, Upstream
 from tests.memory import boundSocket, connectKey, startKeyManager, writeKeyring
-from tests.vectors import SESSION, VECTORS, deviceFrames
+from tests.vectors import SESSION, VECTORS
 
 SERIAL_PEM = SESSION["serial_pem"]
 
@@ -64,8 +69,20 @@ class _FakeEGDClient:
 
 
 class _FakeEGDFactory:
+    """
+    What L{Daemon.status} reads of an EGD server factory.
+    """
+
     def __init__(self, clients):
         self.clients = set(clients)
+        self.connections = len(self.clients)
+        self.bytesServed = sum(client.bytesServed for client in clients)
+        self.requests = Counter()
+        self.protocolErrors = self.refused = self.idleClosed = 0
+
+
+#: What the kernel would say of root at the other end of a Unix socket.
+ROOT = Credentials(pid=1, uid=0, gid=0)
 
 
 class _DaemonMixin:
@@ -82,7 +99,10 @@ class _DaemonMixin:
         self.shutdowns = []
         self.daemon = Daemon(self.keys, self.pool, self.reactor,
                              lambda: self.shutdowns.append(True))
-        self.factory = ControlFactory(self.daemon)
+        self.keysDirectory = self.mktemp()
+        os.makedirs(self.keysDirectory)
+        self.factory = ControlFactory(self.daemon, deviceDirs=[self.keysDirectory],
+                                      credentials=lambda transport: ROOT)
         self.events = []
         from twisted.logger import Logger
 
@@ -93,12 +113,14 @@ class _DaemonMixin:
         return iosim.connectedServerAndClient(
             lambda: self.factory.buildProtocol(None), amp.AMP)
 
-    def socketPath(self):
+    def socketPath(self, directory=None):
         """
-        @return: a (relative, short) path where a Unix socket is bound, so
-            that it counts as a key's path.
+        @return: a (relative, short) path in the device directory (or
+            C{directory}) where a Unix socket is bound, so that it counts as
+            a key's path.
         """
-        return boundSocket(self, self.mktemp())
+        directory = directory or self.keysDirectory
+        return boundSocket(self, os.path.join(directory, f"k{len(os.listdir(directory))}"))
 
     def connectKey(self, number, frames=4):
         """
@@ -225,7 +247,21 @@ class KeyCommandTests(_DaemonMixin, unittest.TestCase):
         path = self.socketPath()
         self.call(AddKey, path=path)
         self.assertIn("served already", self.callFails(BadKeyPath, AddKey, path=path))
-        self.assertTrue(any("refused to add key" in line for line in self.logged()))
+        self.assertTrue(any("refused to add a key" in line for line in self.logged()))
+
+    def test_addSocketAtRunTimeRefused(self):
+        """
+        A Unix socket outside the device directories is refused at run
+        time, in one line, and nothing is added.
+        """
+        elsewhere = self.mktemp()
+        os.makedirs(elsewhere)
+        path = self.socketPath(elsewhere)
+        message = self.callFails(BadKeyPath, AddKey, path=path)
+        self.assertIn("not added at run time", message)
+        self.assertEqual(self.callFails(BadKeyPath, AddKey, path=path), message)
+        self.assertEqual(self.call(AddAll, directory=elsewhere), [])
+        self.assertEqual(self.keys.numbers(), [])
 
     def test_addKeyWithoutKeyring(self):
         """
@@ -239,8 +275,7 @@ class KeyCommandTests(_DaemonMixin, unittest.TestCase):
         Every key in a directory not served yet is added; a second time,
         none; a directory that cannot be read is refused.
         """
-        directory = self.mktemp()
-        os.mkdir(directory)
+        directory = self.keysDirectory
         for name in ("one", "two"):
             s = socket.socket(socket.AF_UNIX)
             self.addCleanup(s.close)
@@ -281,20 +316,28 @@ class KeyCommandTests(_DaemonMixin, unittest.TestCase):
         with open(self.keyringPath, "w") as f:
             f.write(VECTORS["keyring_line_text"] + "\n")
         self.assertEqual(self.call(ReloadKeyring), {"path": self.keyringPath, "keys": 1})
-        for frame in deviceFrames()[:4]:
-            protocol.dataReceived(frame)
+        # The key stopped for want of its serial is reconnected.
+        self.assertTrue(protocol.transport.disconnecting)
+        self.keyConnections[-1]()
+        self.connectKey(1)
         self.assertEqual(self.call(ListKeys)[0]["state"], "Running OK")
         self.assertTrue(any("reloaded the keyring" in line for line in self.logged()))
 
-    def test_reloadAnotherKeyring(self):
+    def test_reloadAnotherKeyringRefused(self):
         """
-        A keyring file can be named; it then stays in force.
+        Only the configured keyring is reloaded: another file is refused in
+        a line naming the configured one, and the keyring in force stays;
+        the configured file named explicitly is fine.
         """
         other = self.mktemp()
         with open(other, "w") as f:
             f.write("# nothing\n")
-        self.assertEqual(self.call(ReloadKeyring, path=other), {"path": other, "keys": 0})
-        self.assertEqual(self.keys.keyring.path, other)
+        old = self.keys.keyring
+        message = self.callFails(BadKeyring, ReloadKeyring, path=other)
+        self.assertIn(f"reloads only the daemon's keyring {self.keyringPath}", message)
+        self.assertIs(self.keys.keyring, old)
+        self.assertEqual(self.call(ReloadKeyring, path=os.path.abspath(self.keyringPath)),
+                         {"path": self.keyringPath, "keys": 1})
 
     def test_reloadBadKeyring(self):
         """
@@ -303,8 +346,10 @@ class KeyCommandTests(_DaemonMixin, unittest.TestCase):
         """
         old = self.keys.keyring
         with open(self.keyringPath, "w") as f:
-            f.write("broken line\n")
-        self.assertIn(self.keyringPath, self.callFails(BadKeyring, ReloadKeyring))
+            f.write("SECRETFIELD0123456789 broken\n")
+        message = self.callFails(BadKeyring, ReloadKeyring)
+        self.assertIn(self.keyringPath, message)
+        self.assertNotIn("SECRETFIELD", message)
         self.assertIs(self.keys.keyring, old)
         self.callFails(BadKeyring, ReloadKeyring, path=self.mktemp())
 
@@ -453,7 +498,8 @@ class JSONValueTests(unittest.TestCase):
         daemon.listeners.append(("tcp:8888", _FakeEGDFactory([
             _FakeEGDClient("tcp:127.0.0.1:%d" % i, "x" * 40, i, 0.0) for i in range(3000)])))
         client, server, pump = iosim.connectedServerAndClient(
-            lambda: ControlFactory(daemon).buildProtocol(None), amp.AMP)
+            lambda: ControlFactory(daemon, credentials=lambda t: ROOT).buildProtocol(None),
+            amp.AMP)
         d = client.callRemote(Clients)
         pump.flush()
         self.assertEqual(len(self.successResultOf(d)["result"]), 3000)
@@ -547,12 +593,12 @@ class CommandLineTests(unittest.TestCase):
         out, err = io.StringIO(), io.StringIO()
         fake = _FakeControl(answers or {})
         try:
-            options = control.parseArguments(argv, environ or {})
+            options = ekeyctl.parseArguments(argv, environ or {})
         except UsageError:
             status = self.successResultOf(
-                control.main(argv, reactor=Clock(), out=out, err=err, environ=environ or {}))
+                ekeyctl.main(argv, reactor=Clock(), out=out, err=err, environ=environ or {}))
             return status, out.getvalue(), err.getvalue(), fake
-        d = defer.Deferred.fromCoroutine(control.execute(
+        d = defer.Deferred.fromCoroutine(ekeyctl.execute(
             Clock(), options, out, err,
             connect or (lambda reactor, endpoint: defer.succeed(fake))))
         return self.successResultOf(d), out.getvalue(), err.getvalue(), fake
@@ -586,7 +632,7 @@ class CommandLineTests(unittest.TestCase):
         Without a reactor, a usage error exits with status 2.
         """
         err = io.StringIO()
-        exit = self.assertRaises(SystemExit, control.main, ["nope"], err=err)
+        exit = self.assertRaises(SystemExit, ekeyctl.main, ["nope"], err=err)
         self.assertEqual(exit.code, 2)
         self.assertEqual(err.getvalue().count("\n"), 1)
 
@@ -595,9 +641,9 @@ class CommandLineTests(unittest.TestCase):
         A --control that is not an endpoint is a usage error.
         """
         out, err = io.StringIO(), io.StringIO()
-        options = control.parseArguments(["--control", "bogus:x", "list"], {})
+        options = ekeyctl.parseArguments(["--control", "bogus:x", "list"], {})
         d = defer.Deferred.fromCoroutine(
-            control.execute(Clock(), options, out, err, control.connectControl))
+            ekeyctl.execute(Clock(), options, out, err, ekeyctl.connectControl))
         self.assertEqual(self.successResultOf(d), 2)
         self.assertIn("bad --control endpoint 'bogus:x'", err.getvalue())
 
@@ -606,12 +652,12 @@ class CommandLineTests(unittest.TestCase):
         The endpoint is $EKEY_CONTROL, else /run/ekey/control.sock if it
         exists, else control.sock here; --control overrides all.
         """
-        self.assertEqual(control.defaultEndpoint({"EKEY_CONTROL": "unix:/x"}), "unix:/x")
+        self.assertEqual(ekeyctl.defaultEndpoint({"EKEY_CONTROL": "unix:/x"}), "unix:/x")
         systemOnly = lambda path: path == "/run/ekey/control.sock"  # noqa: E731
-        self.assertEqual(control.defaultEndpoint({}, exists=systemOnly),
+        self.assertEqual(ekeyctl.defaultEndpoint({}, exists=systemOnly),
                          "unix:/run/ekey/control.sock")
-        self.assertEqual(control.defaultEndpoint({}, exists=lambda p: False), "unix:control.sock")
-        options = control.parseArguments(["--control", "tcp:localhost:1", "list"],
+        self.assertEqual(ekeyctl.defaultEndpoint({}, exists=lambda p: False), "unix:control.sock")
+        options = ekeyctl.parseArguments(["--control", "tcp:localhost:1", "list"],
                                          {"EKEY_CONTROL": "unix:/x"})
         self.assertEqual(options.control, "tcp:localhost:1")
 
@@ -623,21 +669,21 @@ class CommandLineTests(unittest.TestCase):
         here = os.path.abspath(self.mktemp())
         os.makedirs(here)
         open(os.path.join(here, "key"), "w").close()
-        verbs = control.VERBS
-        self.assertEqual(control.commandArguments(verbs["add"], "key", here),
+        verbs = ekeyctl.VERBS
+        self.assertEqual(ekeyctl.commandArguments(verbs["add"], "key", here),
                          {"path": os.path.join(here, "key")})
-        self.assertEqual(control.commandArguments(verbs["addall"], ".", here),
+        self.assertEqual(ekeyctl.commandArguments(verbs["addall"], ".", here),
                          {"directory": here})
-        self.assertEqual(control.commandArguments(verbs["keyring"], None, here), {})
-        self.assertEqual(control.commandArguments(verbs["keyring"], "../ring", here),
+        self.assertEqual(ekeyctl.commandArguments(verbs["keyring"], None, here), {})
+        self.assertEqual(ekeyctl.commandArguments(verbs["keyring"], "../ring", here),
                          {"path": os.path.join(os.path.dirname(here), "ring")})
-        self.assertEqual(control.commandArguments(verbs["stats"], "1", here),
+        self.assertEqual(ekeyctl.commandArguments(verbs["stats"], "1", here),
                          {"identifier": "1"})
-        self.assertEqual(control.commandArguments(verbs["remove"], "E52jaQ2jxAYlra1N", here),
+        self.assertEqual(ekeyctl.commandArguments(verbs["remove"], "E52jaQ2jxAYlra1N", here),
                          {"identifier": "E52jaQ2jxAYlra1N"})
-        self.assertEqual(control.commandArguments(verbs["remove"], "key", here),
+        self.assertEqual(ekeyctl.commandArguments(verbs["remove"], "key", here),
                          {"identifier": os.path.join(here, "key")})
-        self.assertEqual(control.commandArguments(verbs["list"], None, here), {})
+        self.assertEqual(ekeyctl.commandArguments(verbs["list"], None, here), {})
 
 
 class OutputTests(unittest.TestCase):
@@ -699,7 +745,7 @@ class OutputTests(unittest.TestCase):
             (["addall", "/dev/entropykey"], {AddAll: KEYS[:1]},
              "Added key 1: /dev/entropykey/NwBvBlg3OTBJORFD (NwBvBlg3OTBJORFD)\n"),
             (["addall", "/dev/entropykey"], {AddAll: []},
-             "No keys added: every key there is served already\n"),
+             "No keys added: those there are served already or may not be added at run time\n"),
             (["remove", "3"], {RemoveKey: KEYS[2]}, "Removed key 3: /tmp/gone.sock\n"),
             (["keyring"], {ReloadKeyring: {"path": "/etc/entropykey/keyring", "keys": 2}},
              "Keyring /etc/entropykey/keyring loaded: 2 key(s)\n"),
@@ -749,7 +795,7 @@ class OutputTests(unittest.TestCase):
             argv = ["--json", verb] + ([argument] if argument else [])
             status, out, err, fake = self.run_(argv, answers)
             self.assertEqual((status, err), (0, ""), verb)
-            self.assertEqual(json.loads(out), answers[control.VERBS[verb].command], verb)
+            self.assertEqual(json.loads(out), answers[ekeyctl.VERBS[verb].command], verb)
 
     def test_remoteErrors(self):
         """
@@ -759,6 +805,7 @@ class OutputTests(unittest.TestCase):
         for error in [UnknownKey("no key '9': give a number from 'list', a serial or a path"),
                       BadKeyPath("no such device or socket: /nope"),
                       BadKeyring("/k: line 2 is malformed"),
+                      NotPermitted("permission denied: uid 1000 may not control this daemon"),
                       ControlFailed("the daemon failed to list the keys; see its log")]:
             status, out, err, _ = self.run_(["list"], {ListKeys: error})
             self.assertEqual((status, out), (1, ""))
@@ -808,8 +855,8 @@ class OutputTests(unittest.TestCase):
         """
         clock = Clock()
         out, err = io.StringIO(), io.StringIO()
-        options = control.parseArguments(["--timeout", "3", "list"], {})
-        d = defer.Deferred.fromCoroutine(control.execute(
+        options = ekeyctl.parseArguments(["--timeout", "3", "list"], {})
+        d = defer.Deferred.fromCoroutine(ekeyctl.execute(
             clock, options, out, err, lambda reactor, endpoint: defer.Deferred()))
         clock.advance(3)
         self.assertEqual(self.successResultOf(d), 1)
@@ -817,7 +864,7 @@ class OutputTests(unittest.TestCase):
 
         err = io.StringIO()
         fake = _FakeControl({ListKeys: defer.Deferred()})
-        d = defer.Deferred.fromCoroutine(control.execute(
+        d = defer.Deferred.fromCoroutine(ekeyctl.execute(
             clock, options, out, err, lambda reactor, endpoint: defer.succeed(fake)))
         clock.advance(3)
         self.assertEqual(self.successResultOf(d), 1)
@@ -832,8 +879,8 @@ class EndToEndInMemoryTests(_DaemonMixin, unittest.TestCase):
     def ekeyctl(self, *argv):
         out, err = io.StringIO(), io.StringIO()
         client, server, pump = self.connectClient()
-        options = control.parseArguments(list(argv), {})
-        d = defer.Deferred.fromCoroutine(control.execute(
+        options = ekeyctl.parseArguments(list(argv), {})
+        d = defer.Deferred.fromCoroutine(ekeyctl.execute(
             self.reactor, options, out, err, lambda reactor, endpoint: defer.succeed(client)))
         pump.flush()
         return self.successResultOf(d), out.getvalue(), err.getvalue()
@@ -858,3 +905,194 @@ class EndToEndInMemoryTests(_DaemonMixin, unittest.TestCase):
         status, out, err = self.ekeyctl("stats", "1")
         self.assertEqual((status, out), (1, ""))
         self.assertTrue(err.startswith("ekeyctl: no key '1'"), err)
+
+
+class ControlAccessTests(unittest.TestCase):
+    """
+    L{control.ControlAccess} lets in root, the daemon's own user (as it is
+    when asked) and the control group's members, and nobody else.
+    """
+
+    def refusal(self, uid, groups=(), group=None, own=1000):
+        access = control.ControlAccess(group, getuid=lambda: own)
+        asked = []
+
+        def peerGroups():
+            asked.append(True)
+            return groups
+
+        return access.refusal(Credentials(pid=7, uid=uid, gid=uid), peerGroups), asked
+
+    def test_rootAndOwnUser(self):
+        """
+        Root and the daemon's user are let in without looking at groups.
+        """
+        self.assertEqual(self.refusal(0, group=50), (None, []))
+        self.assertEqual(self.refusal(1000, group=50), (None, []))
+
+    def test_others(self):
+        """
+        Another user is refused in one line naming their uid and who may;
+        with a control group, only if they are not in it.
+        """
+        message, _ = self.refusal(2000)
+        self.assertEqual(message, "permission denied: uid 2000 may not control this daemon; "
+                                  "only root, uid 1000 (the daemon's user) may")
+        message, asked = self.refusal(2000, groups=(2000, 51), group=50)
+        self.assertIn("and members of group 50", message)
+        self.assertEqual(asked, [True])
+        self.assertEqual(self.refusal(2000, groups=(2000, 50), group=50)[0], None)
+
+    def test_notUnix(self):
+        """
+        A peer the kernel cannot name (not on a Unix socket) is refused.
+        """
+        access = control.ControlAccess(None)
+        self.assertIn("only on its Unix control socket", access.refusal(None, lambda: ()))
+
+    def test_peerGroups(self):
+        """
+        The peer's groups are read from the kernel for a real Unix socket:
+        here, this process's own.
+        """
+        one, two = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.addCleanup(one.close)
+        self.addCleanup(two.close)
+
+        class Transport:
+            def getHandle(self):
+                return one
+
+        credentials = Credentials(os.getpid(), os.getuid(), os.getgid())
+        groups = control.peerGroups(Transport(), credentials)
+        self.assertEqual(set(groups), {os.getgid(), *os.getgroups()})
+
+    def test_refusedConnection(self):
+        """
+        A connection whose peer may not control the daemon is answered
+        L{NotPermitted} to every command, logged once with its uid, and
+        then closed.
+        """
+        reactor = MemoryReactorClock()
+        daemon = Daemon(None, EntropyPool(16), reactor, lambda: None)
+        events = []
+        factory = ControlFactory(daemon, credentials=lambda t: Credentials(9, 4321, 4321))
+        factory.controller.log = Logger(observer=events.append)
+        client, server, pump = iosim.connectedServerAndClient(
+            lambda: factory.buildProtocol(None), amp.AMP)
+        failures = []
+        client.callRemote(ListKeys).addErrback(failures.append)
+        pump.flush()
+        self.assertEqual(len(failures), 1)
+        failures[0].trap(NotPermitted)
+        self.assertEqual([e["uid"] for e in events if "uid" in e], [4321])
+        self.assertIsNotNone(server.transport)
+        reactor.advance(0)
+        pump.flush()
+        self.assertIsNone(server.transport)
+
+
+class ControlEndpointTests(unittest.TestCase):
+    """
+    L{control.checkControlEndpoint} lets only Unix sockets through and
+    forces their mode.
+    """
+
+    def test_modeForced(self):
+        """
+        Without a mode, 0600, or 0660 with a control group; a narrower
+        mode given is kept.
+        """
+        check = control.checkControlEndpoint
+        self.assertEqual(check("unix:/run/ekey/control.sock"),
+                         "unix:/run/ekey/control.sock:mode=600")
+        self.assertEqual(check("unix:/run/c.sock:lockfile=1", 50),
+                         "unix:/run/c.sock:lockfile=1:mode=660")
+        self.assertEqual(check("unix:c.sock:mode=600:lockfile=1"), "unix:c.sock:mode=600:lockfile=1")
+        self.assertEqual(check("unix:c.sock:mode=640", 50), "unix:c.sock:mode=640")
+        self.assertEqual(check("UNIX:address=c.sock"), "UNIX:address=c.sock:mode=600")
+
+    def test_refused(self):
+        """
+        A non-Unix endpoint, a mode that lets others in, a mode that is not
+        octal and a socket without a path are each refused in one line.
+        """
+        check = control.checkControlEndpoint
+        for description, group, text in [
+                ("tcp:7777", None, "must be a local Unix socket"),
+                ("ssl:7777:privateKey=k", None, "must be a local Unix socket"),
+                ("unix:c.sock:mode=666", None, "--control-group GROUP"),
+                ("unix:c.sock:mode=660", None, "would let other users"),
+                ("unix:c.sock:mode=664", 50, "would let other users"),
+                ("unix:c.sock:mode=rw", None, "not an octal mode"),
+                ("unix:mode=600", None, "no socket path")]:
+            message = str(self.assertRaises(ValueError, check, description, group))
+            self.assertIn(text, message, description)
+            self.assertNotIn("\n", message)
+
+    def test_socketPath(self):
+        """
+        The socket's path is the first positional field, unescaped.
+        """
+        self.assertEqual(control.controlSocketPath(r"unix:/run/a\:b.sock:mode=600"),
+                         "/run/a:b.sock")
+        self.assertEqual(control.controlSocketPath("unix:mode=600:address=/x"), "/x")
+
+    def test_resolveGroup(self):
+        """
+        A group is named or numbered; an unknown name is one line.
+        """
+        self.assertEqual(control.resolveGroup("root"), 0)
+        self.assertEqual(control.resolveGroup("4242"), 4242)
+        self.assertIn("no such group",
+                      str(self.assertRaises(ValueError, control.resolveGroup, "no-such-grp")))
+
+
+class LayeringTests(unittest.TestCase):
+    """
+    C{ekeyctl} is a front end: it needs the schema, never the daemon.
+    """
+
+    def test_cliImportsSchemaOnly(self):
+        """
+        Importing L{ekey.cli.ekeyctl} in a fresh interpreter loads no ekey
+        module but the schema (not the responders, the keys or the
+        daemon).
+        """
+        import subprocess
+        import sys
+
+        code = ("import sys, ekey.cli.ekeyctl; "
+                "print(' '.join(sorted(m for m in sys.modules if m.startswith('ekey'))))")
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True,
+                              cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        self.assertEqual(done.stdout.decode().split(), [
+            "ekey", "ekey.cli", "ekey.cli.ekeyctl", "ekey.services",
+            "ekey.services.controlschema"])
+
+
+class PrintableTests(unittest.TestCase):
+    """
+    C{ekeyctl} prints nothing a terminal would act on.
+    """
+
+    def test_printable(self):
+        """
+        Escape sequences, C0 controls (but newline and tab), DEL and C1
+        controls are removed; other text, accents included, stays.
+        """
+        self.assertEqual(ekeyctl.printable("a\x1b[31mred\x1b[0m\x1b]0;title\x07b\x1bc"),
+                         "aredb")
+        self.assertEqual(ekeyctl.printable("x\x00\x08\r\x7f\x85\x9by\n\tz é"), "xy\n\tz é")
+
+    def test_outputStripped(self):
+        """
+        A key path holding escape sequences (chosen by whoever named the
+        socket) is printed without them, in lists and errors alike.
+        """
+        key = dict(KEYS[2], path="/tmp/\x1b[2J\x1b]0;pwned\x07k.sock\r")
+        status, out, err, _ = CommandLineTests.run_(self, ["list"], {ListKeys: [key]})
+        self.assertEqual(out.splitlines()[1], "3,NO,Key closed,/tmp/k.sock,")
+        status, out, err, _ = CommandLineTests.run_(
+            self, ["list"], {ListKeys: UnknownKey("no key '\x1b[2J\x9b1m'")})
+        self.assertEqual(err, "ekeyctl: no key '1m'\n")

@@ -1,7 +1,8 @@
 """
 C{ekeyctl} end to end: our daemon (C{twistd -n ekey --control unix:PATH})
 with two simulated keys (C{ekey-sim}), and C{ekeyctl} run as a separate
-process for every verb, its errors included.
+process for every verb, its errors included; and another local user
+(uid 65534) kept out of the control socket.
 
 Every process is bounded in time: C{ekeyctl} runs with C{--timeout 10}
 and is killed after 30 seconds; every wait has a time limit.
@@ -19,7 +20,7 @@ import tempfile
 import time
 from typing import List, Optional, Sequence, Tuple
 
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import FailTest, SkipTest, TestCase
 
 from tests.interop import (
     MAX_SOCKET_PATH,
@@ -110,7 +111,7 @@ class _ControlMixin:
         @return: C{(status, stdout, stderr)}.
         """
         control = control or self.daemon.controlPath
-        argv = [sys.executable, "-m", "ekey.services.control", "--control", f"unix:{control}",
+        argv = [sys.executable, "-m", "ekey.cli.ekeyctl", "--control", f"unix:{control}",
                 "--timeout", "10"] + list(arguments)
         if wrap is not None:
             argv = wrap(argv)
@@ -219,9 +220,10 @@ class KeyVerbTests(_ControlMixin, TestCase):
 
     def test_removeAddAddAll(self):
         """
-        A key removed (by serial) leaves the list; added back it gets a new
-        number and runs; C{addall} on the keys' directory adds back what
-        is missing, and nothing the second time.
+        A key removed (by serial) leaves the list; a Unix socket cannot be
+        added back at run time (socket keys come from the command line),
+        nor by C{addall}; a serial port (a simulated key on a pty) is added
+        with a new number and runs.
         """
         self.startOurDaemon()
         self.waitForStates([(self.key1, "Running OK"), (self.key2, "Running OK")])
@@ -229,23 +231,23 @@ class KeyVerbTests(_ControlMixin, TestCase):
                          f"Removed key 2: {self.key2} ({SERIAL2})\n")
         self.assertEqual(self.ekeyctlOK("list"),
                          f"NR,OK,Status,Path,SerialNo\n1,YES,Running OK,{self.key1},{SERIAL}\n")
-        self.assertTrue(self.ekeyctlOK("add", self.key2).startswith(
-            f"Added key 3: {self.key2}"))
-        self.waitForStates([(self.key1, "Running OK"), (self.key2, "Running OK")])
-        self.assertEqual([k["number"] for k in self.ekeyctlJSON("list")], [1, 3])
-
-        self.ekeyctlOK("remove", "1")
-        self.ekeyctlOK("remove", self.key2)
-        self.assertEqual(self.ekeyctlJSON("list"), [])
-        added = self.ekeyctlJSON("addall", self.keysDirectory)
-        self.assertEqual([(k["number"], k["path"]) for k in added],
-                         [(4, self.key1), (5, self.key2)])
-        self.waitForStates([(self.key1, "Running OK"), (self.key2, "Running OK")])
+        self.assertOneLineError(self.ekeyctl("add", self.key2), 1, self.key2,
+                                "not added at run time")
         self.assertEqual(self.ekeyctlOK("addall", self.keysDirectory),
-                         "No keys added: every key there is served already\n")
+                         "No keys added: those there are served already or may not be added "
+                         "at run time\n")
+        self.assertEqual([k["number"] for k in self.ekeyctlJSON("list")], [1])
+
+        pty = startSimulator(self, self.directory, pty=True, serial=SERIAL2, rate=RATE,
+                             name="sim-pty").ptyPath
+        self.assertTrue(self.ekeyctlOK("add", pty).startswith(f"Added key 3: {pty}"))
+        self.waitForStates([(self.key1, "Running OK"), (pty, "Running OK")])
+        self.ekeyctlOK("remove", "1")
+        self.assertEqual([k["number"] for k in self.ekeyctlJSON("list")], [3])
         log = daemonLog(self.daemon)
         self.assertIn(": removed key 2: ", log)
         self.assertIn(": added key 3: ", log)
+        self.assertIn("refused to add a key", log)
         self.assertIn(",uid=", log)
 
     def test_keyringGainedSerial(self):
@@ -358,7 +360,8 @@ class ErrorTests(_ControlMixin, TestCase):
         missing = os.path.join(self.directory, "no-such-key")
         self.assertOneLineError(self.ekeyctl("add", missing), 1, missing)
         self.assertOneLineError(self.ekeyctl("add", self.key1), 1, "served already")
-        self.assertOneLineError(self.ekeyctl("keyring", missing), 1, missing)
+        self.assertOneLineError(self.ekeyctl("keyring", missing), 1, missing,
+                                f"reloads only the daemon's keyring {self.keyring}")
         self.assertOneLineError(
             self.ekeyctl("list", control=os.path.join(self.directory, "no-daemon.sock")), 1,
             "no such socket", "is the daemon running?")
@@ -367,7 +370,7 @@ class ErrorTests(_ControlMixin, TestCase):
         self.assertOneLineError(self.ekeyctl("list", "extra"), 2, "too many arguments")
         # The daemon is still there and unchanged.
         self.assertEqual(len(self.ekeyctlJSON("list")), 2)
-        self.assertIn("refused to add key", daemonLog(self.daemon))
+        self.assertIn("refused to add a key", daemonLog(self.daemon))
 
     def notPermittedCommand(self):
         """
@@ -377,7 +380,7 @@ class ErrorTests(_ControlMixin, TestCase):
             C{CAP_DAC_OVERRIDE}.
         @raise SkipTest: if neither can.
         """
-        probe = [sys.executable, "-c", "import twisted.protocols.amp, ekey.services.control"]
+        probe = [sys.executable, "-c", "import twisted.protocols.amp, ekey.cli.ekeyctl"]
         reasons = []
         for name, wrap in [("nobody", asNobody),
                            ("root without CAP_DAC_OVERRIDE",
@@ -407,3 +410,35 @@ class ErrorTests(_ControlMixin, TestCase):
         os.chmod(self.daemon.controlPath, 0)
         line = self.assertOneLineError(self.ekeyctl("list", wrap=wrap), 1, "permission denied")
         self.assertIn(self.daemon.controlPath, line, who)
+
+
+class OtherUserTests(_ControlMixin, TestCase):
+    """
+    Another local user cannot control the daemon, whatever the control
+    socket's mode: the attack of issue 11, against the real daemon.
+    """
+
+    def test_nobodyRefused(self):
+        """
+        Uid 65534, connecting to C{--control unix:PATH} (which used to be
+        mode 0666), cannot list or remove the keys: either the socket's
+        mode keeps it out, or the daemon answers one refusal and logs its
+        uid; both keys are still served.
+        """
+        from tests.test_control_access import NOBODY, askAsNow, requireRoot
+
+        requireRoot()
+        self.startOurDaemon()
+        self.waitForStates([(self.key1, "Running OK"), (self.key2, "Running OK")])
+        os.chmod(self.directory, 0o755)
+        for command, arguments in ((b"ListKeys", {}), (b"RemoveKey", {b"identifier": b"1"})):
+            try:
+                box = askAsNow(self.daemon.controlPath, command, arguments, NOBODY)
+            except FailTest as e:
+                self.assertIn("PermissionError", str(e))
+                continue
+            self.assertEqual(box.get(b"_error_code"), b"NOT_PERMITTED", box)
+            self.assertIn(b"uid 65534 may not control this daemon",
+                          box[b"_error_description"])
+            self.assertIn("uid 65534 may not control this daemon", daemonLog(self.daemon))
+        self.assertEqual(len(self.ekeyctlJSON("list")), 2)

@@ -14,11 +14,13 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import ssl
 import struct
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from typing import Dict, List, Optional, Tuple
 
@@ -35,10 +37,13 @@ from tests.interop import (
     makeTempDir,
     requireSimulator,
     socketPath,
+    mtlsServerEndpoint,
     startDaemon,
     startSimulator,
     waitFor,
     waitForListeningTCP,
+    writeCertificateAuthority,
+    writeHostCertificate,
     writeKeyring,
 )
 
@@ -58,11 +63,13 @@ BROWSER_TIMEOUT = 60.0
 CHROMIUM_PATHS = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
 
 
-def fetch(url: str, timeout: float = 10.0) -> Tuple[int, Dict[str, str], bytes]:
+def fetch(url: str, timeout: float = 10.0,
+          context: Optional[ssl.SSLContext] = None) -> Tuple[int, Dict[str, str], bytes]:
     """
+    @param context: the TLS context for an C{https:} URL.
     @return: the status, headers (lower-case names) and body of a GET.
     """
-    with urllib.request.urlopen(url, timeout=timeout) as response:
+    with urllib.request.urlopen(url, timeout=timeout, context=context) as response:
         headers = {name.lower(): value for name, value in response.getheaders()}
         return response.status, headers, response.read()
 
@@ -200,19 +207,23 @@ class _WebInteropMixin:
             paths[serial] = path
         return paths
 
-    def startDaemon(self, paths: Dict[str, str]):
+    def startDaemon(self, paths: Dict[str, str], metrics=None):
         """
         Start the daemon on the keys, with EGD and metrics on loopback
         ports, and wait until both listen.
+
+        @param metrics: makes the metrics endpoint from its port (default
+            plain TCP on loopback).
         """
         self.egdPort = freeTCPPort()
         self.metricsPort = freeTCPPort()
         while self.metricsPort == self.egdPort:
             self.metricsPort = freeTCPPort()
+        metrics = metrics or (lambda port: f"tcp:{port}:interface=127.0.0.1")
         self.daemon = startDaemon(
             self, self.directory, list(paths.values()), self.keyring, None,
             extra=["--port", f"tcp:{self.egdPort}:interface=127.0.0.1",
-                   "--metrics", f"tcp:{self.metricsPort}:interface=127.0.0.1",
+                   "--metrics", metrics(self.metricsPort),
                    "--control", "none", "--pool-size", "65536"])
         waitForListeningTCP(self.egdPort, process=self.daemon)
         waitForListeningTCP(self.metricsPort, process=self.daemon)
@@ -311,6 +322,43 @@ class MetricsInteropTests(_WebInteropMixin, TestCase):
         for text in (SERIAL, FAIL_MODE_SERIAL, STUCK_SERIAL, "Running OK",
                      "Key has self-stopped", "Failed health tests", "1 of 3 key(s) running"):
             self.assertIn(text, page)
+
+
+class MutualTLSMetricsTests(_WebInteropMixin, TestCase):
+    """
+    C{--metrics mtls:...}: the metrics and the page for a remote scraper
+    that holds a client certificate, and for nobody else.
+    """
+
+    def test_clientCertificateRequired(self):
+        """
+        Over real TLS, a client with a certificate from the CA scrapes the
+        metrics and sees the key running; a client without one is refused
+        in the handshake.
+        """
+        ca = writeCertificateAuthority(os.path.join(self.directory, "ca"))
+        caPath = os.path.join(self.directory, "ca", "ca.pem")
+        serverCert, serverKey = writeHostCertificate(self.directory, "localhost", ca)
+        clientCert, clientKey = writeHostCertificate(self.directory, "prometheus.example", ca)
+        self.startDaemon(self.startKeys(faulty=False),
+                         metrics=lambda port: mtlsServerEndpoint(port, serverCert, serverKey,
+                                                                 caPath))
+        url = f"https://localhost:{self.metricsPort}/metrics"
+        context = ssl.create_default_context(cafile=caPath)
+        context.load_cert_chain(clientCert, clientKey)
+
+        def running():
+            status, headers, body = fetch(url, context=context)
+            samples = parseMetrics(body.decode("utf-8"))
+            return values(samples, "ekey_key_up", serial=SERIAL) == [1] and samples
+
+        waitFor(running, KEY_TIMEOUT, "the key running, over mTLS", self.daemon)
+        status, headers, body = fetch(f"https://localhost:{self.metricsPort}/", context=context)
+        self.assertEqual(status, 200)
+        self.assertIn(b"Running OK", body)
+        anonymous = ssl.create_default_context(cafile=caPath)
+        with self.assertRaises((ssl.SSLError, ConnectionError, urllib.error.URLError)):
+            fetch(url, context=anonymous)
 
 
 class BrowserInteropTests(_WebInteropMixin, TestCase):

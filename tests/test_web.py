@@ -20,7 +20,7 @@ from ekey.services.daemon import SAMPLE_INTERVAL, Daemon
 from ekey.core.pool import EntropyPool
 from ekey.services.server import EGDServerFactory
 from ekey.core.session import KeyState
-from ekey.services.web import KEY_STATES, makeSite, stateName
+from ekey.services.web import KEY_STATES, makeSite
 from tests.memory import boundSocket, connectKey, startKeyManager, writeKeyring
 from tests.vectors import LONG_TERM_KEY, SESSION
 
@@ -194,24 +194,6 @@ class MetricsTests(WebTestsMixin, unittest.TestCase):
         self.assertEqual(
             samples[("ekey_egd_idle_closed_connections_total", (("listener", listener),))], 0)
 
-    def test_sharedFactoryCountedOnce(self):
-        """
-        Endpoints that share one factory (as C{twistd ekey} makes them) are
-        one listener in the metrics, so that its bytes are not counted
-        once per endpoint.
-        """
-        self.daemon.listeners.append(("unix:/run/ekey/egd", self.factory))
-        self.pool.add(b"\x55" * 10)
-        protocol, _ = self.connectClient()
-        protocol.dataReceived(b"\x01\x10")
-        samples = self.metrics()
-        served = sampleValues(samples, "ekey_egd_served_bytes_total")
-        self.assertEqual(served, [10])
-        self.assertEqual(
-            sampleValues(samples, "ekey_egd_served_bytes_total",
-                         listener="tcp:8888:interface=127.0.0.1, unix:/run/ekey/egd"),
-            [10])
-
     def test_runningKey(self):
         """
         A running key is up, in state C{running} and no other, with its
@@ -219,7 +201,7 @@ class MetricsTests(WebTestsMixin, unittest.TestCase):
         number, path and serial.
         """
         number, protocol = self.addKey()
-        path = self.keys.describe(number)["path"]
+        path = self.keys.keyStatus(number).key.path
         labels = {"key": "1", "path": path, "serial": SESSION["serial_pem"]}
         samples = self.metrics()
         self.assertEqual(sampleValues(samples, "ekey_key_up", **labels), [1])
@@ -289,16 +271,6 @@ class MetricsTests(WebTestsMixin, unittest.TestCase):
         """
         self.assertEqual(sampleValues(self.metrics(), "ekey_kernel_fed_bytes_total"), [])
 
-    def test_stateName(self):
-        """
-        Key states in words become their names; other words become
-        C{unknown}.
-        """
-        self.assertEqual(stateName("Running OK"), "running")
-        self.assertEqual(stateName("Failed health tests"), "failed_health")
-        self.assertEqual(stateName("Key has self-stopped"), "self_stopped")
-        self.assertEqual(stateName("something else"), "unknown")
-
 
 class StatusPageTests(WebTestsMixin, unittest.TestCase):
     """
@@ -314,8 +286,8 @@ class StatusPageTests(WebTestsMixin, unittest.TestCase):
         page = self.page()
         self.assertIn(SESSION["serial_pem"], page)
         self.assertIn("Running OK", page)
-        self.assertIn("41.9&nbsp;°C", page)
-        self.assertIn("3.254&nbsp;V", page)
+        self.assertIn("41.9&#160;°C", page)
+        self.assertIn("3.254&#160;V", page)
         self.assertIn("1 of 1 key(s) running", page)
 
     def test_stoppedKey(self):
@@ -336,7 +308,7 @@ class StatusPageTests(WebTestsMixin, unittest.TestCase):
         self.keys.add(self.socketPath(HOSTILE_NAME))
         page = self.page()
         self.assertNotIn("<b onmouseover", page)
-        self.assertIn("&lt;b onmouseover=&#x27;x&#x27;&gt;&amp;&quot;key&quot;", page)
+        self.assertIn("&lt;b onmouseover='x'&gt;&amp;\"key\"", page)
 
     def test_hostilePeerAndUpstreamEscaped(self):
         """
@@ -368,7 +340,10 @@ class StatusPageTests(WebTestsMixin, unittest.TestCase):
             self.assertNotIn(forbidden, page)
         self.assertIn("<style>", page)
         self.assertIn("<svg", page)
-        self.assertIn('<meta http-equiv="refresh" content="10">', page)
+        self.assertIn('<meta http-equiv="refresh" content="10" />', page)
+        self.assertEqual(headers["x-content-type-options"], "nosniff")
+        self.assertEqual(headers["cache-control"], "no-store")
+        self.assertTrue(page.startswith("<!DOCTYPE html>\n<html lang=\"en\">"), page[:80])
 
     def test_clientsAndListeners(self):
         """
@@ -450,7 +425,9 @@ class StatusJSONTests(WebTestsMixin, unittest.TestCase):
         data = json.loads(body)
         self.assertEqual(data["keys"][0]["serial"], SESSION["serial_pem"])
         self.assertEqual(data["keys"][0]["stateName"], "running")
-        self.assertEqual(data["keys"][0]["statistics"]["KeyVoltage"], 3.254)
+        self.assertEqual(data["keys"][0]["state"], "Running OK")
+        self.assertEqual(data["keys"][0]["readings"]["voltageMillivolts"], 3254)
+        self.assertEqual(data["keys"][0]["health"]["fipsFailures"], 0)
         self.assertEqual(data["pool"]["level"], 10)
         self.assertEqual(data["listeners"][0]["clients"], 1)
         self.assertEqual(data["clients"][0]["peer"], "tcp:127.0.0.1:40000")

@@ -10,7 +10,7 @@ words to be parsed back.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Tuple
 
 from ekey.core.session import KeyState
 
@@ -94,3 +94,155 @@ class KeyStatus:
         Whether the key gives entropy now.
         """
         return self.state is KeyState.RUNNING
+
+
+def celsius(tenthsKelvin: int) -> float:
+    """
+    The one conversion of a key's temperature (tenths of a kelvin, as its
+    information frames carry it) to degrees Celsius.
+
+    @return: degrees Celsius, to two decimals.
+    """
+    return round((tenthsKelvin - 2731.5) / 10, 2)
+
+
+@dataclass(frozen=True)
+class NumberedKey:
+    """
+    A key as the daemon's key manager numbers it (what ekeydctl's C{list}
+    shows).
+    """
+
+    number: int
+    key: KeyStatus
+
+
+@dataclass(frozen=True)
+class PoolStatus:
+    """
+    The entropy pool now.
+
+    @ivar bytesPerSecond: bytes in per second at the last sample, if any.
+    @ivar refillAt: for a relay, the level below which it pulls now, else
+        C{None}.
+    @ivar ranDry: for a relay, refills that found the pool emptied by
+        readers, else C{None}.
+    """
+
+    level: int
+    capacity: int
+    bytesIn: int
+    bytesOut: int
+    bytesRefused: int
+    waitingReaders: int
+    bytesPerSecond: Optional[float] = None
+    refillAt: Optional[int] = None
+    ranDry: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class ClientStatus:
+    """
+    One connected EGD client.
+
+    @ivar listener: the endpoint it came in on.
+    @ivar peer: who it is (L{ekey.services.peers.describePeer}).
+    @ivar identity: its certificate's identity, if it showed one.
+    @ivar requests: EGD commands it sent, all kinds together.
+    @ivar connectedAt: when it connected.
+    """
+
+    listener: str
+    peer: str
+    identity: Optional[str]
+    bytesServed: int
+    requests: int
+    connectedAt: float
+
+
+@dataclass(frozen=True)
+class ListenerStatus:
+    """
+    One EGD listener and its counters.
+
+    @ivar requests: C{((command name, count), ...)}, sorted by name.
+    """
+
+    description: str
+    clients: int
+    connections: int
+    bytesServed: int
+    requests: Tuple[Tuple[str, int], ...]
+    protocolErrors: int
+    refused: int
+    idleClosed: int
+
+
+@dataclass(frozen=True)
+class UpstreamStatus:
+    """
+    One upstream EGD server of a relay.
+
+    @ivar state: C{"up"} or C{"down"}.
+    """
+
+    description: str
+    state: str
+    bytesPulled: int
+    connections: int
+    lastError: Optional[str]
+
+    @property
+    def up(self) -> bool:
+        """
+        Whether it is connected.
+        """
+        return self.state == "up"
+
+
+@dataclass(frozen=True)
+class KernelFeederStatus:
+    """
+    The kernel feeder: bytes added to the kernel's random pool.
+    """
+
+    bytesFed: int
+    feeds: int
+    lastError: Optional[str]
+
+
+@dataclass(frozen=True)
+class DaemonStatus:
+    """
+    The whole daemon at one moment: what the control channel, the metrics
+    and the status page render.
+
+    @ivar time: when this was read.
+    @ivar startedAt: when the daemon started.
+    @ivar history: C{((time, bytes in per second), ...)}, oldest first.
+    @ivar kernel: the kernel feeder's, or C{None} without one.
+    """
+
+    time: float
+    startedAt: float
+    pool: PoolStatus
+    keys: Tuple[NumberedKey, ...]
+    listeners: Tuple[ListenerStatus, ...]
+    clients: Tuple[ClientStatus, ...]
+    upstreams: Tuple[UpstreamStatus, ...]
+    kernel: Optional[KernelFeederStatus]
+    history: Tuple[Tuple[float, float], ...]
+
+    @property
+    def uptime(self) -> float:
+        """
+        Seconds since the daemon started.
+        """
+        return self.time - self.startedAt
+
+    @property
+    def keysRunning(self) -> int:
+        """
+        How many keys give entropy now.
+        """
+        return sum(1 for numbered in self.keys if numbered.key.running)

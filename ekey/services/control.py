@@ -1,355 +1,248 @@
 # -*- test-case-name: tests.test_control -*-
 """
-The control channel: what C{ekeyctl} (ekey's C{ekeydctl}) asks a running
-daemon, over L{twisted.protocols.amp}.
+The control channel, daemon side: who may send commands, and what each
+command does to a L{ekey.services.daemon.Daemon}.  The commands are in
+L{ekey.services.controlschema}; C{ekeyctl} is L{ekey.cli.ekeyctl}.
 
-The daemon listens with L{ControlFactory} on C{twistd ekey --control
-ENDPOINT} (by default a Unix socket of mode 0600 in the run directory).
-Each command answers one JSON value in a L{JSONValue} argument named
-C{result}; a refusal is an AMP error whose description is one line fit for
-the user:
+Control is local and owner-only.  The endpoint must be a Unix socket
+(L{checkControlEndpoint} refuses any other, and forces its mode to 0600,
+or 0660 with a control group), and every connection is checked with
+C{SO_PEERCRED}: only root, the daemon's own user and members of the
+control group may issue commands; anyone else is answered
+L{NotPermitted} to every command, and logged with their uid.
 
-    ListKeys                    -> [key, ...]   (see L{ekey.services.keys.KeyManager.describe})
-    KeyStats(identifier)        -> {"key": key, "statistics": {Name: value}}
-    AddKey(path)                -> key
-    AddAll(directory)           -> [key, ...]   (the keys added)
-    RemoveKey(identifier)       -> key          (as it was)
-    ReloadKeyring([path])       -> {"path": file, "keys": count}
-    Shutdown                    -> {"shuttingDown": true}
-    Upstreams                   -> [upstream, ...]
-    Clients                     -> [EGD client, ...]
-    Pool                        -> {name: value}
-
-C{identifier} is a key's number (from C{ListKeys}), its serial number or
-its path, as with ekeydctl.  Errors: L{UnknownKey}, L{BadKeyPath},
-L{BadKeyring}, and L{ControlFailed} for anything unexpected (logged in full
-by the daemon).
-
-C{ekeyctl} is L{main}; the formatting of its output is done by pure
-functions (L{formatList}, L{formatNameValues}, ...) on the JSON values.
+Keys added at run time must be serial ports or entries of the daemon's
+device directories (L{ekey.services.keys.checkRunTimeKeyPath}), and the
+keyring reloaded is always the configured one; no answer ever holds a
+file's contents.
 """
 
 from __future__ import annotations
 
-import argparse
-import errno
 import functools
-import json
+import grp
 import os
+import pwd
+import socket
+import struct
 import sys
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from twisted.internet import defer, error as netError
+from twisted.application import strports
+from twisted.application.service import MultiService, Service
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols import amp
 
-from ekey.services.device import KeyPathError
-from ekey.services.peers import describePeer
 from ekey.core.keyring import KeyringError
-from ekey.services.keys import KeyNotFound
+from ekey.services.controlschema import (
+    AddAll,
+    AddKey,
+    BadKeyPath,
+    BadKeyring,
+    Clients,
+    ControlError,
+    ControlFailed,
+    KeyStats,
+    ListKeys,
+    NotPermitted,
+    Pool,
+    ReloadKeyring,
+    RemoveKey,
+    Shutdown,
+    UnknownKey,
+    Upstreams,
+    messageOf,
+)
+from ekey.services.device import KeyPathError
+from ekey.services.keys import KeyNotFound, checkRunTimeKeyPath
+from ekey.services.peers import Credentials, describePeer, peerCredentials
+from ekey.services.statusviews import (
+    clientJSON,
+    ekeydStatistics,
+    keyJSON,
+    poolJSON,
+    upstreamJSON,
+)
 
-#: Where C{ekeyctl} looks for the daemon first (C{twistd --rundir /run/ekey}).
-SYSTEM_CONTROL = "unix:/run/ekey/control.sock"
-#: Where it looks next: the daemon's default, in the current directory.
-LOCAL_CONTROL = "unix:control.sock"
-#: Seconds C{ekeyctl} waits for the daemon, by default.
-DEFAULT_TIMEOUT = 10.0
 #: Seconds between answering L{Shutdown} and stopping the daemon even if
 #: the client does not let go of the connection.
 SHUTDOWN_GRACE = 2.0
 
+#: Linux's C{SO_PEERGROUPS} (since 4.13): the peer's supplementary groups.
+_SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
+_GID = struct.Struct("I")
 
-# Errors -------------------------------------------------------------------------
+
+# Who may control ------------------------------------------------------------------
 
 
-class ControlError(Exception):
+def peerGroups(transport, credentials: Credentials) -> Tuple[int, ...]:
     """
-    A control command was refused; the message is one line for the user.
+    The groups of the process at the other end of a Unix socket: its group
+    and its supplementary groups as the kernel reports them
+    (C{SO_PEERGROUPS}), else, where the kernel does not say, the groups
+    the user database gives its user.
+
+    @return: group ids.
     """
+    groups = [credentials.gid]
+    try:
+        if not sys.platform.startswith("linux"):
+            raise OSError("no SO_PEERGROUPS")
+        raw = transport.getHandle().getsockopt(socket.SOL_SOCKET, _SO_PEERGROUPS, 1024)
+        groups += [gid for (gid,) in _GID.iter_unpack(raw[:len(raw) - len(raw) % _GID.size])]
+    except (AttributeError, OSError):
+        try:
+            name = pwd.getpwuid(credentials.uid).pw_name
+            groups += os.getgrouplist(name, credentials.gid)
+        except (KeyError, OSError):
+            pass
+    return tuple(groups)
 
-    def __str__(self):
-        return _oneLine(self.args[0] if self.args else self.__class__.__name__)
 
-
-class UnknownKey(ControlError):
+class ControlAccess:
     """
-    No key has that number, serial or path (L{KeyNotFound}).
-    """
-
-
-class BadKeyPath(ControlError):
-    """
-    A key's path is missing, not a key, or served already (L{KeyPathError}).
-    """
-
-
-class BadKeyring(ControlError):
-    """
-    The keyring cannot be read or is missing (L{KeyringError}).
-    """
-
-
-class ControlFailed(ControlError):
-    """
-    The daemon failed unexpectedly while doing the command (it logged why).
-    """
-
-
-def _oneLine(message) -> str:
-    """
-    @return: C{message} as text on one line.
-    """
-    if isinstance(message, bytes):
-        message = message.decode("utf-8", "replace")
-    return " ".join(str(message).split())
-
-
-def _message(exception: BaseException) -> str:
-    """
-    @return: an exception's message on one line, without the quotes that
-        C{str} puts around a L{KeyError}'s.
-    """
-    if exception.args:
-        return _oneLine(exception.args[0])
-    return _oneLine(str(exception) or exception.__class__.__name__)
-
-
-# The protocol ------------------------------------------------------------------
-
-
-class JSONValue(amp.Argument):
-    """
-    An AMP argument holding any JSON value, split over as many AMP values as
-    it needs (each at most L{amp.MAX_VALUE_LENGTH} bytes): the first under
-    the argument's name, the others under C{name.1}, C{name.2}, ...
+    Who may issue control commands: root, the daemon's own user (as it is
+    when asked) and members of the control group, if there is one.
     """
 
-    chunkSize = amp.MAX_VALUE_LENGTH
+    def __init__(self, group: Optional[int] = None, getuid: Callable[[], int] = os.getuid):
+        """
+        @param group: the control group's id, or C{None}.
+        @param getuid: returns the daemon's user id.
+        """
+        self.group = group
+        self._getuid = getuid
 
-    def toBox(self, name, strings, objects, proto):
-        value = self.retrieve(objects, name.decode("ascii"), proto)
-        data = json.dumps(value, sort_keys=True, separators=(",", ":")).encode("utf-8")
-        strings[name] = data[:self.chunkSize]
-        for index, start in enumerate(range(self.chunkSize, len(data), self.chunkSize), 1):
-            strings[name + b".%d" % (index,)] = data[start:start + self.chunkSize]
-
-    def fromBox(self, name, strings, objects, proto):
-        data = strings.get(name)
-        if data is None:
-            if self.optional:
-                return
-            raise KeyError(name)
-        parts = [data]
-        index = 1
-        while name + b".%d" % (index,) in strings:
-            parts.append(strings[name + b".%d" % (index,)])
-            index += 1
-        objects[name.decode("ascii")] = json.loads(b"".join(parts).decode("utf-8"))
-
-
-class _ControlCommand(amp.Command):
-    """
-    A control command: it answers one JSON value, C{result}.
-    """
-
-    response = [(b"result", JSONValue())]
-    errors = {
-        UnknownKey: b"UNKNOWN_KEY",
-        BadKeyPath: b"BAD_KEY_PATH",
-        BadKeyring: b"BAD_KEYRING",
-        ControlFailed: b"CONTROL_FAILED",
-    }
+    def refusal(self, credentials: Optional[Credentials],
+                groups: Callable[[], Sequence[int]]) -> Optional[str]:
+        """
+        @param credentials: the peer's, or C{None} if it is not on a Unix
+            socket.
+        @param groups: returns the peer's groups (asked only if needed).
+        @return: why the peer may not control the daemon, in one line, or
+            C{None} if it may.
+        """
+        if credentials is None:
+            return ("the daemon takes commands only on its Unix control socket, "
+                    "from root, its own user or its control group")
+        own = self._getuid()
+        if credentials.uid in (0, own):
+            return None
+        if self.group is not None and self.group in groups():
+            return None
+        members = f", uid {own} (the daemon's user)" if own != 0 else ""
+        if self.group is not None:
+            members += f" and members of group {self.group}"
+        return (f"permission denied: uid {credentials.uid} may not control this daemon; "
+                f"only root{members} may")
 
 
-class ListKeys(_ControlCommand):
-    """
-    Describe every key, by number.
-    """
-
-
-class KeyStats(_ControlCommand):
-    """
-    One key's description and statistics (ekeydctl's names).
-    """
-
-    arguments = [(b"identifier", amp.Unicode())]
-
-
-class AddKey(_ControlCommand):
-    """
-    Start serving the key at a path.
-    """
-
-    arguments = [(b"path", amp.Unicode())]
-
-
-class AddAll(_ControlCommand):
-    """
-    Start serving every key in a directory that is not served yet.
-    """
-
-    arguments = [(b"directory", amp.Unicode())]
-
-
-class RemoveKey(_ControlCommand):
-    """
-    Stop serving a key and forget it.
-    """
-
-    arguments = [(b"identifier", amp.Unicode())]
-
-
-class ReloadKeyring(_ControlCommand):
-    """
-    Read the keyring again, or another keyring file, and restart the keys
-    that were stopped for want of a long-term key.
-    """
-
-    arguments = [(b"path", amp.Unicode(optional=True))]
-
-
-class Shutdown(_ControlCommand):
-    """
-    Stop the daemon, once the answer is sent.
-    """
-
-
-class Upstreams(_ControlCommand):
-    """
-    Each upstream's state, bytes pulled and last error.
-    """
-
-
-class Clients(_ControlCommand):
-    """
-    The connected EGD clients.
-    """
-
-
-class Pool(_ControlCommand):
-    """
-    The pool's level, size and traffic.
-    """
-
-
-# The server --------------------------------------------------------------------
-
-
-def _translated(what: str):
-    """
-    Make a L{Controller} method raise L{ControlError}s only: the daemon's
-    own errors become their remote kinds, anything else L{ControlFailed}
-    (logged in full).
-
-    @param what: what the command does, for the log.
-    """
-    def decorate(method):
-        @functools.wraps(method)
-        def wrapper(self, peer, *args, **kwargs):
-            try:
-                return method(self, peer, *args, **kwargs)
-            except KeyNotFound as e:
-                raise UnknownKey(_message(e)) from None
-            except KeyPathError as e:
-                raise BadKeyPath(_message(e)) from None
-            except KeyringError as e:
-                raise BadKeyring(_message(e)) from None
-            except ControlError:
-                raise
-            except Exception:
-                self.log.failure("Control {peer}: {what} failed", peer=peer, what=what)
-                raise ControlFailed(f"the daemon failed to {what}; see its log") from None
-        return wrapper
-    return decorate
+# What the commands do ---------------------------------------------------------------
 
 
 class Controller:
     """
-    What the control commands do to a L{ekey.services.daemon.Daemon}, free of I/O:
-    each method takes the peer (for the log) and the command's arguments,
-    and returns a JSON value or raises a L{ControlError}.  State-changing
-    commands are logged, with who asked, whether they succeed or not.
+    What the control commands do to a L{ekey.services.daemon.Daemon}, free of
+    I/O: each method takes the peer (for the log) and the command's
+    arguments, and returns a JSON value.  State-changing commands are
+    logged with who asked.
 
     @ivar daemon: the L{ekey.services.daemon.Daemon}.
+    @ivar deviceDirs: directories whose entries may be added as keys at run
+        time whatever their kind.
     """
 
     log = Logger()
 
-    def __init__(self, daemon):
+    def __init__(self, daemon, deviceDirs: Sequence[str] = ()):
         self.daemon = daemon
+        self.deviceDirs = tuple(deviceDirs)
         self.shuttingDown = False
 
-    def _changed(self, peer: str, what: str, call: Callable[[], object]):
-        """
-        Do a state-changing C{call}, logging it and any refusal.
-        """
-        try:
-            result = call()
-        except Exception as e:
-            self.log.warn("Control {peer}: refused to {what}: {reason}", peer=peer,
-                          what=what, reason=_message(e))
-            raise
-        return result
+    def _check(self, path: str) -> None:
+        checkRunTimeKeyPath(path, self.deviceDirs)
 
-    @_translated("list the keys")
     def listKeys(self, peer: str) -> List[Dict[str, object]]:
-        keys = self.daemon.keys
-        return [keys.describe(number) for number in keys.numbers()]
+        """
+        @return: every key, as L{keyJSON} gives it.
+        """
+        return [keyJSON(numbered) for numbered in self.daemon.keys.status()]
 
-    @_translated("give a key's statistics")
     def keyStats(self, peer: str, identifier: str) -> Dict[str, object]:
-        keys = self.daemon.keys
-        number = keys.find(identifier)
-        return {"key": keys.describe(number),
-                "statistics": keys.statistics(number, self.daemon.clock.seconds())}
+        """
+        @return: a key and its statistics with ekeydctl's names.
+        @raise KeyNotFound: if no key matches C{identifier}.
+        """
+        numbered = self.daemon.keys.find(identifier)
+        return {"key": keyJSON(numbered),
+                "statistics": ekeydStatistics(numbered.key, self.daemon.clock.seconds())}
 
-    @_translated("add a key")
     def addKey(self, peer: str, path: str) -> Dict[str, object]:
+        """
+        Start serving a serial port, or an entry of a device directory.
+
+        @return: the key added.
+        @raise KeyPathError: if the path is refused.
+        """
         keys = self.daemon.keys
-        number = self._changed(peer, f"add key {path}", lambda: keys.add(path))
+        number = keys.add(path, self._check)
         self.log.info("Control {peer}: added key {number}: {path}", peer=peer,
                       number=number, path=path)
-        return keys.describe(number)
+        return keyJSON(keys.keyStatus(number))
 
-    @_translated("add the keys in a directory")
     def addAll(self, peer: str, directory: str) -> List[Dict[str, object]]:
+        """
+        Start serving every key of a directory that may be added at run
+        time and is not served yet.
+
+        @return: the keys added.
+        """
         keys = self.daemon.keys
-        numbers = self._changed(peer, f"add the keys in {directory}",
-                                lambda: keys.addAll(directory))
+        numbers = keys.addAll(directory, self._check)
         self.log.info("Control {peer}: added {count} key(s) from {directory}: {numbers}",
                       peer=peer, count=len(numbers), directory=directory,
                       numbers=", ".join(map(str, numbers)) or "none")
-        return [keys.describe(number) for number in numbers]
+        return [keyJSON(keys.keyStatus(number)) for number in numbers]
 
-    @_translated("remove a key")
     def removeKey(self, peer: str, identifier: str) -> Dict[str, object]:
-        keys = self.daemon.keys
-
-        def remove():
-            description = keys.describe(keys.find(identifier))
-            keys.remove(str(description["number"]))
-            return description
-
-        description = self._changed(peer, f"remove key {identifier}", remove)
+        """
+        @return: the key removed, as it was.
+        @raise KeyNotFound: if no key matches C{identifier}.
+        """
+        numbered = self.daemon.keys.remove(identifier)
         self.log.info("Control {peer}: removed key {number}: {path}", peer=peer,
-                      number=description["number"], path=description["path"])
-        return description
+                      number=numbered.number, path=numbered.key.path)
+        return keyJSON(numbered)
 
-    @_translated("reload the keyring")
     def reloadKeyring(self, peer: str, path: Optional[str] = None) -> Dict[str, object]:
+        """
+        Reload the configured keyring; a C{path} other than it is refused.
+        No refusal holds anything read from a file.
+        """
         keys = self.daemon.keys
-        what = f"reload the keyring {path}" if path else "reload the keyring"
-        count = self._changed(peer, what, lambda: keys.reloadKeyring(path))
-        loaded = keys.keyring.path if keys.keyring is not None else path
+        configured = keys.keyringPath
+        if configured is None:
+            raise BadKeyring("no keyring file is configured: give the daemon --keyring")
+        if path and os.path.realpath(path) != os.path.realpath(configured):
+            raise BadKeyring(
+                f"ekeyctl keyring reloads only the daemon's keyring {configured}, not {path}: "
+                "edit that file, or restart the daemon with --keyring")
+        try:
+            count = keys.reloadKeyring()
+        except KeyringError as e:
+            self.log.error("Control {peer}: the keyring {path} could not be loaded: {reason}",
+                           peer=peer, path=configured, reason=messageOf(e))
+            raise BadKeyring(f"cannot load the keyring {configured}; the old keyring stays in "
+                             "force (the daemon's log says why)") from None
         self.log.info("Control {peer}: reloaded the keyring {path}: {count} key(s)",
-                      peer=peer, path=loaded, count=count)
-        return {"path": loaded, "keys": count}
+                      peer=peer, path=configured, count=count)
+        return {"path": configured, "keys": count}
 
-    @_translated("shut down")
     def shutdown(self, peer: str) -> Dict[str, object]:
         """
-        Say yes to a shutdown; the caller then calls L{shutdownNow}.
+        Say yes to a shutdown; the connection then calls L{shutdownNow}.
         """
         self.log.info("Control {peer}: shutdown requested", peer=peer)
         return {"shuttingDown": True}
@@ -362,34 +255,71 @@ class Controller:
             self.shuttingDown = True
             self.daemon.shutdown()
 
-    @_translated("list the upstreams")
     def upstreams(self, peer: str) -> List[Dict[str, object]]:
-        return self.daemon.upstreamStatus()
+        """
+        @return: every upstream, as L{upstreamJSON} gives it.
+        """
+        return [upstreamJSON(upstream) for upstream in self.daemon.status().upstreams]
 
-    @_translated("list the EGD clients")
     def clients(self, peer: str) -> List[Dict[str, object]]:
-        return self.daemon.clients()
+        """
+        @return: every connected EGD client, as L{clientJSON} gives it.
+        """
+        status = self.daemon.status()
+        return [clientJSON(client, status.time) for client in status.clients]
 
-    @_translated("describe the pool")
     def pool(self, peer: str) -> Dict[str, object]:
-        return self.daemon.poolStatus()
+        """
+        @return: the pool, as L{poolJSON} gives it.
+        """
+        return poolJSON(self.daemon.poolStatus())
+
+
+#: Each command, the L{Controller} method that answers it, and what it does
+#: (for the log); the last column says whether it changes the daemon.
+RESPONDERS: Dict[bytes, Tuple[type, Callable, str, bool]] = {
+    command.commandName: (command, method, what, changes)
+    for command, method, what, changes in [
+        (ListKeys, Controller.listKeys, "list the keys", False),
+        (KeyStats, Controller.keyStats, "give a key's statistics", False),
+        (AddKey, Controller.addKey, "add a key", True),
+        (AddAll, Controller.addAll, "add the keys in a directory", True),
+        (RemoveKey, Controller.removeKey, "remove a key", True),
+        (ReloadKeyring, Controller.reloadKeyring, "reload the keyring", True),
+        (Shutdown, Controller.shutdown, "shut down", True),
+        (Upstreams, Controller.upstreams, "list the upstreams", False),
+        (Clients, Controller.clients, "list the EGD clients", False),
+        (Pool, Controller.pool, "describe the pool", False),
+    ]
+}
+
+#: The daemon's own errors, and the remote error each becomes.
+_REMOTE_ERRORS = ((KeyNotFound, UnknownKey), (KeyPathError, BadKeyPath),
+                  (KeyringError, BadKeyring))
 
 
 class ControlProtocol(amp.AMP):
     """
-    One control connection, server side: the AMP responders, which hand
-    their work to the factory's L{Controller}.
+    One control connection, server side: checks who is connected, and
+    answers each command of L{RESPONDERS} through the factory's
+    L{Controller}, as one JSON C{result} or one remote error.
 
     @ivar peer: who is connected (L{describePeer}).
+    @ivar refusal: why the peer may not issue commands, or C{None}.
     """
 
-    log = Logger()
-
-    def __init__(self, controller: Controller, clock):
+    def __init__(self, controller: Controller, clock, access: ControlAccess,
+                 credentials=peerCredentials, groups=peerGroups):
         amp.AMP.__init__(self)
+        # Commands are logged where the controller logs what they do.
+        self.log = controller.log
         self.controller = controller
         self.clock = clock
+        self.access = access
+        self._credentials = credentials
+        self._groups = groups
         self.peer = "?"
+        self.refusal: Optional[str] = "not connected"
         self._shutdownAsked = False
         self._shutdownCall = None
 
@@ -397,7 +327,15 @@ class ControlProtocol(amp.AMP):
         # AMP.makeConnection logs every connection at info level; a
         # monitor polling ekeyctl would fill the log.  Log at debug instead.
         self.peer = describePeer(transport)
-        self.log.debug("Control connection from {peer}", peer=self.peer)
+        credentials = self._credentials(transport)
+        self.refusal = self.access.refusal(
+            credentials, lambda: self._groups(transport, credentials))
+        if self.refusal is None:
+            self.log.debug("Control connection from {peer}", peer=self.peer)
+        else:
+            self.log.warn("Control connection from {peer} refused: {reason}", peer=self.peer,
+                          reason=self.refusal,
+                          uid=credentials.uid if credentials is not None else None)
         amp.BinaryBoxProtocol.makeConnection(self, transport)
 
     def connectionLost(self, reason):
@@ -407,462 +345,263 @@ class ControlProtocol(amp.AMP):
         if self._shutdownAsked:
             self._shutdown()
 
+    def locateResponder(self, name):
+        """
+        @param name: a command's name on the wire.
+        @return: its responder from L{RESPONDERS}, wrapped in AMP's
+            argument parsing and answer serialisation, or C{None} for a
+            command this channel does not have.
+        """
+        entry = RESPONDERS.get(name)
+        if entry is None:
+            return None
+        return self._wrapWithSerialization(functools.partial(self._respond, *entry), entry[0])
+
+    def _respond(self, command, method, what: str, changes: bool, **arguments):
+        """
+        Answer one command: refuse it if the peer may not control the
+        daemon; else run it, turning the daemon's errors into their remote
+        kinds and anything unexpected into L{ControlFailed} (logged in
+        full); log refused changes.
+        """
+        if self.refusal is not None:
+            self.clock.callLater(0, self._close)
+            raise NotPermitted(self.refusal)
+        try:
+            try:
+                result = method(self.controller, self.peer, **arguments)
+            except ControlError:
+                raise
+            except Exception as e:
+                for local, remote in _REMOTE_ERRORS:
+                    if isinstance(e, local):
+                        raise remote(messageOf(e)) from None
+                self.log.failure("Control {peer}: {what} failed", peer=self.peer, what=what)
+                raise ControlFailed(f"the daemon failed to {what}; see its log") from None
+        except ControlError as e:
+            if changes:
+                self.log.warn("Control {peer}: refused to {what}: {reason}", peer=self.peer,
+                              what=what, reason=str(e))
+            raise
+        if command is Shutdown:
+            self._shutdownAfterAnswer()
+        return {"result": result}
+
+    def _close(self):
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def _shutdownAfterAnswer(self):
+        """
+        Close this connection once the answer is written (which flushes
+        it), and stop the daemon when it is closed, or after
+        L{SHUTDOWN_GRACE} seconds at the latest.
+        """
+        if not self._shutdownAsked:
+            self._shutdownAsked = True
+            self.clock.callLater(0, self._close)
+            self._shutdownCall = self.clock.callLater(SHUTDOWN_GRACE, self._shutdown)
+
     def _shutdown(self):
         if self._shutdownCall is not None and self._shutdownCall.active():
             self._shutdownCall.cancel()
         self._shutdownCall = None
         self.controller.shutdownNow()
 
-    @ListKeys.responder
-    def listKeys(self):
-        return {"result": self.controller.listKeys(self.peer)}
-
-    @KeyStats.responder
-    def keyStats(self, identifier):
-        return {"result": self.controller.keyStats(self.peer, identifier)}
-
-    @AddKey.responder
-    def addKey(self, path):
-        return {"result": self.controller.addKey(self.peer, path)}
-
-    @AddAll.responder
-    def addAll(self, directory):
-        return {"result": self.controller.addAll(self.peer, directory)}
-
-    @RemoveKey.responder
-    def removeKey(self, identifier):
-        return {"result": self.controller.removeKey(self.peer, identifier)}
-
-    @ReloadKeyring.responder
-    def reloadKeyring(self, path=None):
-        return {"result": self.controller.reloadKeyring(self.peer, path)}
-
-    @Shutdown.responder
-    def shutdown(self):
-        """
-        Answer, then close this connection (which flushes the answer) and
-        stop the daemon when it is closed, or after L{SHUTDOWN_GRACE}
-        seconds at the latest.
-        """
-        result = self.controller.shutdown(self.peer)
-        if not self._shutdownAsked:
-            self._shutdownAsked = True
-            # The answer is written when this returns; close after that.
-            self.clock.callLater(0, self.transport.loseConnection)
-            self._shutdownCall = self.clock.callLater(SHUTDOWN_GRACE, self._shutdown)
-        return {"result": result}
-
-    @Upstreams.responder
-    def upstreams(self):
-        return {"result": self.controller.upstreams(self.peer)}
-
-    @Clients.responder
-    def clients(self):
-        return {"result": self.controller.clients(self.peer)}
-
-    @Pool.responder
-    def pool(self):
-        return {"result": self.controller.pool(self.peer)}
-
 
 class ControlFactory(Factory):
     """
     The daemon's control channel: builds a L{ControlProtocol} per
-    connection, all sharing one L{Controller}.
+    connection, all sharing one L{Controller} and one L{ControlAccess}.
     """
 
     noisy = False
 
-    def __init__(self, daemon, clock=None):
+    def __init__(self, daemon, clock=None, controlGroup: Optional[int] = None,
+                 deviceDirs: Sequence[str] = (), credentials=peerCredentials,
+                 groups=peerGroups):
         """
         @param daemon: the L{ekey.services.daemon.Daemon} to control.
         @param clock: an L{IReactorTime} (default the daemon's clock).
+        @param controlGroup: the id of the group whose members may control
+            the daemon besides root and its own user, or C{None}.
+        @param deviceDirs: the daemon's device directories, whose entries
+            may be added as keys at run time.
+        @param credentials: C{transport -> Credentials or None}
+            (L{peerCredentials}).
+        @param groups: C{(transport, credentials) -> gids} (L{peerGroups}).
         """
         self.daemon = daemon
         self.clock = clock if clock is not None else daemon.clock
-        self.controller = Controller(daemon)
+        self.controller = Controller(daemon, deviceDirs)
+        self.access = ControlAccess(controlGroup)
+        self._credentials = credentials
+        self._groups = groups
 
     def buildProtocol(self, addr):
-        protocol = ControlProtocol(self.controller, self.clock)
+        protocol = ControlProtocol(self.controller, self.clock, self.access,
+                                   self._credentials, self._groups)
         protocol.factory = self
         return protocol
 
 
-# ekeyctl: formatting, pure -------------------------------------------------------
+# The control endpoint ---------------------------------------------------------------
 
 
-def formatValue(value) -> str:
+def _fields(description: str) -> List[str]:
     """
-    @return: a value as ekeydctl shows it: whole floats without C{.0},
-        nothing for C{None}.
+    @return: an endpoint description's C{:}-separated fields, each as
+        written (backslash escapes kept).
     """
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "YES" if value else "NO"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
+    fields, current, index = [], [], 0
+    while index < len(description):
+        char = description[index]
+        if char == "\\" and index + 1 < len(description):
+            current.append(description[index:index + 2])
+            index += 2
+            continue
+        if char == ":":
+            fields.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+        index += 1
+    fields.append("".join(current))
+    return fields
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    lines = [",".join(header)]
-    lines += [",".join(_oneLine(formatValue(cell)) for cell in row) for row in rows]
-    return "\n".join(lines) + "\n"
+def _unescape(field: str) -> str:
+    out, index = [], 0
+    while index < len(field):
+        if field[index] == "\\" and index + 1 < len(field):
+            index += 1
+        out.append(field[index])
+        index += 1
+    return "".join(out)
 
 
-def formatList(keys: Sequence[Dict[str, object]]) -> str:
+def controlSocketPath(description: str) -> str:
     """
-    @return: the keys as ekeydctl's C{list} shows them:
-        C{NR,OK,Status,Path,SerialNo} then one line per key.
+    @return: the socket path of a C{unix:} endpoint description.
+    @raise ValueError: if it has none.
     """
-    return _table(["NR", "OK", "Status", "Path", "SerialNo"],
-                  [[k["number"], bool(k["ok"]), k["state"], k["path"], k.get("serial")]
-                   for k in keys])
+    for field in _fields(description)[1:]:
+        key, equals, value = field.partition("=")
+        if not equals:
+            return _unescape(field)
+        if key == "address":
+            return _unescape(value)
+    raise ValueError(f"--control {description}: no socket path (unix:PATH)")
 
 
-def formatNameValues(values: Dict[str, object]) -> str:
+def checkControlEndpoint(description: str, group: Optional[int] = None) -> str:
     """
-    @return: C{Name=Value} lines, sorted by name, as ekeydctl's C{stats}.
+    Check the control channel's endpoint at start-up, and force its mode.
+
+    @param group: the control group's id, or C{None}.
+    @return: the description with C{mode=600} (C{mode=660} with a group)
+        when it gave none.
+    @raise ValueError: with one line naming the fix, if it is not a Unix
+        socket or its mode would let others in.
     """
-    return "".join(f"{name}={_oneLine(formatValue(values[name]))}\n"
-                   for name in sorted(values))
+    fields = _fields(description)
+    kind = fields[0].lower()
+    if kind != "unix":
+        raise ValueError(
+            f"--control {description}: the control channel must be a local Unix socket "
+            "(unix:PATH), since anyone who can connect to it controls the daemon")
+    controlSocketPath(description)
+    allowed = 0o660 if group is not None else 0o600
+    for index, field in enumerate(fields[1:], 1):
+        key, equals, value = field.partition("=")
+        if equals and key == "mode":
+            try:
+                mode = int(value, 8)
+            except ValueError:
+                raise ValueError(f"--control {description}: mode={value} is not an octal "
+                                 "mode such as 600") from None
+            if mode & ~allowed:
+                hint = ("" if group is not None else
+                        ", or give --control-group GROUP to let a group in (0660)")
+                raise ValueError(
+                    f"--control {description}: mode={value} would let other users reach the "
+                    f"control socket; leave mode= out (0{allowed:o}){hint}")
+            return description
+    return f"{description}:mode={allowed:o}"
 
 
-def formatUpstreams(upstreams: Sequence[Dict[str, object]]) -> str:
+def resolveGroup(name: str) -> int:
     """
-    @return: a line per upstream: C{Upstream,State,BytesPulled,Connections,LastError}.
+    @param name: a group's name or number.
+    @return: its id.
+    @raise ValueError: with one line, if there is no such group.
     """
-    return _table(["Upstream", "State", "BytesPulled", "Connections", "LastError"],
-                  [[u.get("upstream"), u.get("state"), u.get("bytesPulled"),
-                    u.get("connections"), u.get("lastError")] for u in upstreams])
-
-
-def formatClients(clients: Sequence[Dict[str, object]]) -> str:
-    """
-    @return: a line per EGD client:
-        C{Listener,Peer,Identity,BytesServed,Requests,ConnectedFor}.
-    """
-    return _table(["Listener", "Peer", "Identity", "BytesServed", "Requests", "ConnectedFor"],
-                  [[c.get("listener"), c.get("peer"), c.get("identity"), c.get("bytesServed"),
-                    c.get("requests"), c.get("connectedFor")] for c in clients])
-
-
-def _describeKey(key: Dict[str, object]) -> str:
-    serial = f" ({key['serial']})" if key.get("serial") else ""
-    return f"key {key['number']}: {key['path']}{serial}"
-
-
-def formatStats(result: Dict[str, object]) -> str:
-    """
-    @return: a key's statistics as C{Name=Value} lines.
-    @raise ControlError: if the key has none (it is not connected).
-    """
-    statistics = result["statistics"]
-    if not statistics:
-        key = result["key"]
-        raise ControlError(f"{_describeKey(key)} has no statistics: {key['state']}"
-                           + (f" ({key['reason']})" if key.get("reason") else ""))
-    return formatNameValues(statistics)
-
-
-def formatAdded(key: Dict[str, object]) -> str:
-    return f"Added {_describeKey(key)}\n"
-
-
-def formatAddedAll(keys: Sequence[Dict[str, object]]) -> str:
-    if not keys:
-        return "No keys added: every key there is served already\n"
-    return "".join(formatAdded(key) for key in keys)
-
-
-def formatRemoved(key: Dict[str, object]) -> str:
-    return f"Removed {_describeKey(key)}\n"
-
-
-def formatKeyring(result: Dict[str, object]) -> str:
-    return f"Keyring {result['path']} loaded: {result['keys']} key(s)\n"
-
-
-def formatShutdown(result: Dict[str, object]) -> str:
-    return "The daemon is shutting down\n"
-
-
-def formatJSON(result) -> str:
-    """
-    @return: a result as indented JSON, for C{--json}.
-    """
-    return json.dumps(result, indent=2, sort_keys=True) + "\n"
-
-
-class Verb:
-    """
-    One C{ekeyctl} verb.
-
-    @ivar command: the AMP command it sends.
-    @ivar argument: the command's argument name (C{str}), or C{None}.
-    @ivar metavar: the argument as the usage shows it.
-    @ivar required: whether the argument must be given.
-    @ivar kind: C{"path"} (made absolute before sending), C{"identifier"}
-        (made absolute if it names an existing file), or C{None}.
-    @ivar format: turns the result into text.
-    """
-
-    def __init__(self, command, format, argument=None, metavar=None, required=True,
-                 kind=None):
-        self.command = command
-        self.format = format
-        self.argument = argument
-        self.metavar = metavar
-        self.required = required
-        self.kind = kind
-
-    def usage(self, name: str) -> str:
-        if self.argument is None:
-            return name
-        return f"{name} {self.metavar}" if self.required else f"{name} [{self.metavar}]"
-
-
-VERBS: Dict[str, Verb] = {
-    "list": Verb(ListKeys, formatList),
-    "stats": Verb(KeyStats, formatStats, "identifier", "ID", kind="identifier"),
-    "add": Verb(AddKey, formatAdded, "path", "PATH", kind="path"),
-    "addall": Verb(AddAll, formatAddedAll, "directory", "DIR", kind="path"),
-    "remove": Verb(RemoveKey, formatRemoved, "identifier", "ID", kind="identifier"),
-    "keyring": Verb(ReloadKeyring, formatKeyring, "path", "FILE", required=False, kind="path"),
-    "shutdown": Verb(Shutdown, formatShutdown),
-    "upstreams": Verb(Upstreams, formatUpstreams),
-    "clients": Verb(Clients, formatClients),
-    "pool": Verb(Pool, formatNameValues),
-}
-
-
-def commandArguments(verb: Verb, argument: Optional[str],
-                     cwd: Optional[str] = None) -> Dict[str, str]:
-    """
-    The AMP arguments for a verb.  Paths are made absolute, since the
-    daemon runs in another directory; an identifier is made absolute only
-    when it names an existing file (else it is a number or a serial).
-
-    @param cwd: the directory relative paths are in (default the current
-        one).
-    """
-    if verb.argument is None or argument is None:
-        return {}
-    cwd = cwd or os.getcwd()
-    if verb.kind == "path" or (verb.kind == "identifier" and not argument.isdigit()
-                                and os.path.lexists(os.path.join(cwd, argument))):
-        argument = os.path.normpath(os.path.join(cwd, argument))
-    return {verb.argument: argument}
-
-
-def defaultEndpoint(environ=None, exists=os.path.exists) -> str:
-    """
-    @return: the control endpoint: C{$EKEY_CONTROL}, else
-        L{SYSTEM_CONTROL} if that socket exists, else L{LOCAL_CONTROL}.
-    """
-    environ = os.environ if environ is None else environ
-    if environ.get("EKEY_CONTROL"):
-        return environ["EKEY_CONTROL"]
-    if exists(SYSTEM_CONTROL[len("unix:"):]):
-        return SYSTEM_CONTROL
-    return LOCAL_CONTROL
-
-
-def describeConnectFailure(endpoint: str, reason: BaseException) -> str:
-    """
-    @return: one line saying why C{endpoint} could not be reached.
-    """
-    code = getattr(reason, "osError", None)
-    text = _message(reason) if reason.args else reason.__class__.__name__
-    if code == errno.ENOENT or "No such file" in text:
-        return (f"cannot connect to {endpoint}: no such socket "
-                "(is the daemon running? give --control or set EKEY_CONTROL)")
-    if code in (errno.EACCES, errno.EPERM) or "Permission denied" in text:
-        return (f"cannot connect to {endpoint}: permission denied "
-                "(run ekeyctl as the daemon's user, such as root)")
-    if isinstance(reason, netError.ConnectionRefusedError):
-        return f"cannot connect to {endpoint}: connection refused (is the daemon running?)"
-    return f"cannot connect to {endpoint}: {text}"
-
-
-# ekeyctl: running -----------------------------------------------------------------
-
-
-class UsageError(Exception):
-    """
-    The command line is wrong (exit status 2).
-    """
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise UsageError(message)
-
-
-def _parser() -> argparse.ArgumentParser:
-    verbs = "\n".join(f"  {verb.usage(name)}" for name, verb in VERBS.items())
-    parser = _Parser(
-        prog="ekeyctl",
-        usage="ekeyctl [--control ENDPOINT] [--json] [--timeout SECONDS] VERB [ARG]",
-        description="Ask a running ekey daemon (twistd ekey) about its keys, or change them.",
-        epilog=f"verbs:\n{verbs}\n\nID is a key's number (from 'list'), serial or path.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--control", metavar="ENDPOINT", default=None,
-                        help="the daemon's control endpoint (default $EKEY_CONTROL, else "
-                             f"{SYSTEM_CONTROL} if it exists, else {LOCAL_CONTROL})")
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
-    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
-                        help=f"give up after this many seconds (default {DEFAULT_TIMEOUT:g})")
-    parser.add_argument("verb", metavar="VERB", nargs="?",
-                        help="what to do: " + ", ".join(VERBS))
-    parser.add_argument("arguments", nargs="*", metavar="ARG", help=argparse.SUPPRESS)
-    return parser
-
-
-def parseArguments(argv: Optional[Sequence[str]], environ=None) -> argparse.Namespace:
-    """
-    @return: the options, with C{verb} a L{Verb}, C{verbName}, C{argument}
-        and C{control} (the endpoint) filled in.
-    @raise UsageError: if the command line is wrong.
-    """
-    options = _parser().parse_args(argv)
-    if options.verb is None:
-        raise UsageError(f"give a VERB: one of {', '.join(VERBS)} (see ekeyctl --help)")
-    verb = VERBS.get(options.verb)
-    if verb is None:
-        raise UsageError(f"unknown verb {options.verb!r} (one of: {', '.join(VERBS)})")
-    maximum = 0 if verb.argument is None else 1
-    if len(options.arguments) > maximum:
-        raise UsageError(f"too many arguments: ekeyctl {verb.usage(options.verb)}")
-    if verb.required and verb.argument is not None and not options.arguments:
-        raise UsageError(f"{options.verb} needs {verb.metavar}: "
-                         f"ekeyctl {verb.usage(options.verb)}")
-    if not options.timeout > 0:
-        raise UsageError("--timeout must be more than 0 seconds")
-    options.verbName = options.verb
-    options.verb = verb
-    options.argument = options.arguments[0] if options.arguments else None
-    options.control = options.control or defaultEndpoint(environ)
-    return options
-
-
-def connectControl(reactor, description: str):
-    """
-    Connect to a daemon's control endpoint.
-
-    @return: a L{Deferred} that fires with a connected L{amp.AMP}.
-    @raise UsageError: if C{description} is not an endpoint.
-    """
-    from twisted.internet.endpoints import clientFromString, connectProtocol
-
     try:
-        endpoint = clientFromString(reactor, description)
-    except (ValueError, KeyError, TypeError) as e:
-        raise UsageError(f"bad --control endpoint {description!r}: {_message(e)}") from None
-    return connectProtocol(endpoint, amp.AMP())
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        if name.isdigit():
+            return int(name)
+        raise ValueError(f"--control-group {name}: no such group (see getent group)") from None
 
 
-async def execute(reactor, options, out, err, connect=connectControl) -> int:
+def applyControlGroup(description: str, group: int) -> None:
     """
-    Do what the command line asks and print the result.
+    Give the bound control socket to the control group (call it once the
+    socket is bound; its mode is 0660 by L{checkControlEndpoint}).
 
-    @param options: from L{parseArguments}.
-    @param out: where the result goes.
-    @param err: where the one line of any error goes.
-    @param connect: C{(reactor, endpoint) -> Deferred[AMP]}; the AMP may be
-        anything with C{callRemote}.
-    @return: the exit status: 0 done, 1 refused or failed, 2 bad usage.
+    @raise OSError: if the socket cannot be changed.
     """
-    def fail(message: str, status: int = 1) -> int:
-        err.write(f"ekeyctl: {_oneLine(message)}\n")
-        err.flush()
-        return status
+    os.chown(controlSocketPath(description), -1, group)
 
-    try:
-        connecting = connect(reactor, options.control)
-    except UsageError as e:
-        return fail(str(e), 2)
-    connecting.addTimeout(options.timeout, reactor)
-    try:
-        protocol = await connecting
-    except defer.TimeoutError:
-        return fail(f"cannot connect to {options.control}: no answer within "
-                    f"{options.timeout:g} s")
-    except Exception as e:
-        return fail(describeConnectFailure(options.control, e))
-    try:
-        call = defer.maybeDeferred(
-            protocol.callRemote, options.verb.command,
-            **commandArguments(options.verb, options.argument))
-        call.addTimeout(options.timeout, reactor)
+
+class _ControlGroupService(Service):
+    """
+    Apply the control group to the socket once its listener (the service
+    before this one) has bound it, while the daemon is still privileged.
+    """
+
+    log = Logger()
+
+    def __init__(self, description: str, group: int):
+        self.description = description
+        self.group = group
+        self._applied = False
+
+    def privilegedStartService(self):
+        Service.privilegedStartService(self)
+        self._apply()
+
+    def startService(self):
+        Service.startService(self)
+        if not self._applied:
+            self._apply()
+
+    def _apply(self):
+        self._applied = True
         try:
-            answer = await call
-        except defer.TimeoutError:
-            return fail(f"no answer from {options.control} within {options.timeout:g} s")
-        except ControlError as e:
-            return fail(str(e))
-        except (amp.UnknownRemoteError, amp.RemoteAmpError, amp.UnhandledCommand) as e:
-            return fail(f"the daemon refused {options.verbName}: {_message(e)}")
-        except (netError.ConnectionDone, netError.ConnectionLost) as e:
-            return fail(f"the daemon closed the connection before answering: {_message(e)}")
-        result = answer["result"]
-        try:
-            text = formatJSON(result) if options.json else options.verb.format(result)
-        except ControlError as e:
-            return fail(str(e))
-        try:
-            out.write(text)
-            out.flush()
-        except BrokenPipeError:
-            pass
-        return 0
-    except Exception as e:  # never a traceback
-        return fail(f"unexpected error: {e.__class__.__name__}: {_message(e)}")
-    finally:
-        transport = getattr(protocol, "transport", None)
-        if transport is not None:
-            transport.loseConnection()
+            applyControlGroup(self.description, self.group)
+        except OSError as e:
+            self.log.error("Cannot give the control socket {path} to group {group}: {reason}",
+                           path=controlSocketPath(self.description), group=self.group,
+                           reason=e.strerror)
 
 
-def main(argv: Optional[Sequence[str]] = None, reactor=None, out=None, err=None,
-         environ=None):
+def controlService(description: str, daemon, controlGroup: Optional[int] = None,
+                   deviceDirs: Sequence[str] = (), reactor=None) -> MultiService:
     """
-    The C{ekeyctl} command: C{ekeyctl [--control ENDPOINT] [--json]
-    [--timeout SECONDS] VERB [ARG]}.  Exits with 0 when done, 1 when the
-    daemon refused or could not be reached, 2 for bad usage, after one
-    line on standard error.
+    The control channel as a service: checked with L{checkControlEndpoint},
+    listening with C{strports} (so that a failed bind stops the daemon),
+    then given to the control group.
 
-    @param reactor: if given, run on it and return a L{Deferred} firing
-        with the exit status instead of exiting.
+    @param daemon: the L{ekey.services.daemon.Daemon}.
+    @raise ValueError: with one line, if the endpoint is refused.
     """
-    out = out or sys.stdout
-    err = err or sys.stderr
-    try:
-        options = parseArguments(argv, environ)
-    except UsageError as e:
-        err.write(f"ekeyctl: {_oneLine(e)}\n")
-        if reactor is not None:
-            return defer.succeed(2)
-        raise SystemExit(2)
-
-    if reactor is not None:
-        return defer.Deferred.fromCoroutine(execute(reactor, options, out, err))
-
-    from twisted.internet import task
-
-    def run(reactor):
-        d = defer.Deferred.fromCoroutine(execute(reactor, options, out, err))
-
-        def exitWithStatus(status):
-            if status:
-                raise SystemExit(status)
-
-        return d.addCallback(exitWithStatus)
-
-    task.react(run)
-
-
-if __name__ == "__main__":
-    main()
+    description = checkControlEndpoint(description, controlGroup)
+    top = MultiService()
+    factory = ControlFactory(daemon, controlGroup=controlGroup, deviceDirs=deviceDirs)
+    strports.service(description, factory, reactor=reactor).setServiceParent(top)
+    if controlGroup is not None:
+        _ControlGroupService(description, controlGroup).setServiceParent(top)
+    top.factory = factory
+    top.description = description
+    return top

@@ -1,7 +1,8 @@
-# -*- test-case-name: tests.test_daemon -*-
+# -*- test-case-name: tests.test_status -*-
 """
 The running daemon as one object: what the control channel, the metrics
-and the status page read and act on.
+and the status page read (through L{Daemon.status}, one typed snapshot)
+and act on.
 
 L{Daemon} holds the pool, the keys, the upstreams, the EGD listeners and
 the sinks, and keeps a short history of the entropy rate (one sample every
@@ -13,10 +14,19 @@ L{MultiService} does), except for its own sampler.
 from __future__ import annotations
 
 from collections import deque
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 from twisted.application.service import Service
 from twisted.internet.task import LoopingCall
+
+from ekey.core.status import (
+    ClientStatus,
+    DaemonStatus,
+    KernelFeederStatus,
+    ListenerStatus,
+    PoolStatus,
+    UpstreamStatus,
+)
 
 SAMPLE_INTERVAL = 5.0
 HISTORY = 120
@@ -91,45 +101,85 @@ class Daemon(Service):
         """
         return list(self.pullPolicy.upstreams) if self.pullPolicy is not None else []
 
-    def clients(self) -> List[Dict[str, object]]:
+    def status(self) -> DaemonStatus:
         """
-        @return: every connected EGD client: listener, peer, certificate
-            identity (if any), bytes served, requests.
+        @return: the whole daemon as it is now, read through each part's
+            narrow accessor.
         """
-        result = []
+        listeners = []
+        clients = []
         for description, factory in self.listeners:
-            for client in sorted(factory.clients, key=lambda c: c.connectedAt):
-                result.append({
-                    "listener": description,
-                    "peer": client.peer,
-                    "identity": client.identity,
-                    "bytesServed": client.bytesServed,
-                    "requests": sum(client.requests.values()),
-                    "connectedFor": round(self.clock.seconds() - client.connectedAt, 1),
-                })
-        return result
+            listeners.append(listenerStatus(description, factory))
+            clients.extend(clientStatus(description, client) for client in
+                           sorted(factory.clients, key=lambda c: c.connectedAt))
+        return DaemonStatus(
+            time=self.clock.seconds(),
+            startedAt=self.startedAt,
+            pool=self.poolStatus(),
+            keys=self.keys.status() if self.keys is not None else (),
+            listeners=tuple(listeners),
+            clients=tuple(clients),
+            upstreams=tuple(upstreamStatus(upstream) for upstream in self.upstreams),
+            kernel=(kernelFeederStatus(self.kernelFeeder)
+                    if self.kernelFeeder is not None else None),
+            history=tuple(self.history),
+        )
 
-    def poolStatus(self) -> Dict[str, object]:
+    def poolStatus(self) -> PoolStatus:
         """
-        @return: the pool's level, size, and traffic; for a relay, the
-            level below which it pulls now and how many refills found the
-            pool emptied by readers.
+        @return: the pool now, with the last sampled rate and, for a relay,
+            its pull policy's refill level.
         """
         pool = self.pool
-        status = {"level": pool.level, "capacity": pool.capacity, "bytesIn": pool.bytesIn,
-                  "bytesOut": pool.bytesOut, "bytesRefused": pool.bytesRefused,
-                  "waitingReaders": pool.waiting}
-        if self.history:
-            status["bytesPerSecond"] = round(self.history[-1][1], 1)
-        if self.pullPolicy is not None:
-            status["refillAt"] = self.pullPolicy.refillAt
-            status["ranDry"] = self.pullPolicy.ranDry
-        return status
+        policy = self.pullPolicy
+        return PoolStatus(
+            level=pool.level, capacity=pool.capacity, bytesIn=pool.bytesIn,
+            bytesOut=pool.bytesOut, bytesRefused=pool.bytesRefused,
+            waitingReaders=pool.waiting,
+            bytesPerSecond=self.history[-1][1] if self.history else None,
+            refillAt=policy.refillAt if policy is not None else None,
+            ranDry=policy.ranDry if policy is not None else None)
 
-    def upstreamStatus(self) -> List[Dict[str, object]]:
-        """
-        @return: each upstream's state, bytes pulled and last error.
-        """
-        return [{"upstream": u.description, "state": u.state, "bytesPulled": u.bytesPulled,
-                 "connections": u.connections, "lastError": u.lastError}
-                for u in self.upstreams]
+
+# Built here from public attributes until their owners answer status()
+# themselves (EGDServerFactory, EGDServerProtocol, Upstream, KernelFeeder).
+
+
+def listenerStatus(description: str, factory) -> ListenerStatus:
+    """
+    @param factory: an L{ekey.services.server.EGDServerFactory}.
+    """
+    return ListenerStatus(
+        description=description, clients=len(factory.clients),
+        connections=factory.connections, bytesServed=factory.bytesServed,
+        requests=tuple(sorted(factory.requests.items())),
+        protocolErrors=factory.protocolErrors, refused=factory.refused,
+        idleClosed=factory.idleClosed)
+
+
+def clientStatus(listener: str, client) -> ClientStatus:
+    """
+    @param client: an L{ekey.services.server.EGDServerProtocol}.
+    """
+    return ClientStatus(
+        listener=listener, peer=client.peer, identity=client.identity,
+        bytesServed=client.bytesServed, requests=sum(client.requests.values()),
+        connectedAt=client.connectedAt)
+
+
+def upstreamStatus(upstream) -> UpstreamStatus:
+    """
+    @param upstream: an L{ekey.services.upstream.Upstream}.
+    """
+    return UpstreamStatus(
+        description=upstream.description, state=upstream.state,
+        bytesPulled=upstream.bytesPulled, connections=upstream.connections,
+        lastError=upstream.lastError)
+
+
+def kernelFeederStatus(feeder) -> KernelFeederStatus:
+    """
+    @param feeder: an L{ekey.services.feeder.KernelFeeder}.
+    """
+    return KernelFeederStatus(bytesFed=feeder.bytesFed, feeds=feeder.feeds,
+                              lastError=feeder.lastError)

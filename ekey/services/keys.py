@@ -2,20 +2,29 @@
 """
 The daemon's keys, by number: what ekeydctl's C{list}, C{stats}, C{add},
 C{addall}, C{remove} and C{keyring} act on.
+
+Keys given on the daemon's command line (C{--device}) or found in its
+device directories (C{--device-dir}) may be serial devices or Unix
+sockets; a key added at run time (C{ekeyctl add}) must be a serial port,
+unless it is in one of the device directories (L{checkRunTimeKeyPath}).
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import termios
 from collections import OrderedDict
-from typing import Dict, List, Optional
+from typing import Callable, List, Optional, Sequence, Tuple
 
 from twisted.application.service import MultiService
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from ekey.services.device import KeyPathError, KeyService, checkKeyPath
-from ekey.core.keyring import Keyring, KeyringError, formatSerial
+from ekey.core.keyring import Keyring, KeyringError
 from ekey.core.session import KeyState
+from ekey.core.status import NumberedKey
 
 
 class KeyNotFound(LookupError):
@@ -24,21 +33,56 @@ class KeyNotFound(LookupError):
     """
 
 
-#: The fail modes as ekeydctl names them (short name, words).
-_BADNESS = {
-    "0": ("efm_ok", "No failure"),
-    "1": ("efm_raw_left_bad", "Left generator is no longer random"),
-    "2": ("efm_raw_right_bad", "Right generator is no longer random"),
-    "3": ("efm_raw_xor_bad", "Generators have become correlated"),
-    "4": ("efm_debias_left_bad", "Left generator is strongly biassed"),
-    "5": ("efm_debias_right_bad", "Right generator is strongly biassed"),
-    "7": ("efm_temp_too_low", "Temperature detected below threshold"),
-    "8": ("efm_temp_too_high", "Temperature detected above threshold"),
-    "9": ("efm_fips1402_threshold_exceeded",
-          "FIPS 140-2 tests exceeded threshold for failed blocks"),
-    "A": ("efm_volt_too_low", "Voltage too low"),
-    "B": ("efm_volt_too_high", "Voltage too high"),
-}
+#: The states of a key stopped for want of a long-term key, which a
+#: reloaded keyring may cure.
+_WANTS_KEYRING = (KeyState.UNKNOWN_SERIAL, KeyState.BAD_LONG_TERM_KEY)
+
+
+def _inDirectories(path: str, directories: Sequence[str]) -> bool:
+    """
+    @return: whether C{path} names an entry of one of C{directories}
+        (its own name, not what a link in it points to).
+    """
+    parent = os.path.realpath(os.path.dirname(os.path.abspath(path)))
+    return any(parent == os.path.realpath(directory) for directory in directories)
+
+
+def checkRunTimeKeyPath(path: str, deviceDirs: Sequence[str] = (),
+                        getuid: Callable[[], int] = os.getuid) -> None:
+    """
+    Check a key path given at run time (C{ekeyctl add}, C{addall}): an
+    entry of a configured device directory, or a serial port (a character
+    device that is a terminal) owned by root or the daemon's user.  A Unix
+    socket is refused: a socket key comes only from the command line, so
+    that nobody can make the daemon read a key they simulate.
+
+    @param deviceDirs: the daemon's device directories (C{--device-dir}).
+    @raise KeyPathError: with one line for the user, if the path is refused.
+    """
+    kind = checkKeyPath(path)
+    if _inDirectories(path, deviceDirs):
+        return
+    if kind == "socket":
+        raise KeyPathError(
+            f"{path} is a Unix socket: socket keys are given on the daemon's command line "
+            "(--device), not added at run time")
+    owner = os.stat(path).st_uid
+    if owner not in (0, getuid()):
+        raise KeyPathError(
+            f"{path} belongs to uid {owner}: a key added at run time must be a serial port "
+            "owned by root or the daemon's user")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+    except OSError as e:
+        raise KeyPathError(f"cannot open {path}: {e.strerror}") from None
+    try:
+        termios.tcgetattr(fd)
+    except termios.error as e:
+        if e.args and e.args[0] not in (errno.ENOTTY, errno.EINVAL):
+            raise KeyPathError(f"cannot use {path}: {os.strerror(e.args[0])}") from None
+        raise KeyPathError(f"{path} is a character device but not a serial port") from None
+    finally:
+        os.close(fd)
 
 
 class KeyManager(MultiService):
@@ -46,13 +90,22 @@ class KeyManager(MultiService):
     Every key of the daemon, numbered from 1 in the order they were added.
 
     @ivar keyring: the keyring in force (replaced by L{reloadKeyring}).
+    @ivar keyringPath: the configured keyring file, the only one
+        L{reloadKeyring} reads.
     """
 
     log = Logger()
 
-    def __init__(self, keyring: Optional[Keyring], pool, reactor=None):
+    def __init__(self, keyring: Optional[Keyring], pool, reactor=None,
+                 keyringPath: Optional[str] = None):
+        """
+        @param keyring: the keyring loaded at start, or C{None}.
+        @param keyringPath: the configured keyring file (default the path
+            C{keyring} was read from).
+        """
         MultiService.__init__(self)
         self.keyring = keyring
+        self.keyringPath = keyringPath or (keyring.path if keyring is not None else None)
         self.pool = pool
         self._reactor = reactor
         self._keys: "OrderedDict[int, KeyService]" = OrderedDict()
@@ -63,10 +116,12 @@ class KeyManager(MultiService):
 
     # Changes ---------------------------------------------------------------------
 
-    def add(self, path: str) -> int:
+    def add(self, path: str, check: Optional[Callable[[str], None]] = None) -> int:
         """
         Start serving the key at C{path}.
 
+        @param check: called with the path first; raises L{KeyPathError} to
+            refuse it (such as L{checkRunTimeKeyPath}).
         @return: its number.
         @raise KeyPathError: if the path is not a key or is served already.
         @raise KeyringError: if there is no keyring to check keys against.
@@ -80,6 +135,8 @@ class KeyManager(MultiService):
         for service in self._keys.values():
             if os.path.realpath(service.path) == real:
                 raise KeyPathError(f"key {path} is served already")
+        if check is not None:
+            check(path)
         number = self._nextNumber
         self._nextNumber += 1
         service = KeyService(path, lambda: self.keyring, None, reactor=self._reactor,
@@ -89,9 +146,11 @@ class KeyManager(MultiService):
         self.log.info("Key {number} added: {path}", number=number, path=path)
         return number
 
-    def addAll(self, directory: str) -> List[int]:
+    def addAll(self, directory: str,
+               check: Optional[Callable[[str], None]] = None) -> List[int]:
         """
-        Add every key in a directory that is not served yet.
+        Add every key in a directory that is not served yet (and that
+        C{check} lets in).
 
         @return: the numbers of the keys added.
         @raise KeyPathError: if the directory cannot be read.
@@ -103,24 +162,25 @@ class KeyManager(MultiService):
         added = []
         for name in names:
             try:
-                added.append(self.add(os.path.join(directory, name)))
+                added.append(self.add(os.path.join(directory, name), check))
             except KeyPathError:
                 continue
         return added
 
-    def remove(self, identifier: str) -> int:
+    def remove(self, identifier: str) -> NumberedKey:
         """
         Stop serving a key and forget it.
 
         @param identifier: its number, serial or path.
-        @return: its number.
+        @return: the key as it was.
         @raise KeyNotFound: if no key matches.
         """
-        number = self.find(identifier)
-        service = self._keys.pop(number)
+        numbered = self.find(identifier)
+        service = self._keys.pop(numbered.number)
         service.disownServiceParent()
-        self.log.info("Key {number} removed: {path}", number=number, path=service.path)
-        return number
+        self.log.info("Key {number} removed: {path}", number=numbered.number,
+                      path=service.path)
+        return numbered
 
     def removePath(self, path: str) -> None:
         """
@@ -132,48 +192,52 @@ class KeyManager(MultiService):
         except KeyNotFound:
             pass
 
-    def reloadKeyring(self, path: Optional[str] = None) -> int:
+    def reloadKeyring(self) -> int:
         """
-        Read the keyring again (or another one) and restart every key that
-        was stopped for want of a long-term key.
+        Read the configured keyring again and reconnect every key that was
+        stopped for want of a long-term key, so that it starts over with
+        the keyring now in force.
 
         @return: how many keys the keyring holds.
         @raise KeyringError: if it cannot be read; the old keyring stays.
         """
-        path = path or (self.keyring.path if self.keyring is not None else None)
-        if path is None:
-            raise KeyringError("no keyring file to read")
-        self.keyring = Keyring.load(path)
-        for service in self._keys.values():
-            protocol = service.factory.protocol
-            if protocol is None or protocol.session is None:
-                continue
-            if protocol.session.state in (KeyState.UNKNOWN_SERIAL, KeyState.BAD_LONG_TERM_KEY):
-                protocol.session.keyring = self.keyring
-                protocol.session.restart("keyring reloaded")
-                protocol.flush()
-        self.log.info("Keyring {path} loaded: {count} key(s)", path=path,
+        if self.keyringPath is None:
+            raise KeyringError("no keyring file is configured: give --keyring")
+        self.keyring = Keyring.load(self.keyringPath)
+        for number, service in self._keys.items():
+            if service.status().state in _WANTS_KEYRING:
+                self._reconnect(service)
+        self.log.info("Keyring {path} loaded: {count} key(s)", path=self.keyringPath,
                       count=len(self.keyring))
         return len(self.keyring)
 
+    @staticmethod
+    def _reconnect(service: KeyService) -> None:
+        # Stopping a ClientService drops its connection; starting it again
+        # connects as soon as that is done, with a new session.
+        stopped = defer.maybeDeferred(service.stopService)
+        service.startService()
+        stopped.addErrback(lambda f: None)
+
     # Questions ---------------------------------------------------------------------
 
-    def find(self, identifier: str) -> int:
+    def find(self, identifier: str) -> NumberedKey:
         """
         @param identifier: a key's number, serial (16 base64 characters) or
             path.
-        @return: its number.
+        @return: that key.
         @raise KeyNotFound: if no key matches.
         """
         text = str(identifier).strip()
-        if text.isdigit() and int(text) in self._keys:
-            return int(text)
-        for number, service in self._keys.items():
-            if service.path == text or os.path.realpath(service.path) == os.path.realpath(text):
-                return number
-            session = _session(service)
-            if session is not None and session.serial and formatSerial(session.serial) == text:
-                return number
+        keys = self.status()
+        for numbered in keys:
+            if text.isdigit() and int(text) == numbered.number:
+                return numbered
+        for numbered in keys:
+            key = numbered.key
+            if (key.path == text or os.path.realpath(key.path) == os.path.realpath(text)
+                    or (key.serial is not None and key.serial == text)):
+                return numbered
         raise KeyNotFound(f"no key {text!r}: give a number from 'list', a serial or a path")
 
     def numbers(self) -> List[int]:
@@ -182,88 +246,19 @@ class KeyManager(MultiService):
         """
         return list(self._keys)
 
-    def describe(self, number: int) -> Dict[str, object]:
+    def status(self) -> Tuple[NumberedKey, ...]:
         """
-        @return: a key's number, path, serial, state in words, whether it
-            gives entropy now, and why it is in its state.
+        @return: every key, by number, as it is now.
         """
-        service = self._keys[number]
-        session = _session(service)
-        if session is None:
-            state, reason, serial = "Key closed", "not connected (retrying)", None
-            running = False
-        else:
-            state, reason = session.state.value, session.reason
-            serial = formatSerial(session.serial) if session.serial else None
-            running = session.state is KeyState.RUNNING
-        return {"number": number, "path": service.path, "serial": serial,
-                "state": state, "ok": running, "reason": reason}
+        return tuple(NumberedKey(number, service.status())
+                     for number, service in self._keys.items())
 
-    def statistics(self, number: int, now: float) -> Dict[str, object]:
+    def keyStatus(self, number: int) -> NumberedKey:
         """
-        A key's statistics with ekeydctl's names (and units), plus ekey's
-        own.
-
-        @param now: the time, for rates.
-        @return: name to value; readings the key has not sent are absent.
+        @return: key C{number} as it is now.
+        @raise KeyNotFound: if there is no such key.
         """
-        service = self._keys[number]
-        protocol = service.factory.protocol
-        session = _session(service)
-        if session is None:
-            return {}
-        st = session.statistics
-        since = protocol.connectedAt if protocol.connectedAt is not None else now
-        elapsed = max(now - since, 0.0)
-        result: Dict[str, object] = {
-            "BytesRead": st.bytesRead,
-            "BytesWritten": st.bytesWritten,
-            "ConnectionNonces": st.noncesSent,
-            "ConnectionPackets": st.packetsOK + st.packetErrors,
-            "ConnectionRekeys": st.rekeys,
-            "ConnectionResets": st.resets,
-            "ConnectionTime": int(elapsed),
-            "FramesOk": st.framesOK,
-            "FramingErrors": st.framingErrors,
-            "PacketErrors": st.packetErrors,
-            "PacketOK": st.packetsOK,
-            "MACFailures": st.macFailures,
-            "TotalEntropy": st.entropyBytes,
-            "HealthFIPSBlocks": protocol.health.fipsBlocks,
-            "HealthFIPSFailures": protocol.health.fipsFailed,
-        }
-        if elapsed > 0:
-            result["EntropyRate"] = int(st.entropyBytes * 8 / elapsed)
-            result["ReadRate"] = int(st.bytesRead * 8 / elapsed)
-            result["WriteRate"] = int(st.bytesWritten * 8 / elapsed)
-            if st.fipsBlocks is not None and st.firstFipsBlocks is not None and elapsed > 0:
-                result["FipsFrameRate"] = round(
-                    (st.fipsBlocks - st.firstFipsBlocks) / elapsed, 2)
-        if st.temperatureTenthsK is not None:
-            kelvin = st.temperatureTenthsK / 10
-            celsius = (st.temperatureTenthsK - 2731.5) / 10
-            result["KeyTemperatureK"] = kelvin
-            result["KeyTemperatureC"] = round(celsius, 2)
-            result["KeyTemperatureF"] = round(celsius * 9 / 5 + 32, 2)
-        if st.voltageMillivolts is not None:
-            result["KeyVoltage"] = st.voltageMillivolts / 1000
-        spb = st.shannonsPerByte()
-        for name, key in (("KeyRawShannonPerByteL", "rawL"), ("KeyRawShannonPerByteR", "rawR"),
-                          ("KeyRawShannonPerByteX", "rawX"),
-                          ("KeyDbsdShannonPerByteL", "debiasedL"),
-                          ("KeyDbsdShannonPerByteR", "debiasedR")):
-            if key in spb:
-                result[name] = spb[key]
-        if st.failMode is not None:
-            short, words = _BADNESS.get(st.failMode, ("efm_unknown", "Unknown failure"))
-            result["KeyRawBadness"] = st.failMode
-            result["KeyShortBadness"] = short
-            result["KeyEnglishBadness"] = words
-        return result
-
-
-def _session(service: KeyService):
-    protocol = service.factory.protocol
-    if protocol is None or protocol.session.state is KeyState.CLOSED:
-        return None
-    return protocol.session
+        service = self._keys.get(number)
+        if service is None:
+            raise KeyNotFound(f"no key {number}")
+        return NumberedKey(number, service.status())
