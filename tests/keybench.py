@@ -27,7 +27,7 @@ from twisted.test import iosim
 from ekey.cli import setkey
 from ekey.core.keyring import Keyring, formatSerial
 from ekey.core.rekey import formatMasterKey
-from ekey.services.control import AddKey, ControlFailed, ReloadKeyring, RemoveKey, UnknownKey
+from ekey.services.controlschema import AddKey, ControlFailed, ReloadKeyring, RemoveKey, UnknownKey
 from ekey.services.simulator import SimulatedKey, SimulatedKeyProtocol
 
 SERIAL = b"SIMULATOR-01"

@@ -334,7 +334,8 @@ class KeyCommandTests(_DaemonMixin, unittest.TestCase):
             f.write("# nothing\n")
         old = self.keys.keyring
         message = self.callFails(BadKeyring, ReloadKeyring, path=other)
-        self.assertIn(f"reloads only the daemon's keyring {self.keyringPath}", message)
+        self.assertIn(f"only the daemon's own keyring can be reloaded: {self.keyringPath}",
+                      message)
         self.assertIs(self.keys.keyring, old)
         self.assertEqual(self.call(ReloadKeyring, path=os.path.abspath(self.keyringPath)),
                          {"path": self.keyringPath, "keys": 1})

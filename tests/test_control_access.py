@@ -329,7 +329,7 @@ class PermittedTests(_AttackedDaemonMixin, TestCase):
             f.write("# empty\n")
         old = self.keys.keyring
         box = await self.ask(b"ReloadKeyring", uid=None, path=other)
-        self.assertRefused(box, b"BAD_KEYRING", "reloads only the daemon's keyring")
+        self.assertRefused(box, b"BAD_KEYRING", "only the daemon's own keyring can be reloaded")
         self.assertIs(self.keys.keyring, old)
         box = await self.ask(b"ReloadKeyring", uid=None)
         self.assertIn(b"result", box, box)

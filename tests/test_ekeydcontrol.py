@@ -9,6 +9,7 @@ received on its control socket (captured with C{socat -v} between it and
 the real C{ekeydctl} and munin plugin).
 """
 
+import os
 import struct
 
 from twisted.internet.address import IPv4Address, UNIXAddress
@@ -21,10 +22,11 @@ from ekey.core import ekeydcontrol as core
 from ekey.core.ekeydcontrol import (BANNER, EKEYD_STATISTICS, MAX_LINE_LENGTH, CommandRefused,
                                     EkeydControlSession, ProtocolError, Request,
                                     ekeydStatistics, findKey, formatReply, formatValue,
-                                    mayControl, parseRequest)
+                                    parseRequest)
 from ekey.core.pool import EntropyPool
 from ekey.core.session import KeyState
 from ekey.core.status import KeyReadings, KeyStatus
+from ekey.services.control import ControlAccess
 from ekey.services.daemon import Daemon
 from ekey.services.ekeydcontrol import EkeydControlFactory, targetFromDaemon
 from tests.memory import boundSocket, connectKey, startKeyManager, writeKeyring
@@ -359,32 +361,6 @@ class FindKeyTests(unittest.TestCase):
                          "no key '9': give a number from ListEntropyKeys, a serial or a path")
 
 
-class MayControlTests(unittest.TestCase):
-    """
-    L{mayControl} lets root, the daemon's user and the control group's
-    members in, and nobody else.
-    """
-
-    def groupsOf(self, uid, gid):
-        return {1000: [1000, 27], 1001: [1001]}.get(uid, [gid])
-
-    def test_rule(self):
-        """
-        Each kind of peer gets the answer the rule gives.
-        """
-        def may(uid, gid, group):
-            return mayControl(uid, gid, 500, group, self.groupsOf)
-
-        self.assertTrue(may(0, 0, None))
-        self.assertTrue(may(500, 500, None))
-        self.assertFalse(may(65534, 65534, None))
-        self.assertFalse(may(1000, 1000, None))
-        self.assertTrue(may(1000, 1000, 27))      # a supplementary group
-        self.assertTrue(may(1002, 27, 27))        # the primary group
-        self.assertFalse(may(1001, 1001, 27))
-        self.assertFalse(may(None, None, 27))     # the kernel did not say
-
-
 class _Target:
     """
     An L{ekey.core.ekeydcontrol.EkeydControlTarget} in memory, recording
@@ -613,9 +589,9 @@ class ProtocolTests(unittest.TestCase):
         self.clock = Clock()
         self.clock.advance(1007)
         self.events = []
-        self.factory = EkeydControlFactory(self.target, self.clock, controlGroup=27,
-                                           daemonUid=500,
-                                           groupsOf=lambda uid, gid: [gid])
+        self.factory = EkeydControlFactory(
+            self.target, self.clock, access=ControlAccess(27, getuid=lambda: 500),
+            groups=lambda transport, credentials: (credentials.gid,))
 
     def connect(self, uid=0, gid=0, transport=None):
         protocol = self.factory.buildProtocol(None)
@@ -668,7 +644,8 @@ class ProtocolTests(unittest.TestCase):
         """
         transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 4000))
         _, transport = self.connect(transport=transport)
-        self.assertTrue(transport.value().startswith(b"ERROR permission denied: an unknown peer"))
+        self.assertTrue(transport.value().startswith(
+            b"ERROR the daemon takes commands only on its Unix control socket"))
         self.assertTrue(transport.disconnecting)
 
     def test_pipelinedAndCRLF(self):
@@ -764,17 +741,19 @@ class DaemonTargetTests(unittest.TestCase):
         self.shutdowns = []
         self.daemon = Daemon(self.keys, self.pool, self.reactor,
                              lambda: self.shutdowns.append(True))
-        self.session = EkeydControlSession(targetFromDaemon(self.daemon))
+        self.deviceDir = self.mktemp()
+        os.mkdir(self.deviceDir)
+        self.session = EkeydControlSession(targetFromDaemon(self.daemon, [self.deviceDir]))
 
     def send(self, line: bytes) -> bytes:
         return self.session.lineReceived(line, self.reactor.seconds()).data
 
     def test_addListStatRemove(self):
         """
-        A key added over the protocol is listed, gives statistics once it
-        runs, and is removed.
+        A key added over the protocol (from a device directory) is listed,
+        gives statistics once it runs, and is removed.
         """
-        path = boundSocket(self, self.mktemp())
+        path = boundSocket(self, os.path.join(self.deviceDir, "key.sock"))
         self.assertEqual(self.send(f'AddEntropyKey("{path}",nil)'.encode()), b"OK ID 1\n")
         protocol = connectKey(self, self.reactor, self.keys, 1, 4)
         self.reactor.advance(3)
@@ -810,6 +789,7 @@ class DaemonTargetTests(unittest.TestCase):
         self.assertEqual(self.send(f'Keyring("{self.keyringPath}")'.encode()), b"OK 1\n")
         reply = self.send(b'Keyring("/etc/shadow")')
         self.assertTrue(reply.startswith(b"ERROR only the daemon's own keyring"), reply)
+        self.assertNotIn(b"shadow:", reply)
         self.assertNotIn(b"root:", reply)
 
     def test_shutdown(self):

@@ -361,7 +361,7 @@ class ErrorTests(_ControlMixin, TestCase):
         self.assertOneLineError(self.ekeyctl("add", missing), 1, missing)
         self.assertOneLineError(self.ekeyctl("add", self.key1), 1, "served already")
         self.assertOneLineError(self.ekeyctl("keyring", missing), 1, missing,
-                                f"reloads only the daemon's keyring {self.keyring}")
+                                f"only the daemon's own keyring can be reloaded: {self.keyring}")
         self.assertOneLineError(
             self.ekeyctl("list", control=os.path.join(self.directory, "no-daemon.sock")), 1,
             "no such socket", "is the daemon running?")

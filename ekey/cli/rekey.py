@@ -37,7 +37,7 @@ from ekey.cli.setkey import (
     runCommand,
 )
 from ekey.core.keyring import formatSerial
-from ekey.services.control import defaultEndpoint
+from ekey.cli.ekeyctl import defaultEndpoint
 from ekey.services.rekey import (
     DaemonLink,
     RekeyError,

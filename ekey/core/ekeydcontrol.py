@@ -48,11 +48,11 @@ ekey's own.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import (Callable, Dict, Iterable, List, Optional, Protocol, Sequence, Tuple,
+from typing import (Dict, Iterable, List, Optional, Protocol, Sequence, Tuple,
                     Union)
 
 from ekey.core.frames import FRAME_LENGTH
-from ekey.core.status import KeyStatus
+from ekey.core.status import KeyStatus, celsius
 
 #: What the server says first: the protocol and its version.
 BANNER = b"PROTOCOL EKEYD/1\n"
@@ -474,10 +474,10 @@ def ekeydStatistics(status: KeyStatus, now: float) -> Dict[str, Value]:
             blocks = readings.fipsBlocks - readings.firstFipsBlocks
             stats["FipsFrameRate"] = blocks * 100 // connectionTime / 100
     if readings.temperatureTenthsK is not None:
-        kelvin = readings.temperatureTenthsK / 10
-        stats["KeyTemperatureK"] = kelvin
-        stats["KeyTemperatureC"] = kelvin - 273.15
-        stats["KeyTemperatureF"] = kelvin * 1.8 - 459.67
+        degrees = celsius(readings.temperatureTenthsK)
+        stats["KeyTemperatureK"] = readings.temperatureTenthsK / 10
+        stats["KeyTemperatureC"] = degrees
+        stats["KeyTemperatureF"] = round(degrees * 1.8 + 32, 2)
     if readings.voltageMillivolts is not None:
         stats["KeyVoltage"] = readings.voltageMillivolts / 1000
     for name, value in readings.shannonsPerByte:
@@ -500,39 +500,6 @@ def statLines(stats: Dict[str, Value]) -> List[List[str]]:
 
 
 # Who may control ---------------------------------------------------------------
-
-
-def mayControl(uid: Optional[int], gid: Optional[int], daemonUid: int,
-               controlGroup: Optional[int],
-               groupsOf: Callable[[int, int], Iterable[int]]) -> bool:
-    """
-    The owner-only rule: root, the daemon's own user and members of the
-    control group (if there is one) may control the daemon; nobody else,
-    and nobody the kernel would not name.
-
-    @param uid: the peer's user id (C{SO_PEERCRED}), or C{None} if unknown.
-    @param gid: the peer's primary group id, or C{None} if unknown.
-    @param daemonUid: the daemon's user id.
-    @param controlGroup: the control group's id, or C{None}.
-    @param groupsOf: gives a user's groups from their uid and primary gid.
-    """
-    if uid is None:
-        return False
-    if uid in (0, daemonUid):
-        return True
-    if controlGroup is None or gid is None:
-        return False
-    return gid == controlGroup or controlGroup in set(groupsOf(uid, gid))
-
-
-def refusalLine(uid: Optional[int]) -> bytes:
-    """
-    @return: what a peer that may not control the daemon is told.
-    """
-    who = "an unknown peer" if uid is None else f"uid {uid}"
-    return formatError(
-        f"permission denied: {who} may not control this daemon; "
-        "run as root or the daemon's user, or join its control group")
 
 
 # The session ----------------------------------------------------------------------

@@ -22,10 +22,6 @@ from __future__ import annotations
 import functools
 import grp
 import os
-import pwd
-import socket
-import struct
-import sys
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from twisted.application import strports
@@ -56,7 +52,7 @@ from ekey.services.controlschema import (
 )
 from ekey.services.device import KeyPathError
 from ekey.services.keys import KeyNotFound, checkRunTimeKeyPath
-from ekey.services.peers import Credentials, describePeer, peerCredentials
+from ekey.services.peers import Credentials, describePeer, peerCredentials, peerGroups
 from ekey.services.statusviews import (
     clientJSON,
     ekeydStatistics,
@@ -69,36 +65,9 @@ from ekey.services.statusviews import (
 #: the client does not let go of the connection.
 SHUTDOWN_GRACE = 2.0
 
-#: Linux's C{SO_PEERGROUPS} (since 4.13): the peer's supplementary groups.
-_SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
-_GID = struct.Struct("I")
 
 
 # Who may control ------------------------------------------------------------------
-
-
-def peerGroups(transport, credentials: Credentials) -> Tuple[int, ...]:
-    """
-    The groups of the process at the other end of a Unix socket: its group
-    and its supplementary groups as the kernel reports them
-    (C{SO_PEERGROUPS}), else, where the kernel does not say, the groups
-    the user database gives its user.
-
-    @return: group ids.
-    """
-    groups = [credentials.gid]
-    try:
-        if not sys.platform.startswith("linux"):
-            raise OSError("no SO_PEERGROUPS")
-        raw = transport.getHandle().getsockopt(socket.SOL_SOCKET, _SO_PEERGROUPS, 1024)
-        groups += [gid for (gid,) in _GID.iter_unpack(raw[:len(raw) - len(raw) % _GID.size])]
-    except (AttributeError, OSError):
-        try:
-            name = pwd.getpwuid(credentials.uid).pw_name
-            groups += os.getgrouplist(name, credentials.gid)
-        except (KeyError, OSError):
-            pass
-    return tuple(groups)
 
 
 class ControlAccess:
@@ -161,7 +130,12 @@ class Controller:
         self.deviceDirs = tuple(deviceDirs)
         self.shuttingDown = False
 
-    def _check(self, path: str) -> None:
+    def checkPath(self, path: str) -> None:
+        """
+        Refuse a key path that may not be added at run time.
+
+        @raise KeyPathError: with one line, if it is refused.
+        """
         checkRunTimeKeyPath(path, self.deviceDirs)
 
     def listKeys(self, peer: str) -> List[Dict[str, object]]:
@@ -187,7 +161,7 @@ class Controller:
         @raise KeyPathError: if the path is refused.
         """
         keys = self.daemon.keys
-        number = keys.add(path, self._check)
+        number = keys.add(path, self.checkPath)
         self.log.info("Control {peer}: added key {number}: {path}", peer=peer,
                       number=number, path=path)
         return keyJSON(keys.keyStatus(number))
@@ -200,7 +174,7 @@ class Controller:
         @return: the keys added.
         """
         keys = self.daemon.keys
-        numbers = keys.addAll(directory, self._check)
+        numbers = keys.addAll(directory, self.checkPath)
         self.log.info("Control {peer}: added {count} key(s) from {directory}: {numbers}",
                       peer=peer, count=len(numbers), directory=directory,
                       numbers=", ".join(map(str, numbers)) or "none")
@@ -227,7 +201,7 @@ class Controller:
             raise BadKeyring("no keyring file is configured: give the daemon --keyring")
         if path and os.path.realpath(path) != os.path.realpath(configured):
             raise BadKeyring(
-                f"ekeyctl keyring reloads only the daemon's keyring {configured}, not {path}: "
+                f"only the daemon's own keyring can be reloaded: {configured}, not {path}; "
                 "edit that file, or restart the daemon with --keyring")
         try:
             count = keys.reloadKeyring()

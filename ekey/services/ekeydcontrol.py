@@ -14,10 +14,8 @@ is logged with their uid.
 
 from __future__ import annotations
 
-import os
-import pwd
 from contextlib import contextmanager
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import Iterable, Optional, Sequence, Tuple
 
 from twisted.application import strports
 from twisted.internet.protocol import Factory
@@ -25,25 +23,14 @@ from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 
 from ekey.core.ekeydcontrol import (BANNER, MAX_LINE_LENGTH, CommandRefused,
-                                    EkeydControlSession, EkeydControlTarget, Reply, mayControl,
-                                    refusalLine)
+                                    EkeydControlSession, EkeydControlTarget, Reply, formatError)
 from ekey.core.keyring import KeyringError
 from ekey.core.status import KeyStatus
 from ekey.services.device import KeyPathError
 from ekey.services.keys import KeyNotFound
-from ekey.services.peers import describePeer, peerCredentials
-
-
-def groupsOf(uid: int, gid: int) -> List[int]:
-    """
-    @return: the groups of the user C{uid} (primary group C{gid}) from the
-        system's user database; just C{gid} if the user has no entry.
-    """
-    try:
-        name = pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return [gid]
-    return os.getgrouplist(name, gid)
+from ekey.services.control import ControlAccess, Controller
+from ekey.services.controlschema import ControlError
+from ekey.services.peers import describePeer, peerCredentials, peerGroups
 
 
 class EkeydControlProtocol(LineReceiver):
@@ -58,25 +45,33 @@ class EkeydControlProtocol(LineReceiver):
     MAX_LENGTH = MAX_LINE_LENGTH
     log = Logger()
 
-    def __init__(self, session: EkeydControlSession, clock, daemonUid: int,
-                 controlGroup: Optional[int], groupsOf=groupsOf):
+    def __init__(self, session: EkeydControlSession, clock, access: ControlAccess,
+                 credentials=peerCredentials, groups=peerGroups):
+        """
+        @param access: who may control the daemon (the same rule as the AMP
+            control channel's).
+        @param credentials: gives a transport's peer's L{Credentials}.
+        @param groups: gives the peer's groups from its transport and
+            credentials.
+        """
         self.session = session
         self.clock = clock
-        self.daemonUid = daemonUid
-        self.controlGroup = controlGroup
-        self.groupsOf = groupsOf
+        self.access = access
+        self._credentials = credentials
+        self._groups = groups
         self.peer = "?"
 
     def connectionMade(self):
         self.peer = describePeer(self.transport)
-        credentials = peerCredentials(self.transport)
-        uid = credentials.uid if credentials is not None else None
-        gid = credentials.gid if credentials is not None else None
-        if not mayControl(uid, gid, self.daemonUid, self.controlGroup, self.groupsOf):
-            self.log.warn("ekeyd control: refused {peer} (uid {uid}): not root, the daemon's "
-                          "user or in its control group", peer=self.peer, uid=uid)
+        credentials = self._credentials(self.transport)
+        refusal = self.access.refusal(credentials,
+                                      lambda: self._groups(self.transport, credentials))
+        if refusal is not None:
+            self.log.warn("ekeyd control: refused {peer} (uid {uid}): {reason}", peer=self.peer,
+                          uid=credentials.uid if credentials is not None else "unknown",
+                          reason=refusal)
             self.session.closed = True
-            self.transport.write(refusalLine(uid))
+            self.transport.write(formatError(refusal))
             self.transport.loseConnection()
             return
         self.log.debug("ekeyd control connection from {peer}", peer=self.peer)
@@ -133,28 +128,29 @@ class EkeydControlFactory(Factory):
 
     noisy = False
 
-    def __init__(self, target: EkeydControlTarget, clock=None, controlGroup: Optional[int] = None,
-                 daemonUid: Optional[int] = None, groupsOf=groupsOf):
+    def __init__(self, target: EkeydControlTarget, clock=None,
+                 access: Optional[ControlAccess] = None, credentials=peerCredentials,
+                 groups=peerGroups):
         """
         @param target: what the commands act on (see L{targetFromDaemon}).
         @param clock: an L{IReactorTime}, the clock of the keys'
             C{connectedAt} (default the global reactor).
-        @param controlGroup: the id of the group whose members may control
-            the daemon, or C{None} for root and the daemon's user only.
-        @param daemonUid: the daemon's user id (default the process's).
-        @param groupsOf: gives a user's groups (for tests).
+        @param access: who may control the daemon (default root and the
+            daemon's user only).
+        @param credentials: gives a peer's credentials (for tests).
+        @param groups: gives a peer's groups (for tests).
         """
+        self.target = target
         if clock is None:
             from twisted.internet import reactor as clock
-        self.target = target
         self.clock = clock
-        self.controlGroup = controlGroup
-        self.daemonUid = os.getuid() if daemonUid is None else daemonUid
-        self.groupsOf = groupsOf
+        self.access = access if access is not None else ControlAccess()
+        self._credentials = credentials
+        self._groups = groups
 
     def buildProtocol(self, addr):
         protocol = EkeydControlProtocol(EkeydControlSession(self.target), self.clock,
-                                        self.daemonUid, self.controlGroup, self.groupsOf)
+                                        self.access, self._credentials, self._groups)
         protocol.factory = self
         return protocol
 
@@ -168,7 +164,8 @@ def ekeydControlService(description: str, target: EkeydControlTarget, reactor=No
     """
     if reactor is None:
         from twisted.internet import reactor
-    return strports.service(description, EkeydControlFactory(target, reactor, controlGroup),
+    return strports.service(description,
+                            EkeydControlFactory(target, reactor, ControlAccess(controlGroup)),
                             reactor=reactor)
 
 
@@ -177,42 +174,38 @@ def ekeydControlService(description: str, target: EkeydControlTarget, reactor=No
 
 class _DaemonTarget:
     """
-    An L{EkeydControlTarget} over today's L{ekey.services.daemon.Daemon} and
-    its L{ekey.services.keys.KeyManager}, translating their errors into
-    L{CommandRefused}.
+    An L{EkeydControlTarget} over a L{ekey.services.daemon.Daemon} and its
+    L{ekey.services.keys.KeyManager}, under the same rules as the AMP
+    control channel (L{Controller}): keys added at run time are serial
+    ports or entries of the device directories, and only the configured
+    keyring is reloaded.  Refusals become L{CommandRefused}.
     """
 
-    def __init__(self, daemon):
+    def __init__(self, daemon, deviceDirs: Sequence[str] = ()):
         self.daemon = daemon
+        self.controller = Controller(daemon, deviceDirs)
 
     def keyStatuses(self) -> Sequence[Tuple[int, KeyStatus]]:
-        keys = self.daemon.keys
-        return [(number, keys._keys[number].status()) for number in keys.numbers()]
+        return [(numbered.number, numbered.key) for numbered in self.daemon.keys.status()]
 
     def addKey(self, path: str) -> int:
         with _refusing():
-            return self.daemon.keys.add(path)
+            return self.daemon.keys.add(path, self.controller.checkPath)
 
     def addKeys(self, directory: str) -> Iterable[int]:
         with _refusing():
-            return self.daemon.keys.addAll(directory)
+            return self.daemon.keys.addAll(directory, self.controller.checkPath)
 
     def removeKey(self, number: int) -> None:
         with _refusing():
             self.daemon.keys.remove(str(number))
 
     def reloadKeyring(self, path: str) -> int:
-        keys = self.daemon.keys
-        configured = keys.keyring.path if keys.keyring is not None else None
-        if configured is None or os.path.realpath(path) != os.path.realpath(configured):
-            raise CommandRefused(
-                f"only the daemon's own keyring can be reloaded: Keyring({configured!r})"
-                if configured else "the daemon has no keyring to reload: start it with --keyring")
         with _refusing():
-            return keys.reloadKeyring(configured)
+            return self.controller.reloadKeyring("ekeyd control", path)["keys"]
 
     def shutdown(self) -> None:
-        self.daemon.shutdown()
+        self.controller.shutdownNow()
 
 
 @contextmanager
@@ -222,14 +215,17 @@ def _refusing():
     """
     try:
         yield
-    except (KeyringError, KeyPathError, KeyNotFound) as e:
+    except (KeyringError, KeyPathError, KeyNotFound, ControlError) as e:
         message = e.args[0] if e.args else type(e).__name__
         raise CommandRefused(" ".join(str(message).split())) from None
 
 
-def targetFromDaemon(daemon) -> EkeydControlTarget:
+def targetFromDaemon(daemon, deviceDirs: Sequence[str] = ()) -> EkeydControlTarget:
     """
     The one place that knows the daemon's API: an L{EkeydControlTarget}
     over an L{ekey.services.daemon.Daemon}.
+
+    @param deviceDirs: the daemon's device directories, whose entries may
+        be added at run time.
     """
-    return _DaemonTarget(daemon)
+    return _DaemonTarget(daemon, deviceDirs)

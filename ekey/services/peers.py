@@ -6,14 +6,20 @@ channel's checks and the EGD server's fair shares.
 
 from __future__ import annotations
 
+import os
+import pwd
 import socket
 import struct
+import sys
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Tuple
 
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 
 _UCRED = struct.Struct("3i")
+#: Linux's C{SO_PEERGROUPS} (since 4.13): the peer's supplementary groups.
+_SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
+_GID = struct.Struct("I")
 
 
 @dataclass(frozen=True)
@@ -61,3 +67,27 @@ def describePeer(transport) -> str:
     if isinstance(peer, (IPv4Address, IPv6Address)):
         return f"{peer.type.lower()}:{peer.host}:{peer.port}"
     return str(peer)
+
+
+def peerGroups(transport, credentials: Credentials) -> Tuple[int, ...]:
+    """
+    The groups of the process at the other end of a Unix socket: its group
+    and its supplementary groups as the kernel reports them
+    (C{SO_PEERGROUPS}), else, where the kernel does not say, the groups
+    the user database gives its user.
+
+    @return: group ids.
+    """
+    groups = [credentials.gid]
+    try:
+        if not sys.platform.startswith("linux"):
+            raise OSError("no SO_PEERGROUPS")
+        raw = transport.getHandle().getsockopt(socket.SOL_SOCKET, _SO_PEERGROUPS, 1024)
+        groups += [gid for (gid,) in _GID.iter_unpack(raw[:len(raw) - len(raw) % _GID.size])]
+    except (AttributeError, OSError):
+        try:
+            name = pwd.getpwuid(credentials.uid).pw_name
+            groups += os.getgrouplist(name, credentials.gid)
+        except (KeyError, OSError):
+            pass
+    return tuple(groups)

@@ -27,7 +27,7 @@ from twisted.protocols import amp
 from ekey.core.keyring import Keyring, KeyringError, formatSerial
 from ekey.core.rekey import LongTermRekey, RekeyState, parseMasterKey
 from ekey.core.session import EntropyReceived, KeySession
-from ekey.services.control import AddKey, ControlError, ReloadKeyring, RemoveKey, UnknownKey
+from ekey.services.controlschema import AddKey, ControlError, ReloadKeyring, RemoveKey, UnknownKey
 from ekey.services.device import KeyDeviceEndpoint, KeyPathError
 
 #: Seconds between attempts to open a key that another program still holds

@@ -12,104 +12,26 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional
 
+from ekey.core.ekeydcontrol import FAIL_MODES as FAIL_MODES_EKEYD, ekeydStatistics
 from ekey.core.frames import FAIL_MODES
 from ekey.core.status import (
     ClientStatus,
     DaemonStatus,
     KernelFeederStatus,
-    KeyStatus,
     ListenerStatus,
     NumberedKey,
     PoolStatus,
     UpstreamStatus,
-    celsius,
 )
 
-#: ekeydctl's names for the fail modes of L{ekey.core.frames.FAIL_MODES}
-#: (same keys): its short name and its words.
-EKEYD_FAIL_MODES = {
-    "0": ("efm_ok", "No failure"),
-    "1": ("efm_raw_left_bad", "Left generator is no longer random"),
-    "2": ("efm_raw_right_bad", "Right generator is no longer random"),
-    "3": ("efm_raw_xor_bad", "Generators have become correlated"),
-    "4": ("efm_debias_left_bad", "Left generator is strongly biassed"),
-    "5": ("efm_debias_right_bad", "Right generator is strongly biassed"),
-    "7": ("efm_temp_too_low", "Temperature detected below threshold"),
-    "8": ("efm_temp_too_high", "Temperature detected above threshold"),
-    "9": ("efm_fips1402_threshold_exceeded",
-          "FIPS 140-2 tests exceeded threshold for failed blocks"),
-    "A": ("efm_volt_too_low", "Voltage too low"),
-    "B": ("efm_volt_too_high", "Voltage too high"),
-}
+#: ekeydctl's names and words for the fail modes (one row for each of
+#: L{ekey.core.frames.FAIL_MODES}), and its statistics of a key: both as
+#: ekeyd's control protocol gives them, kept once in the protocol's module.
+EKEYD_FAIL_MODES = FAIL_MODES_EKEYD
+
+__all__ = ["EKEYD_FAIL_MODES", "ekeydStatistics", "keyJSON", "poolJSON", "clientJSON",
+           "upstreamJSON", "daemonJSON"]
 assert set(EKEYD_FAIL_MODES) == set(FAIL_MODES), "one row per fail mode"
-
-#: What ekeydctl says of a fail mode it does not know.
-EKEYD_UNKNOWN_FAIL_MODE = ("efm_unknown", "Unknown failure")
-
-#: ekeydctl's names of the key's estimates of its generators' entropy, by
-#: the names L{ekey.core.session.KeyStatistics.shannonsPerByte} gives.
-_EKEYD_SHANNONS = (
-    ("KeyRawShannonPerByteL", "rawL"),
-    ("KeyRawShannonPerByteR", "rawR"),
-    ("KeyRawShannonPerByteX", "rawX"),
-    ("KeyDbsdShannonPerByteL", "debiasedL"),
-    ("KeyDbsdShannonPerByteR", "debiasedR"),
-)
-
-
-def ekeydStatistics(key: KeyStatus, now: float) -> Dict[str, object]:
-    """
-    A key's statistics with ekeydctl's names and units (what its C{stats}
-    verb prints), plus ekey's host health counters.
-
-    @param now: the time, for rates and the connection's age.
-    @return: name to value; empty while the key is not connected, and
-        without the readings the key has not sent.
-    """
-    st = key.readings
-    if st is None:
-        return {}
-    elapsed = max(now - (key.connectedAt if key.connectedAt is not None else now), 0.0)
-    result: Dict[str, object] = {
-        "BytesRead": st.bytesRead,
-        "BytesWritten": st.bytesWritten,
-        "ConnectionNonces": st.noncesSent,
-        "ConnectionPackets": st.packetsOK + st.packetErrors,
-        "ConnectionRekeys": st.rekeys,
-        "ConnectionResets": st.resets,
-        "ConnectionTime": int(elapsed),
-        "FramesOk": st.framesOK,
-        "FramingErrors": st.framingErrors,
-        "PacketErrors": st.packetErrors,
-        "PacketOK": st.packetsOK,
-        "MACFailures": st.macFailures,
-        "TotalEntropy": st.entropyBytes,
-        "HealthFIPSBlocks": key.healthBlocks,
-        "HealthFIPSFailures": key.healthFailures,
-    }
-    if elapsed > 0:
-        result["EntropyRate"] = int(st.entropyBytes * 8 / elapsed)
-        result["ReadRate"] = int(st.bytesRead * 8 / elapsed)
-        result["WriteRate"] = int(st.bytesWritten * 8 / elapsed)
-        if st.fipsBlocks is not None and st.firstFipsBlocks is not None:
-            result["FipsFrameRate"] = round((st.fipsBlocks - st.firstFipsBlocks) / elapsed, 2)
-    if st.temperatureTenthsK is not None:
-        degrees = celsius(st.temperatureTenthsK)
-        result["KeyTemperatureK"] = st.temperatureTenthsK / 10
-        result["KeyTemperatureC"] = degrees
-        result["KeyTemperatureF"] = round(degrees * 9 / 5 + 32, 2)
-    if st.voltageMillivolts is not None:
-        result["KeyVoltage"] = st.voltageMillivolts / 1000
-    shannons = dict(st.shannonsPerByte)
-    for name, source in _EKEYD_SHANNONS:
-        if source in shannons:
-            result[name] = shannons[source]
-    if st.failMode is not None:
-        short, words = EKEYD_FAIL_MODES.get(st.failMode, EKEYD_UNKNOWN_FAIL_MODE)
-        result["KeyRawBadness"] = st.failMode
-        result["KeyShortBadness"] = short
-        result["KeyEnglishBadness"] = words
-    return result
 
 
 def keyJSON(numbered: NumberedKey) -> Dict[str, object]:
