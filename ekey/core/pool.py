@@ -31,7 +31,7 @@ The pool knows nothing of time, sockets or reactors.
 from __future__ import annotations
 
 from collections import deque
-from typing import Callable, Deque, List, Optional
+from typing import Callable, Deque, Dict, Hashable, List, Optional
 
 DEFAULT_POOL_SIZE = 1 << 20
 DEFAULT_QUANTUM = 32
@@ -40,26 +40,37 @@ POLLING_RESERVE = 256
 
 class ReaderShare:
     """
-    An active reader's part of the pool.  Created by
-    L{EntropyPool.addShare}.
+    An active owner's part of the pool, held by one or more of its readers.
+    Created by L{EntropyPool.addShare}.
 
-    @ivar reserved: bytes of the pool held for this reader.
-    @ivar waiting: whether the reader is waiting (it then takes its turns
-        among the waiting readers instead of gathering a share).
+    @ivar owner: who holds it (C{None}: an anonymous share of its own).
+    @ivar reserved: bytes of the pool held for this owner.
+    @ivar removed: whether every holder gave it up.
     """
 
-    def __init__(self, pool: "EntropyPool"):
+    def __init__(self, pool: "EntropyPool", owner: Optional[Hashable] = None):
         self._pool = pool
+        self.owner = owner
         self.reserved = 0
         # Entitlement not yet reserved: shares are reserved in whole 32-byte
         # blocks, and small arrivals add up.
         self.owed = 0
-        self.waiting = False
         self.removed = False
+        self._holders = 1
+        self._waitingReads = 0
+
+    @property
+    def waiting(self) -> bool:
+        """
+        Whether a holder is waiting (it then takes its turns among the
+        waiting readers instead of gathering a share).
+        """
+        return self._waitingReads > 0
 
     def remove(self) -> None:
         """
-        The reader went quiet or away: its share returns to everybody.
+        A holder went quiet or away (call once per L{EntropyPool.addShare});
+        when the last one goes, the share returns to everybody.
         """
         self._pool._removeShare(self)
 
@@ -107,7 +118,19 @@ class PendingRead:
     def _finished(self) -> None:
         self.active = False
         if self.share is not None:
-            self.share.waiting = False
+            self.share._waitingReads -= 1
+
+
+class _Turns:
+    """
+    The waiting readers of one owner, in the order they take their turns.
+    """
+
+    __slots__ = ("key", "reads")
+
+    def __init__(self, key: Hashable):
+        self.key = key
+        self.reads: Deque[PendingRead] = deque()
 
 
 class EntropyPool:
@@ -130,10 +153,14 @@ class EntropyPool:
         self.capacity = capacity
         self._buffer = bytearray()
         self._start = 0
-        self._waiting: Deque[PendingRead] = deque()
+        # Owners with readers waiting, in turn; each owner's readers in turn.
+        self._turns: Deque[_Turns] = deque()
+        self._turnsByOwner: Dict[Hashable, _Turns] = {}
+        self._waitingCount = 0
         self._distributing = False
         self._levelObservers: List[Callable[["EntropyPool"], None]] = []
         self._shares: List[ReaderShare] = []
+        self._sharesByOwner: Dict[Hashable, ReaderShare] = {}
         self._reserved = 0
         self._lastArrival = 0
         self.bytesIn = 0
@@ -159,7 +186,7 @@ class EntropyPool:
         """
         Readers waiting for bytes.
         """
-        return len(self._waiting)
+        return self._waitingCount
 
     @property
     def reserved(self) -> int:
@@ -177,27 +204,47 @@ class EntropyPool:
 
     # Shares -------------------------------------------------------------------------
 
-    def addShare(self) -> ReaderShare:
+    def addShare(self, owner: Optional[Hashable] = None) -> ReaderShare:
         """
         A reader became active: give it a share, with its part of what is
-        free now.
+        free now.  Readers of one owner hold one share between them.
+
+        @param owner: who the reader is (C{None}: a share of its own).
+        @return: the owner's L{ReaderShare}; call its C{remove} once for
+            each call of this.
         """
-        share = ReaderShare(self)
+        if owner is not None:
+            share = self._sharesByOwner.get(owner)
+            if share is not None:
+                share._holders += 1
+                return share
+        share = ReaderShare(self, owner)
         self._shares.append(share)
+        if owner is not None:
+            self._sharesByOwner[owner] = share
         self._grant(share, (self.level - self._reserved) // self._holders())
         return share
 
     def _holders(self) -> int:
-        # Everybody with a claim on an arrival: every active reader, and
+        # Everybody with a claim on an arrival: every active owner, and
         # every waiting reader without a share (sinks, feeders, relays).
-        return max(1, len(self._shares)
-                   + sum(1 for p in self._waiting if p.share is None and not p.paused))
+        unshared = 0
+        for turns in self._turns:
+            for pending in turns.reads:
+                if pending.share is None and not pending.paused:
+                    unshared += 1
+        return max(1, len(self._shares) + unshared)
 
     def _removeShare(self, share: ReaderShare) -> None:
         if share.removed:
             return
+        share._holders -= 1
+        if share._holders > 0:
+            return
         share.removed = True
         self._shares.remove(share)
+        if share.owner is not None:
+            del self._sharesByOwner[share.owner]
         self._reserved -= share.reserved
         share.reserved = 0
         self._distribute()
@@ -284,11 +331,17 @@ class EntropyPool:
             self._notify()
         pending = PendingRead(self, n, deliver, quantum, share)
         if n == 0:
-            pending._finished()
+            pending.active = False
             return pending
         if share is not None:
-            share.waiting = True
-        self._waiting.append(pending)
+            share._waitingReads += 1
+        key = pending if share is None else share
+        turns = self._turnsByOwner.get(key)
+        if turns is None:
+            turns = self._turnsByOwner[key] = _Turns(key)
+            self._turns.append(turns)
+        turns.reads.append(pending)
+        self._waitingCount += 1
         self._distribute()
         return pending
 
@@ -300,10 +353,21 @@ class EntropyPool:
     def _cancel(self, pending: PendingRead) -> None:
         if pending.active:
             pending._finished()
-            try:
-                self._waiting.remove(pending)
-            except ValueError:
-                pass
+            self._unwait(pending)
+
+    def _unwait(self, pending: PendingRead) -> None:
+        key = pending if pending.share is None else pending.share
+        turns = self._turnsByOwner.get(key)
+        if turns is None:
+            return
+        try:
+            turns.reads.remove(pending)
+        except ValueError:
+            return
+        self._waitingCount -= 1
+        if not turns.reads:
+            del self._turnsByOwner[key]
+            self._turns.remove(turns)
 
     def _remove(self, n: int) -> bytes:
         n = min(n, self.level)
@@ -325,23 +389,31 @@ class EntropyPool:
         self._distributing = True
         changed = False
         try:
+            turns = self._turns
             skipped = 0
-            while self._waiting and skipped < len(self._waiting):
-                pending = self._waiting.popleft()
-                share = pending.share
+            while turns and skipped < len(turns):
+                owner = turns.popleft()
+                reads = owner.reads
+                share = reads[0].share
                 own = share.reserved if share is not None else 0
                 free = self.level - self._reserved
+                # The owner's first reader that is not paused.
+                for _ in range(len(reads)):
+                    if not reads[0].paused:
+                        break
+                    reads.rotate(-1)
+                pending = reads[0]
                 if pending.paused or (not own and free <= 0):
-                    self._waiting.append(pending)
+                    turns.append(owner)
                     skipped += 1
                     continue
                 if own:
-                    # A reader with a share is served from it first.
+                    # An owner with a share is served from it first.
                     size = own
                 else:
-                    # An equal split among the readers waiting, this one
+                    # An equal split among the owners waiting, this one
                     # included.
-                    size = min(max(pending.quantum, free // (len(self._waiting) + 1)), free)
+                    size = min(max(pending.quantum, free // (len(turns) + 1)), free)
                 if pending.remaining is not None:
                     size = min(size, pending.remaining)
                 skipped = 0
@@ -349,12 +421,18 @@ class EntropyPool:
                 if own:
                     self._release(share, len(data))
                 changed = True
+                reads.popleft()
                 if pending.remaining is not None:
                     pending.remaining -= len(data)
                 if pending.remaining == 0:
                     pending._finished()
+                    self._waitingCount -= 1
                 else:
-                    self._waiting.append(pending)
+                    reads.append(pending)
+                if reads:
+                    turns.append(owner)
+                else:
+                    del self._turnsByOwner[owner.key]
                 pending._deliver(data)
         finally:
             self._distributing = False
