@@ -355,19 +355,15 @@ class EGDServerSession:
         queue = self._queue
         while True:
             state = self.state
-            if self._remaining:
-                if state is not SessionState.BLOCKING:
-                    return
+            if state is SessionState.BLOCKING:
                 pending = self._pending
                 if pending is not None:
                     if pending.active:
                         return
                     self._pending = None
                 self._serveBlocking()
-                if self._remaining:
-                    return
                 continue
-            if state is SessionState.CLOSED or state is SessionState.PAUSED or not queue:
+            if state is not SessionState.IDLE or not queue:
                 return
             command = queue.popleft()
             kind = type(command)
@@ -375,7 +371,6 @@ class EGDServerSession:
                 self._queuedBytes -= command.n
                 self._count(command)
                 self._startBlocking(command)
-                self._serveBlocking()
             elif kind is GetLevel:
                 self._count(command)
                 self._output.writeReply(encodeLevel(self._pool.level * 8))
@@ -477,6 +472,7 @@ class EGDServerSession:
                     pending.pause()
                 return
         if self._remaining == 0 and self.state is not SessionState.CLOSED:
+            # Done: idle again (unless the last write paused the client).
             if self.state is SessionState.BLOCKING:
                 self.state = SessionState.IDLE
             if self._idleTimeout:
