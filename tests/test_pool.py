@@ -164,6 +164,50 @@ class PoolTests(unittest.TestCase):
         self.assertFalse(pending.active)
         self.assertFalse(share.waiting)
 
+    def test_oneShareByOwner(self):
+        """
+        Readers of one owner hold one share between them: it counts once
+        when arrivals are split, and returns to everybody only when the last
+        of them gives it up.
+        """
+        pool = EntropyPool(10000)
+        first, second = pool.addShare("uid:1000"), pool.addShare("uid:1000")
+        other = pool.addShare("uid:1001")
+        self.assertIs(first, second)
+        self.assertIsNot(first, other)
+        pool.add(b"o" * 640)
+        self.assertEqual((first.reserved, other.reserved), (320, 320))
+        first.remove()
+        self.assertFalse(second.removed)
+        self.assertEqual(pool.reserved, 640)
+        second.remove()
+        self.assertTrue(second.removed)
+        self.assertEqual(pool.reserved, 320)
+        self.assertIsNot(pool.addShare("uid:1000"), first)
+
+    def test_turnsByOwner(self):
+        """
+        Waiting readers take their turns by owner: five readers of one owner
+        beside one of another do not get five turns to its one.
+        """
+        pool = EntropyPool(10000)
+        got = {"many": 0, "one": 0}
+
+        def counter(who):
+            def deliver(data):
+                got[who] += len(data)
+            return deliver
+
+        many = [pool.addShare("many") for _ in range(5)]
+        one = pool.addShare("one")
+        for share in many:
+            pool.request(None, counter("many"), share=share)
+        pool.request(None, counter("one"), share=one)
+        for _ in range(50):
+            pool.add(b"x" * 40)
+        # Per reader, "one" would get about 29%.
+        self.assertGreater(got["one"] / 2000, 0.38, got)
+
     def test_levelObservers(self):
         """
         Observers hear of every change of level.
