@@ -4,6 +4,7 @@ in-memory connection.
 """
 
 import datetime
+import hashlib
 import struct
 
 from cryptography import x509
@@ -592,7 +593,6 @@ class IdentityTests(unittest.TestCase):
         same for pyOpenSSL's type and cryptography's.
         """
         certificate = makeCertificate("a")
-        import hashlib
         expected = "sha256:" + hashlib.sha256(certificate.public_bytes(Encoding.DER)).hexdigest()
         self.assertEqual(certificateIdentity(certificate).key, expected)
         self.assertEqual(

@@ -40,6 +40,7 @@ from ekey.core.egdsession import (
     CloseReason,
     EGDCounters,
     EGDServerSession,
+    SessionState,
 )
 from ekey.core.pool import EntropyPool
 from ekey.core.ratelimit import RateLimiter
@@ -223,7 +224,7 @@ class EGDServerProtocol(Protocol):
 
     def _flushOutbox(self):
         held, self._outbox = self._outbox, None
-        if held and self.transport.connected:
+        if held and self.session.state is not SessionState.CLOSED:
             self.transport.write(b"".join(held))
 
     def setReading(self, reading: bool):
@@ -271,7 +272,8 @@ class EGDServerFactory(Factory):
         @param pid: what 0x04 answers (default this process's id at the
             time of the request, which is right after twistd forks).
         @param name: the listener's name, for logs and statistics.
-        @param limiter: the per-client L{RateLimiter} (default none).
+        @param limiter: the per-identity L{RateLimiter} (default none),
+            keyed by L{ClientIdentity.key}.
         @param maxClients: the most clients at once (0: no limit); more are
             refused.
         @param idleTimeout: seconds a client may stay connected without a
