@@ -15,10 +15,12 @@ from cryptography.x509.oid import NameOID
 from OpenSSL import crypto
 from twisted.internet.address import IPv4Address, UNIXAddress
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.test import iosim
 from twisted.trial import unittest
+from zope.interface import directlyProvides
 
 from ekey.services.client import EGDClientProtocol, EGDConnectionLost, readExactly
 from ekey.core.pool import EntropyPool
@@ -284,6 +286,30 @@ class ServerTests(unittest.TestCase):
         self.assertEqual(self.pool.level, 1000)
         server.resumeProducing()
         self.assertEqual(len(transport.value()), 1000)
+
+    def test_tlsRepliesBatched(self):
+        """
+        Over TLS, the replies written in one reactor turn go out as one
+        write (one TLS record); nothing goes out once the client broke the
+        protocol.
+        """
+        server = self.factory.buildProtocol(None)
+        transport = StringTransport()
+        directlyProvides(transport, ISSLTransport)
+        writes = []
+        transport.write = writes.append
+        server.makeConnection(transport)
+        self.pool.add(b"0123")
+        server.dataReceived(b"\x00\x01\x02")
+        server.dataReceived(b"\x04")
+        self.assertEqual(writes, [])
+        self.clock.advance(0)
+        self.assertEqual(writes, [(32).to_bytes(4, "big") + b"\x0201" + b"\x044242"])
+        server.dataReceived(b"\x00")
+        server.dataReceived(b"\x09")
+        self.clock.advance(0)
+        self.assertEqual(len(writes), 1)
+        self.assertEqual(self.factory.protocolErrors, 1)
 
     def test_queueBounded(self):
         """
