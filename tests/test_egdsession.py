@@ -324,3 +324,28 @@ class SessionTests(unittest.TestCase):
         other.receiveData(b"\x01\xff", now=0)
         first.receiveData(b"\x01\xff", now=0)
         self.assertEqual(self.pool.level, 640 + 640 - 255 - 65 - 255 - 255 - 255)
+
+    def test_closedWhileRequesting(self):
+        """
+        A session closed by its own write (the connection went away while
+        the pool delivered its share) leaves no request behind: later
+        arrivals go to other readers, none is taken and dropped.
+        """
+        session = self.session()
+        session.receiveData(b"\x01\x00", now=0)
+        other = []
+        self.pool.request(None, other.append)
+        self.pool.add(b"a" * 128)
+        self.assertEqual(len(b"".join(other)), 64)
+
+        def closeOnWrite(data):
+            self.output.writes.append(data)
+            session.close(now=0)
+
+        self.output.writeReply = closeOnWrite
+        session.receiveData(b"\x02\x80", now=0)
+        self.assertEqual(self.output.writes, [b"\x00", b"a" * 64])
+        self.assertIs(session.state, SessionState.CLOSED)
+        self.assertEqual(self.pool.waiting, 1)
+        self.pool.add(b"b" * 64)
+        self.assertEqual(b"".join(other), b"a" * 64 + b"b" * 64)

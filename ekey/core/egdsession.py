@@ -468,7 +468,11 @@ class EGDServerSession:
                 self._inRequest = False
             if pending.active:
                 self._pending = pending
-                if self.state is SessionState.PAUSED:
+                if self.state is SessionState.CLOSED:
+                    # Closed by a write the request made: nothing more
+                    # may be taken for it.
+                    self._release(now)
+                elif self.state is SessionState.PAUSED:
                     pending.pause()
                 return
         if self._remaining == 0 and self.state is not SessionState.CLOSED:
