@@ -415,11 +415,11 @@ class EGDServerSession:
         self._stillActive()
         total = command.n
         pool = self._pool
-        if not pool.waiting:
+        queue = self._queue
+        if queue and type(queue[0]) in _BLOCKING and not pool.waiting:
             budget = min(pool.availableTo(self._share),
                          self._limiter.available(self.clientKey, self._now))
             if total <= budget:
-                queue = self._queue
                 while queue:
                     following = queue[0]
                     if type(following) not in _BLOCKING or total + following.n > budget:
@@ -442,25 +442,30 @@ class EGDServerSession:
         now = self._now
         pool = self._pool
         limiter = self._limiter
+        limited = not limiter.unlimited
         key = self.clientKey
         while self._remaining > 0 and self.state is SessionState.BLOCKING:
-            allowed = limiter.available(key, now)
-            if allowed <= 0:
-                self._rateDeadline = now + limiter.wait(key, self._remaining, now)
-                self.state = SessionState.RATE_WAIT
-                return
-            wanted = min(self._remaining, allowed)
+            wanted = self._remaining
+            if limited:
+                allowed = limiter.available(key, now)
+                if allowed <= 0:
+                    self._rateDeadline = now + limiter.wait(key, wanted, now)
+                    self.state = SessionState.RATE_WAIT
+                    return
+                wanted = min(wanted, allowed)
             if not pool.waiting:
                 # Nobody else is waiting: take what there is at once (what a
                 # turn would give), without queueing a request.
                 data = pool.take(wanted, self._share)
                 if data:
-                    limiter.consume(key, len(data), now)
+                    if limited:
+                        limiter.consume(key, len(data), now)
                     self._deliver(data)
                     continue
             # What the request will deliver is counted against the rate now,
             # so that the identity's other connections cannot draw it too.
-            limiter.consume(key, wanted, now)
+            if limited:
+                limiter.consume(key, wanted, now)
             self._inRequest = True
             try:
                 pending = pool.request(wanted, self._poolData, share=self._share)
@@ -481,7 +486,10 @@ class EGDServerSession:
                 self.state = SessionState.IDLE
             if self._idleTimeout:
                 self._idleDeadline = now + self._idleTimeout
-            self._stillActive()
+            if self._share is not None:
+                self._activeUntil = now + ACTIVE_WINDOW
+            else:
+                self._stillActive()
 
     def _poolData(self, data: bytes) -> None:
         # The pool delivers part of a blocking read.
@@ -495,8 +503,10 @@ class EGDServerSession:
             self._output.wake()
 
     def _deliver(self, data: bytes) -> None:
-        self._remaining -= len(data)
-        self._served(len(data))
+        count = len(data)
+        self._remaining -= count
+        self.counters.bytesServed += count
+        self._totals.bytesServed += count
         self._output.writeReply(data)
 
     def _served(self, count: int) -> None:
