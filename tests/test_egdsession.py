@@ -349,3 +349,26 @@ class SessionTests(unittest.TestCase):
         self.assertEqual(self.pool.waiting, 1)
         self.pool.add(b"b" * 64)
         self.assertEqual(b"".join(other), b"a" * 64 + b"b" * 64)
+
+    def test_pauseAndResumeInsideWrite(self):
+        """
+        A transport may pause and resume its producer from inside a write:
+        the session carries on in order, with the time it was given.
+        """
+        session = self.session()
+        self.pool.add(b"abcdefgh")
+        record = self.output.writeReply
+        bounced = []
+
+        def bounce(data):
+            record(data)
+            if not bounced:
+                bounced.append(data)
+                session.pause()
+                session.resume(now=5.0)
+
+        self.output.writeReply = bounce
+        session.receiveData(b"\x01\x04\x01\x04\x00", now=5.0)
+        self.assertEqual(self.output.writes, [b"\x04abcd", b"\x04efgh", bytes(4)])
+        self.assertEqual(self.output.reading, [False, True])
+        self.assertEqual(session.deadline, 5.0 + ACTIVE_WINDOW)

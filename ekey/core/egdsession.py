@@ -204,7 +204,8 @@ class EGDServerSession:
         self._idleDeadline: Optional[float] = now + idleTimeout if idleTimeout else None
         self._reading = True
         self._offered = False
-        # The time of the input being handled, else None.
+        # The time of the input being handled, else None (inputs nest when a
+        # transport calls back from inside a write).
         self._now: Optional[float] = None
         self._inRequest = False
         self._advancing = False
@@ -239,7 +240,7 @@ class EGDServerSession:
         """
         if self.state is SessionState.CLOSED:
             return
-        self._now = now
+        outer, self._now = self._now, now
         try:
             if self._idleTimeout and not self._remaining:
                 self._idleDeadline = now + self._idleTimeout
@@ -253,7 +254,7 @@ class EGDServerSession:
             self._queue.extend(commands)
             self._advance()
         finally:
-            self._now = None
+            self._now = outer
 
     def tick(self, now: float) -> None:
         """
@@ -262,7 +263,7 @@ class EGDServerSession:
         """
         if self.state is SessionState.CLOSED:
             return
-        self._now = now
+        outer, self._now = self._now, now
         try:
             if (self._idleDeadline is not None and now >= self._idleDeadline
                     and not self._remaining):
@@ -281,7 +282,7 @@ class EGDServerSession:
                 self.state = SessionState.BLOCKING
             self._advance()
         finally:
-            self._now = None
+            self._now = outer
 
     def pause(self) -> None:
         """
@@ -302,14 +303,14 @@ class EGDServerSession:
         """
         if self.state is not SessionState.PAUSED:
             return
-        self._now = now
+        outer, self._now = self._now, now
         try:
             self.state = SessionState.BLOCKING if self._remaining else SessionState.IDLE
             if self._pending is not None:
                 self._pending.resume()
             self._advance()
         finally:
-            self._now = None
+            self._now = outer
 
     def close(self, now: float) -> None:
         """
