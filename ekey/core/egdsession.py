@@ -500,8 +500,12 @@ class EGDServerSession:
         if self._inRequest:
             return
         pending = self._pending
-        if pending is not None and not pending.active and self._now is None:
-            self._output.wake()
+        if pending is not None and not pending.active:
+            if self._now is None:
+                self._output.wake()
+            else:
+                # Inside one of this session's inputs, which carries on.
+                self._again = True
 
     def _deliver(self, data: bytes) -> None:
         count = len(data)
