@@ -300,30 +300,22 @@ class SessionTests(unittest.TestCase):
         self.assertEqual(self.pool.waiting, 1)
         self.assertEqual(limiter.available("addr:10.0.0.1", 0), 100)
 
-    def test_identityHoldsOneShare(self):
+    def test_sharesByIdentity(self):
         """
-        Sessions of one identity hold one share of the pool between them,
-        another identity holds its own; a session re-keyed to another
-        identity draws from that identity's share.
+        An identity's sessions split its part of the pool between them:
+        two sessions of one identity get together what a single session of
+        another identity gets.
         """
         outputs = [RecordingOutput() for _ in range(3)]
-        first, second, other = [
-            EGDServerSession(output, self.pool, key, 0)
-            for output, key in zip(outputs, ("uid:1000", "uid:1000", "uid:1001"))]
-        for session in (first, second, other):
+        sessions = [EGDServerSession(output, self.pool, key, 0)
+                    for output, key in zip(outputs, ("uid:1000", "uid:1000", "uid:1001"))]
+        for session in sessions:
             session.receiveData(b"\x01\x00", now=0)
         self.pool.add(b"z" * 640)
         self.assertEqual(self.pool.reserved, 640)
-        for session in (first, second, other):
+        for session in sessions:
             session.receiveData(b"\x01\xff", now=0)
-        self.assertEqual([len(output.value()) for output in outputs], [2 + 255, 2 + 65, 2 + 255])
-        other.setClientKey("uid:1000")
-        self.pool.add(b"y" * 640)
-        # Only uid:1000 is active now; it holds all of the arrival (up to
-        # its cap), 65 of it from before.
-        other.receiveData(b"\x01\xff", now=0)
-        first.receiveData(b"\x01\xff", now=0)
-        self.assertEqual(self.pool.level, 640 + 640 - 255 - 65 - 255 - 255 - 255)
+        self.assertEqual([len(output.value()) for output in outputs], [2 + 160, 2 + 160, 2 + 255])
 
     def test_closedWhileRequesting(self):
         """

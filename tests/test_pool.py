@@ -164,26 +164,22 @@ class PoolTests(unittest.TestCase):
         self.assertFalse(pending.active)
         self.assertFalse(share.waiting)
 
-    def test_oneShareByOwner(self):
+    def test_sharesByOwner(self):
         """
-        Readers of one owner hold one share between them: it counts once
-        when arrivals are split, and returns to everybody only when the last
-        of them gives it up.
+        Arrivals are split among owners first, then among each owner's
+        readers: two readers of one owner hold what one reader of another
+        owner holds; when one goes quiet, its part returns to everybody.
         """
         pool = EntropyPool(10000)
         first, second = pool.addShare("uid:1000"), pool.addShare("uid:1000")
         other = pool.addShare("uid:1001")
-        self.assertIs(first, second)
-        self.assertIsNot(first, other)
         pool.add(b"o" * 640)
-        self.assertEqual((first.reserved, other.reserved), (320, 320))
+        self.assertEqual((first.reserved, second.reserved, other.reserved), (160, 160, 320))
         first.remove()
-        self.assertFalse(second.removed)
-        self.assertEqual(pool.reserved, 640)
-        second.remove()
-        self.assertTrue(second.removed)
-        self.assertEqual(pool.reserved, 320)
-        self.assertIsNot(pool.addShare("uid:1000"), first)
+        self.assertTrue(first.removed)
+        self.assertEqual(pool.reserved, 480)
+        pool.add(b"p" * 640)
+        self.assertEqual((second.reserved, other.reserved), (480, 640))
 
     def test_turnsByOwner(self):
         """

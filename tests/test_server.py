@@ -112,18 +112,20 @@ class ServerTests(unittest.TestCase):
         self.assertGreater(len(b"".join(pollerGot)), 300)
         self.assertGreater(len(b"".join(greedyGot)), 300)
 
-    def ordinaryShare(self, greedyReads: int, lump: int, lumps: int, flushes: int) -> tuple:
+    def ordinaryShare(self, greedyReads: int, lump: int, lumps: int, flushes: int,
+                      peers=(None, None)) -> tuple:
         """
         A greedy client keeps C{greedyReads} reads of 255 bytes in flight
         beside an ordinary one reading 32 bytes at a time, each asking again
         as soon as a read is answered, while C{lumps} lumps of C{lump} bytes
         arrive 0.1 s apart.
 
+        @param peers: the two clients' addresses (default one each).
         @return: the ordinary client's share of the bytes, and the bytes
             each got.
         """
-        greedy, _, greedyPump = connect(self.factory)
-        ordinary, _, ordinaryPump = connect(self.factory)
+        greedy, _, greedyPump = connect(self.factory, peers[0])
+        ordinary, _, ordinaryPump = connect(self.factory, peers[1])
         got = {"greedy": 0, "ordinary": 0}
 
         def again(data, who, client, n):
@@ -149,6 +151,16 @@ class ServerTests(unittest.TestCase):
         health tests) next to a client with many 255-byte reads in flight.
         """
         share, got = self.ordinaryShare(greedyReads=8, lump=2500, lumps=20, flushes=60)
+        self.assertGreater(share, 0.35, got)
+
+    def test_oneIdentityStaysFairWithin(self):
+        """
+        Two connections of one identity (one address) split its part
+        between them: the one asking one request at a time still keeps a
+        fair share next to the one with many reads in flight.
+        """
+        share, got = self.ordinaryShare(greedyReads=8, lump=2500, lumps=20, flushes=60,
+                                        peers=(tcp("10.0.0.5", 1), tcp("10.0.0.5", 2)))
         self.assertGreater(share, 0.35, got)
 
     def test_slowKeyLongRunKeepsShare(self):

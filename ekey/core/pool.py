@@ -25,6 +25,13 @@ or the size of the latest arrival if larger, since keys deliver in
 asking one request at a time gets as much as one with many in flight.  A
 share given up (the reader went quiet) returns to everybody.
 
+Fairness is among owners first, then among each owner's readers: readers
+that say who they are (an EGD server keys its clients by Unix user,
+certificate or address) split their owner's part of each arrival between
+them, and waiting readers take their turns by owner (the owner's readers in
+turn among themselves), so that opening many connections does not multiply
+a client's part, and its connections are still fair to one another.
+
 The pool knows nothing of time, sockets or reactors.
 """
 
@@ -40,12 +47,12 @@ POLLING_RESERVE = 256
 
 class ReaderShare:
     """
-    An active owner's part of the pool, held by one or more of its readers.
+    An active reader's part of the pool (its part of its owner's part).
     Created by L{EntropyPool.addShare}.
 
-    @ivar owner: who holds it (C{None}: an anonymous share of its own).
-    @ivar reserved: bytes of the pool held for this owner.
-    @ivar removed: whether every holder gave it up.
+    @ivar owner: who the reader is (C{None}: an owner of its own).
+    @ivar reserved: bytes of the pool held for this reader.
+    @ivar removed: whether the reader gave it up.
     """
 
     def __init__(self, pool: "EntropyPool", owner: Optional[Hashable] = None):
@@ -56,21 +63,19 @@ class ReaderShare:
         # blocks, and small arrivals add up.
         self.owed = 0
         self.removed = False
-        self._holders = 1
         self._waitingReads = 0
 
     @property
     def waiting(self) -> bool:
         """
-        Whether a holder is waiting (it then takes its turns among the
+        Whether the reader is waiting (it then takes its turns among the
         waiting readers instead of gathering a share).
         """
         return self._waitingReads > 0
 
     def remove(self) -> None:
         """
-        A holder went quiet or away (call once per L{EntropyPool.addShare});
-        when the last one goes, the share returns to everybody.
+        The reader went quiet or away: its share returns to everybody.
         """
         self._pool._removeShare(self)
 
@@ -121,6 +126,14 @@ class PendingRead:
             self.share._waitingReads -= 1
 
 
+def _turnKey(pending: PendingRead) -> Hashable:
+    # Whose turn a waiting reader takes: its owner's, else its own.
+    share = pending.share
+    if share is None:
+        return pending
+    return share if share.owner is None else share.owner
+
+
 class _Turns:
     """
     The waiting readers of one owner, in the order they take their turns.
@@ -160,7 +173,8 @@ class EntropyPool:
         self._distributing = False
         self._levelObservers: List[Callable[["EntropyPool"], None]] = []
         self._shares: List[ReaderShare] = []
-        self._sharesByOwner: Dict[Hashable, ReaderShare] = {}
+        # Every share, by owner (an anonymous share is its own owner).
+        self._owners: Dict[Hashable, List[ReaderShare]] = {}
         self._reserved = 0
         self._lastArrival = 0
         self.bytesIn = 0
@@ -206,45 +220,39 @@ class EntropyPool:
 
     def addShare(self, owner: Optional[Hashable] = None) -> ReaderShare:
         """
-        A reader became active: give it a share, with its part of what is
-        free now.  Readers of one owner hold one share between them.
+        A reader became active: give it a share, with its part of its
+        owner's part of what is free now.
 
-        @param owner: who the reader is (C{None}: a share of its own).
-        @return: the owner's L{ReaderShare}; call its C{remove} once for
-            each call of this.
+        @param owner: who the reader is (C{None}: an owner of its own).
         """
-        if owner is not None:
-            share = self._sharesByOwner.get(owner)
-            if share is not None:
-                share._holders += 1
-                return share
         share = ReaderShare(self, owner)
         self._shares.append(share)
-        if owner is not None:
-            self._sharesByOwner[owner] = share
-        self._grant(share, (self.level - self._reserved) // self._holders())
+        group = self._owners.setdefault(share if owner is None else owner, [])
+        group.append(share)
+        self._grant(share, (self.level - self._reserved) // self._holders() // len(group))
         return share
 
     def _holders(self) -> int:
-        # Everybody with a claim on an arrival: every active owner, and
-        # every waiting reader without a share (sinks, feeders, relays).
+        # Everybody with a claim on an arrival: every owner with an active
+        # reader, and every waiting reader without a share (sinks, feeders,
+        # relays).
         unshared = 0
         for turns in self._turns:
             for pending in turns.reads:
                 if pending.share is None and not pending.paused:
                     unshared += 1
-        return max(1, len(self._shares) + unshared)
+        return max(1, len(self._owners) + unshared)
 
     def _removeShare(self, share: ReaderShare) -> None:
         if share.removed:
             return
-        share._holders -= 1
-        if share._holders > 0:
-            return
         share.removed = True
         self._shares.remove(share)
-        if share.owner is not None:
-            del self._sharesByOwner[share.owner]
+        key = share if share.owner is None else share.owner
+        group = self._owners[key]
+        group.remove(share)
+        if not group:
+            del self._owners[key]
         self._reserved -= share.reserved
         share.reserved = 0
         self._distribute()
@@ -280,10 +288,12 @@ class EntropyPool:
             self._buffer += data[:accepted] if accepted < len(data) else data
             self.bytesIn += accepted
             self._lastArrival = accepted
-            if self._shares:
+            if self._owners:
                 part = accepted // self._holders()
-                for share in self._shares:
-                    self._grant(share, part)
+                for group in self._owners.values():
+                    each = part // len(group)
+                    for share in group:
+                        self._grant(share, each)
             self._distribute()
             self._notify()
         return accepted
@@ -335,7 +345,7 @@ class EntropyPool:
             return pending
         if share is not None:
             share._waitingReads += 1
-        key = pending if share is None else share
+        key = _turnKey(pending)
         turns = self._turnsByOwner.get(key)
         if turns is None:
             turns = self._turnsByOwner[key] = _Turns(key)
@@ -356,7 +366,7 @@ class EntropyPool:
             self._unwait(pending)
 
     def _unwait(self, pending: PendingRead) -> None:
-        key = pending if pending.share is None else pending.share
+        key = _turnKey(pending)
         turns = self._turnsByOwner.get(key)
         if turns is None:
             return
@@ -394,21 +404,31 @@ class EntropyPool:
             while turns and skipped < len(turns):
                 owner = turns.popleft()
                 reads = owner.reads
-                share = reads[0].share
+                # The owner's first reader with bytes held for it, else its
+                # first reader that is not paused.
+                pick = -1
+                for index, candidate in enumerate(reads):
+                    if candidate.paused:
+                        continue
+                    if candidate.share is not None and candidate.share.reserved:
+                        pick = index
+                        break
+                    if pick < 0:
+                        pick = index
+                if pick < 0:
+                    turns.append(owner)
+                    skipped += 1
+                    continue
+                pending = reads[pick]
+                share = pending.share
                 own = share.reserved if share is not None else 0
                 free = self.level - self._reserved
-                # The owner's first reader that is not paused.
-                for _ in range(len(reads)):
-                    if not reads[0].paused:
-                        break
-                    reads.rotate(-1)
-                pending = reads[0]
-                if pending.paused or (not own and free <= 0):
+                if not own and free <= 0:
                     turns.append(owner)
                     skipped += 1
                     continue
                 if own:
-                    # An owner with a share is served from it first.
+                    # A reader with a share is served from it first.
                     size = own
                 else:
                     # An equal split among the owners waiting, this one
@@ -421,7 +441,7 @@ class EntropyPool:
                 if own:
                     self._release(share, len(data))
                 changed = True
-                reads.popleft()
+                del reads[pick]
                 if pending.remaining is not None:
                     pending.remaining -= len(data)
                 if pending.remaining == 0:
