@@ -22,7 +22,8 @@ client over its share waits, L{SessionState.RATE_WAIT}), an idle time-out
 for clients that ask for nothing, a cap on the bytes a client may have
 asked for and not yet received, and a cap on the commands queued behind a
 blocking read.  A client that read recently keeps a share of the pool
-(L{ACTIVE_WINDOW}), held with every other connection of the same identity.
+(L{ACTIVE_WINDOW}): its part of its identity's part, so that many
+connections of one identity do not multiply what it gets.
 """
 
 from __future__ import annotations
