@@ -164,6 +164,46 @@ class PoolTests(unittest.TestCase):
         self.assertFalse(pending.active)
         self.assertFalse(share.waiting)
 
+    def test_sharesByOwner(self):
+        """
+        Arrivals are split among owners first, then among each owner's
+        readers: two readers of one owner hold what one reader of another
+        owner holds; when one goes quiet, its part returns to everybody.
+        """
+        pool = EntropyPool(10000)
+        first, second = pool.addShare("uid:1000"), pool.addShare("uid:1000")
+        other = pool.addShare("uid:1001")
+        pool.add(b"o" * 640)
+        self.assertEqual((first.reserved, second.reserved, other.reserved), (160, 160, 320))
+        first.remove()
+        self.assertTrue(first.removed)
+        self.assertEqual(pool.reserved, 480)
+        pool.add(b"p" * 640)
+        self.assertEqual((second.reserved, other.reserved), (480, 640))
+
+    def test_turnsByOwner(self):
+        """
+        Waiting readers take their turns by owner: five readers of one owner
+        beside one of another do not get five turns to its one.
+        """
+        pool = EntropyPool(10000)
+        got = {"many": 0, "one": 0}
+
+        def counter(who):
+            def deliver(data):
+                got[who] += len(data)
+            return deliver
+
+        many = [pool.addShare("many") for _ in range(5)]
+        one = pool.addShare("one")
+        for share in many:
+            pool.request(None, counter("many"), share=share)
+        pool.request(None, counter("one"), share=one)
+        for _ in range(50):
+            pool.add(b"x" * 40)
+        # Per reader, "one" would get about 29%.
+        self.assertGreater(got["one"] / 2000, 0.38, got)
+
     def test_levelObservers(self):
         """
         Observers hear of every change of level.

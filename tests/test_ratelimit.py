@@ -25,6 +25,21 @@ class RateLimiterTests(unittest.TestCase):
         self.assertEqual(limiter.available("a", 10), 300)
         self.assertEqual(limiter.wait("a", 50, 0), 0.5)
 
+    def test_refund(self):
+        """
+        Bytes drawn ahead and never delivered go back to the bucket, which
+        never holds more than a burst.
+        """
+        limiter = RateLimiter(rate=10, burst=100)
+        limiter.consume("a", 80, 0)
+        limiter.refund("a", 50, 0)
+        self.assertEqual(limiter.available("a", 0), 70)
+        limiter.refund("a", 500, 0)
+        self.assertEqual(limiter.available("a", 0), 100)
+        unlimited = RateLimiter(0, 0)
+        unlimited.refund("a", 5, 0)
+        self.assertEqual(unlimited.tracked, 0)
+
     def test_repeatedDraws(self):
         """
         Several draws at the same moment add up: the bucket is not refilled

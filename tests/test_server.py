@@ -3,27 +3,42 @@ Tests for L{ekey.services.server} and L{ekey.services.client}: EGD server and cl
 in-memory connection.
 """
 
+import datetime
+import hashlib
+import struct
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
+from OpenSSL import crypto
+from twisted.internet.address import IPv4Address, UNIXAddress
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.test import iosim
 from twisted.trial import unittest
+from zope.interface import directlyProvides
 
 from ekey.services.client import EGDClientProtocol, EGDConnectionLost, readExactly
 from ekey.core.pool import EntropyPool
 from ekey.core.ratelimit import RateLimiter
-from ekey.services.server import MAX_QUEUED_COMMANDS, EGDServerFactory
+from ekey.services.server import MAX_QUEUED_COMMANDS, EGDServerFactory, certificateIdentity
 
 
-def connect(factory):
+def connect(factory, peer=None):
     """
     Connect a client to a new server protocol in memory.
 
+    @param peer: the client's address as the server sees it (default a
+        fake address of its own).
     @return: C{(client, server, pump)}.
     """
     server = factory.buildProtocol(None)
     client = EGDClientProtocol()
-    serverTransport = iosim.FakeTransport(server, isServer=True)
+    serverTransport = iosim.FakeTransport(server, isServer=True, peerAddress=peer)
     clientTransport = iosim.FakeTransport(client, isServer=False)
     pump = iosim.connect(server, serverTransport, client, clientTransport)
     return client, server, pump
@@ -97,18 +112,20 @@ class ServerTests(unittest.TestCase):
         self.assertGreater(len(b"".join(pollerGot)), 300)
         self.assertGreater(len(b"".join(greedyGot)), 300)
 
-    def ordinaryShare(self, greedyReads: int, lump: int, lumps: int, flushes: int) -> tuple:
+    def ordinaryShare(self, greedyReads: int, lump: int, lumps: int, flushes: int,
+                      peers=(None, None)) -> tuple:
         """
         A greedy client keeps C{greedyReads} reads of 255 bytes in flight
         beside an ordinary one reading 32 bytes at a time, each asking again
         as soon as a read is answered, while C{lumps} lumps of C{lump} bytes
         arrive 0.1 s apart.
 
+        @param peers: the two clients' addresses (default one each).
         @return: the ordinary client's share of the bytes, and the bytes
             each got.
         """
-        greedy, _, greedyPump = connect(self.factory)
-        ordinary, _, ordinaryPump = connect(self.factory)
+        greedy, _, greedyPump = connect(self.factory, peers[0])
+        ordinary, _, ordinaryPump = connect(self.factory, peers[1])
         got = {"greedy": 0, "ordinary": 0}
 
         def again(data, who, client, n):
@@ -134,6 +151,16 @@ class ServerTests(unittest.TestCase):
         health tests) next to a client with many 255-byte reads in flight.
         """
         share, got = self.ordinaryShare(greedyReads=8, lump=2500, lumps=20, flushes=60)
+        self.assertGreater(share, 0.35, got)
+
+    def test_oneIdentityStaysFairWithin(self):
+        """
+        Two connections of one identity (one address) split its part
+        between them: the one asking one request at a time still keeps a
+        fair share next to the one with many reads in flight.
+        """
+        share, got = self.ordinaryShare(greedyReads=8, lump=2500, lumps=20, flushes=60,
+                                        peers=(tcp("10.0.0.5", 1), tcp("10.0.0.5", 2)))
         self.assertGreater(share, 0.35, got)
 
     def test_slowKeyLongRunKeepsShare(self):
@@ -272,6 +299,30 @@ class ServerTests(unittest.TestCase):
         server.resumeProducing()
         self.assertEqual(len(transport.value()), 1000)
 
+    def test_tlsRepliesBatched(self):
+        """
+        Over TLS, the replies written in one reactor turn go out as one
+        write (one TLS record); nothing goes out once the client broke the
+        protocol.
+        """
+        server = self.factory.buildProtocol(None)
+        transport = StringTransport()
+        directlyProvides(transport, ISSLTransport)
+        writes = []
+        transport.write = writes.append
+        server.makeConnection(transport)
+        self.pool.add(b"0123")
+        server.dataReceived(b"\x00\x01\x02")
+        server.dataReceived(b"\x04")
+        self.assertEqual(writes, [])
+        self.clock.advance(0)
+        self.assertEqual(writes, [(32).to_bytes(4, "big") + b"\x0201" + b"\x044242"])
+        server.dataReceived(b"\x00")
+        server.dataReceived(b"\x09")
+        self.clock.advance(0)
+        self.assertEqual(len(writes), 1)
+        self.assertEqual(self.factory.protocolErrors, 1)
+
     def test_queueBounded(self):
         """
         Commands queued behind a blocking read stop the server reading
@@ -380,6 +431,210 @@ class LimitTests(unittest.TestCase):
         self.assertEqual(transport.producerState, "paused")
         self.pool.add(b"p" * 2550)
         self.assertEqual(transport.producerState, "producing")
+
+
+def tcp(host, port=40000):
+    """
+    @return: a TCP peer address.
+    """
+    return IPv4Address("TCP", host, port)
+
+
+class UnixPeerTransport(StringTransport):
+    """
+    A Unix-socket transport whose kernel says the peer runs as C{uid}.
+    """
+
+    def __init__(self, uid, pid=4000):
+        super().__init__(peerAddress=UNIXAddress(None))
+        self._credentials = struct.pack("3i", pid, uid, uid)
+
+    def getHandle(self):
+        return self
+
+    def getsockopt(self, level, option, size):
+        return self._credentials
+
+
+class TLSPeerTransport(StringTransport):
+    """
+    A transport whose peer presented C{certificate} (pyOpenSSL's type, as
+    Twisted's TLS transports give it).
+    """
+
+    def __init__(self, certificate, host="10.0.0.9"):
+        super().__init__(peerAddress=tcp(host))
+        self._certificate = crypto.X509.from_cryptography(certificate)
+
+    def getPeerCertificate(self):
+        return self._certificate
+
+
+def makeCertificate(*commonNames):
+    """
+    @return: a self-signed certificate whose subject holds C{commonNames},
+        in order.
+    """
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn) for cn in commonNames])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+
+
+class IdentityTests(unittest.TestCase):
+    """
+    Clients are known by identity (Unix user, certificate fingerprint,
+    address), and fair shares and rate limits are per identity, not per
+    connection.
+    """
+
+    def setUp(self):
+        self.clock = Clock()
+        self.pool = EntropyPool(1 << 20)
+
+    def fill(self):
+        """
+        Put 1,000 bytes in the pool in small arrivals, so that a reader's
+        share holds little of it and the rate limit alone decides.
+        """
+        for _ in range(1000 // 25):
+            self.pool.add(b"f" * 25)
+
+    def test_greedyIdentityDoesNotCrowdOut(self):
+        """
+        Twenty greedy connections of one identity, each with reads in
+        flight, beside a single polite connection of another identity
+        reading 32 bytes at a time: the polite one gets at least 40% of the
+        bytes (per connection, it would get about 5%).
+        """
+        factory = EGDServerFactory(self.pool, clock=self.clock)
+        got = {"greedy": 0, "polite": 0}
+
+        def again(data, who, client, n):
+            got[who] += len(data)
+            client.readBlocking(n).addCallback(again, who, client, n)
+
+        pumps = []
+        for port in range(20):
+            greedy, _, pump = connect(factory, tcp("10.0.0.1", 41000 + port))
+            for _ in range(2):
+                greedy.readBlocking(255).addCallback(again, "greedy", greedy, 255)
+            pumps.append(pump)
+        polite, _, politePump = connect(factory, tcp("10.0.0.2"))
+        polite.readBlocking(32).addCallback(again, "polite", polite, 32)
+        pumps.append(politePump)
+        for pump in pumps:
+            pump.flush()
+        for _ in range(40):
+            self.pool.add(b"L" * 2500)
+            for _ in range(10):
+                for pump in pumps:
+                    pump.flush()
+            self.clock.advance(0.1)
+        self.assertGreater(got["greedy"], 0)
+        self.assertGreaterEqual(got["polite"] / (got["polite"] + got["greedy"]), 0.4, got)
+
+    def test_rateLimitPerAddress(self):
+        """
+        Over TCP, connections from one address draw from one bucket; another
+        address has its own.
+        """
+        factory = EGDServerFactory(self.pool, clock=self.clock,
+                                   limiter=RateLimiter(rate=10, burst=100))
+        self.fill()
+        reads = []
+        for host, port in (("10.0.0.1", 1), ("10.0.0.1", 2), ("10.0.0.2", 3)):
+            client, server, pump = connect(factory, tcp(host, port))
+            reads.append(client.read(255))
+            pump.flush()
+            self.assertEqual(server.identity, f"addr:{host}")
+        self.assertEqual([len(self.successResultOf(d)) for d in reads], [100, 0, 100])
+
+    def unixClient(self, factory, uid):
+        server = factory.buildProtocol(None)
+        transport = UnixPeerTransport(uid)
+        server.makeConnection(transport)
+        return server, transport
+
+    def test_unixClientsByUser(self):
+        """
+        Unix-socket clients are known by the user the kernel reports
+        (C{SO_PEERCRED}), shown as C{uid:N}; connections of one user share
+        a bucket, another user has its own (not one bucket for every Unix
+        client).
+        """
+        factory = EGDServerFactory(self.pool, clock=self.clock,
+                                   limiter=RateLimiter(rate=10, burst=100))
+        self.fill()
+        clients = [self.unixClient(factory, uid) for uid in (1000, 1000, 1001)]
+        self.assertEqual([server.identity for server, _ in clients],
+                         ["uid:1000", "uid:1000", "uid:1001"])
+        for server, transport in clients:
+            server.dataReceived(b"\x01\xff")
+        self.assertEqual([transport.value()[0] for _, transport in clients], [100, 0, 100])
+
+    def tlsClient(self, factory, certificate, host="10.0.0.9"):
+        server = factory.buildProtocol(None)
+        transport = TLSPeerTransport(certificate, host)
+        server.makeConnection(transport)
+        server.handshakeCompleted()
+        return server, transport
+
+    def test_tlsClientsByFingerprint(self):
+        """
+        TLS clients with a certificate are known by its SHA-256 fingerprint,
+        shown with its common name: two certificates with one name are two
+        identities, each with its own bucket, even from one address.
+        """
+        factory = EGDServerFactory(self.pool, clock=self.clock,
+                                   limiter=RateLimiter(rate=10, burst=100))
+        self.fill()
+        first, second = makeCertificate("relay.example"), makeCertificate("relay.example")
+        clients = [self.tlsClient(factory, certificate) for certificate in (first, second)]
+        fingerprint = first.fingerprint(hashes.SHA256()).hex()
+        self.assertEqual(clients[0][0].identity, f"relay.example sha256:{fingerprint[:16]}")
+        self.assertNotEqual(clients[0][0].identity, clients[1][0].identity)
+        for server, transport in clients:
+            server.dataReceived(b"\x01\xff")
+        self.assertEqual([transport.value()[0] for _, transport in clients], [100, 100])
+
+    def test_secondCommonNameIsNoIdentity(self):
+        """
+        A certificate with two common names, the last one another client's,
+        does not take that client's identity (nor its bucket): the key is
+        the fingerprint, and both names are shown.
+        """
+        victim = makeCertificate("victim.example")
+        impostor = makeCertificate("impostor.example", "victim.example")
+        victimIdentity = certificateIdentity(crypto.X509.from_cryptography(victim))
+        impostorIdentity = certificateIdentity(impostor)
+        self.assertEqual(victimIdentity.key,
+                         "sha256:" + victim.fingerprint(hashes.SHA256()).hex())
+        self.assertNotEqual(impostorIdentity.key, victimIdentity.key)
+        self.assertTrue(impostorIdentity.display.startswith(
+            "impostor.example+victim.example sha256:"), impostorIdentity.display)
+        factory = EGDServerFactory(self.pool, clock=self.clock,
+                                   limiter=RateLimiter(rate=10, burst=100))
+        self.fill()
+        impostorServer, impostorTransport = self.tlsClient(factory, impostor)
+        impostorServer.dataReceived(b"\x01\xff")
+        victimServer, victimTransport = self.tlsClient(factory, victim)
+        victimServer.dataReceived(b"\x01\xff")
+        self.assertEqual(victimTransport.value()[0], 100)
+
+    def test_certificateIdentityOfDER(self):
+        """
+        L{certificateIdentity} hashes the certificate's DER encoding, the
+        same for pyOpenSSL's type and cryptography's.
+        """
+        certificate = makeCertificate("a")
+        expected = "sha256:" + hashlib.sha256(certificate.public_bytes(Encoding.DER)).hexdigest()
+        self.assertEqual(certificateIdentity(certificate).key, expected)
+        self.assertEqual(
+            certificateIdentity(crypto.X509.from_cryptography(certificate)).key, expected)
 
 
 class ClientTests(unittest.TestCase):

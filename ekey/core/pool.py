@@ -25,13 +25,20 @@ or the size of the latest arrival if larger, since keys deliver in
 asking one request at a time gets as much as one with many in flight.  A
 share given up (the reader went quiet) returns to everybody.
 
+Fairness is among owners first, then among each owner's readers: readers
+that say who they are (an EGD server keys its clients by Unix user,
+certificate or address) split their owner's part of each arrival between
+them, and waiting readers take their turns by owner (the owner's readers in
+turn among themselves), so that opening many connections does not multiply
+a client's part, and its connections are still fair to one another.
+
 The pool knows nothing of time, sockets or reactors.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from typing import Callable, Deque, List, Optional
+from typing import Callable, Deque, Dict, Hashable, List, Optional
 
 DEFAULT_POOL_SIZE = 1 << 20
 DEFAULT_QUANTUM = 32
@@ -40,22 +47,31 @@ POLLING_RESERVE = 256
 
 class ReaderShare:
     """
-    An active reader's part of the pool.  Created by
-    L{EntropyPool.addShare}.
+    An active reader's part of the pool (its part of its owner's part).
+    Created by L{EntropyPool.addShare}.
 
+    @ivar owner: who the reader is (C{None}: an owner of its own).
     @ivar reserved: bytes of the pool held for this reader.
-    @ivar waiting: whether the reader is waiting (it then takes its turns
-        among the waiting readers instead of gathering a share).
+    @ivar removed: whether the reader gave it up.
     """
 
-    def __init__(self, pool: "EntropyPool"):
+    def __init__(self, pool: "EntropyPool", owner: Optional[Hashable] = None):
         self._pool = pool
+        self.owner = owner
         self.reserved = 0
         # Entitlement not yet reserved: shares are reserved in whole 32-byte
         # blocks, and small arrivals add up.
         self.owed = 0
-        self.waiting = False
         self.removed = False
+        self._waitingReads = 0
+
+    @property
+    def waiting(self) -> bool:
+        """
+        Whether the reader is waiting (it then takes its turns among the
+        waiting readers instead of gathering a share).
+        """
+        return self._waitingReads > 0
 
     def remove(self) -> None:
         """
@@ -107,7 +123,27 @@ class PendingRead:
     def _finished(self) -> None:
         self.active = False
         if self.share is not None:
-            self.share.waiting = False
+            self.share._waitingReads -= 1
+
+
+def _turnKey(pending: PendingRead) -> Hashable:
+    # Whose turn a waiting reader takes: its owner's, else its own.
+    share = pending.share
+    if share is None:
+        return pending
+    return share if share.owner is None else share.owner
+
+
+class _Turns:
+    """
+    The waiting readers of one owner, in the order they take their turns.
+    """
+
+    __slots__ = ("key", "reads")
+
+    def __init__(self, key: Hashable):
+        self.key = key
+        self.reads: Deque[PendingRead] = deque()
 
 
 class EntropyPool:
@@ -130,10 +166,15 @@ class EntropyPool:
         self.capacity = capacity
         self._buffer = bytearray()
         self._start = 0
-        self._waiting: Deque[PendingRead] = deque()
+        # Owners with readers waiting, in turn; each owner's readers in turn.
+        self._turns: Deque[_Turns] = deque()
+        self._turnsByOwner: Dict[Hashable, _Turns] = {}
+        self._waitingCount = 0
         self._distributing = False
         self._levelObservers: List[Callable[["EntropyPool"], None]] = []
         self._shares: List[ReaderShare] = []
+        # Every share, by owner (an anonymous share is its own owner).
+        self._owners: Dict[Hashable, List[ReaderShare]] = {}
         self._reserved = 0
         self._lastArrival = 0
         self.bytesIn = 0
@@ -159,7 +200,7 @@ class EntropyPool:
         """
         Readers waiting for bytes.
         """
-        return len(self._waiting)
+        return self._waitingCount
 
     @property
     def reserved(self) -> int:
@@ -177,27 +218,41 @@ class EntropyPool:
 
     # Shares -------------------------------------------------------------------------
 
-    def addShare(self) -> ReaderShare:
+    def addShare(self, owner: Optional[Hashable] = None) -> ReaderShare:
         """
-        A reader became active: give it a share, with its part of what is
-        free now.
+        A reader became active: give it a share, with its part of its
+        owner's part of what is free now.
+
+        @param owner: who the reader is (C{None}: an owner of its own).
         """
-        share = ReaderShare(self)
+        share = ReaderShare(self, owner)
         self._shares.append(share)
-        self._grant(share, (self.level - self._reserved) // self._holders())
+        group = self._owners.setdefault(share if owner is None else owner, [])
+        group.append(share)
+        self._grant(share, (self.level - self._reserved) // self._holders() // len(group))
         return share
 
     def _holders(self) -> int:
-        # Everybody with a claim on an arrival: every active reader, and
-        # every waiting reader without a share (sinks, feeders, relays).
-        return max(1, len(self._shares)
-                   + sum(1 for p in self._waiting if p.share is None and not p.paused))
+        # Everybody with a claim on an arrival: every owner with an active
+        # reader, and every waiting reader without a share (sinks, feeders,
+        # relays).
+        unshared = 0
+        for turns in self._turns:
+            for pending in turns.reads:
+                if pending.share is None and not pending.paused:
+                    unshared += 1
+        return max(1, len(self._owners) + unshared)
 
     def _removeShare(self, share: ReaderShare) -> None:
         if share.removed:
             return
         share.removed = True
         self._shares.remove(share)
+        key = share if share.owner is None else share.owner
+        group = self._owners[key]
+        group.remove(share)
+        if not group:
+            del self._owners[key]
         self._reserved -= share.reserved
         share.reserved = 0
         self._distribute()
@@ -233,10 +288,12 @@ class EntropyPool:
             self._buffer += data[:accepted] if accepted < len(data) else data
             self.bytesIn += accepted
             self._lastArrival = accepted
-            if self._shares:
+            if self._owners:
                 part = accepted // self._holders()
-                for share in self._shares:
-                    self._grant(share, part)
+                for group in self._owners.values():
+                    each = part // len(group)
+                    for share in group:
+                        self._grant(share, each)
             self._distribute()
             self._notify()
         return accepted
@@ -284,11 +341,17 @@ class EntropyPool:
             self._notify()
         pending = PendingRead(self, n, deliver, quantum, share)
         if n == 0:
-            pending._finished()
+            pending.active = False
             return pending
         if share is not None:
-            share.waiting = True
-        self._waiting.append(pending)
+            share._waitingReads += 1
+        key = _turnKey(pending)
+        turns = self._turnsByOwner.get(key)
+        if turns is None:
+            turns = self._turnsByOwner[key] = _Turns(key)
+            self._turns.append(turns)
+        turns.reads.append(pending)
+        self._waitingCount += 1
         self._distribute()
         return pending
 
@@ -300,10 +363,21 @@ class EntropyPool:
     def _cancel(self, pending: PendingRead) -> None:
         if pending.active:
             pending._finished()
-            try:
-                self._waiting.remove(pending)
-            except ValueError:
-                pass
+            self._unwait(pending)
+
+    def _unwait(self, pending: PendingRead) -> None:
+        key = _turnKey(pending)
+        turns = self._turnsByOwner.get(key)
+        if turns is None:
+            return
+        try:
+            turns.reads.remove(pending)
+        except ValueError:
+            return
+        self._waitingCount -= 1
+        if not turns.reads:
+            del self._turnsByOwner[key]
+            self._turns.remove(turns)
 
     def _remove(self, n: int) -> bytes:
         n = min(n, self.level)
@@ -325,23 +399,41 @@ class EntropyPool:
         self._distributing = True
         changed = False
         try:
+            turns = self._turns
             skipped = 0
-            while self._waiting and skipped < len(self._waiting):
-                pending = self._waiting.popleft()
+            while turns and skipped < len(turns):
+                owner = turns.popleft()
+                reads = owner.reads
+                # The owner's first reader with bytes held for it, else its
+                # first reader that is not paused.
+                pick = -1
+                for index, candidate in enumerate(reads):
+                    if candidate.paused:
+                        continue
+                    if candidate.share is not None and candidate.share.reserved:
+                        pick = index
+                        break
+                    if pick < 0:
+                        pick = index
+                if pick < 0:
+                    turns.append(owner)
+                    skipped += 1
+                    continue
+                pending = reads[pick]
                 share = pending.share
                 own = share.reserved if share is not None else 0
                 free = self.level - self._reserved
-                if pending.paused or (not own and free <= 0):
-                    self._waiting.append(pending)
+                if not own and free <= 0:
+                    turns.append(owner)
                     skipped += 1
                     continue
                 if own:
                     # A reader with a share is served from it first.
                     size = own
                 else:
-                    # An equal split among the readers waiting, this one
+                    # An equal split among the owners waiting, this one
                     # included.
-                    size = min(max(pending.quantum, free // (len(self._waiting) + 1)), free)
+                    size = min(max(pending.quantum, free // (len(turns) + 1)), free)
                 if pending.remaining is not None:
                     size = min(size, pending.remaining)
                 skipped = 0
@@ -349,12 +441,18 @@ class EntropyPool:
                 if own:
                     self._release(share, len(data))
                 changed = True
+                del reads[pick]
                 if pending.remaining is not None:
                     pending.remaining -= len(data)
                 if pending.remaining == 0:
                     pending._finished()
+                    self._waitingCount -= 1
                 else:
-                    self._waiting.append(pending)
+                    reads.append(pending)
+                if reads:
+                    turns.append(owner)
+                else:
+                    del self._turnsByOwner[owner.key]
                 pending._deliver(data)
         finally:
             self._distributing = False

@@ -2,8 +2,9 @@
 """
 Per-client rate limits: a token bucket for each client, sans-I/O.
 
-A client is known by its certificate identity when it has one, else by its
-address (so that opening many connections does not multiply its share).
+A client is known by its identity (its Unix user, its certificate's
+fingerprint, else its address), so that opening many connections does not
+multiply its share.
 Each client may draw C{rate} bytes per second with bursts of up to
 C{burst} bytes; a client over its share waits for its bucket to refill, it
 is not disconnected.  Buckets nobody has used for a while are forgotten, so
@@ -73,6 +74,17 @@ class RateLimiter:
         self._buckets[client] = (level - n, now)
         if len(self._buckets) > MAX_TRACKED:
             self._forget(now)
+
+    def refund(self, client: str, n: int, now: float) -> None:
+        """
+        Give back C{n} bytes drawn ahead (by L{consume}) and never delivered
+        (a reader that went away); the bucket never holds more than a burst.
+        """
+        if self.unlimited or n <= 0:
+            return
+        level = self._level(client, now)
+        self._buckets.pop(client, None)
+        self._buckets[client] = (min(float(self.burst), level + n), now)
 
     def wait(self, client: str, n: int, now: float) -> float:
         """
