@@ -308,7 +308,7 @@ class DaemonVerbTests(_ControlMixin, TestCase):
             self.assertEqual(len(clients), 1)
             self.assertEqual(clients[0]["listener"], f"unix:{relayEGD}")
             self.assertGreaterEqual(clients[0]["bytesServed"], 64)
-            self.assertIsNone(clients[0]["identity"])
+            self.assertEqual(clients[0]["identity"], f"uid:{os.getuid()}")
             out = self.ekeyctlOK("clients", control=relayControl)
             self.assertEqual(out.splitlines()[0],
                              "Listener,Peer,Identity,BytesServed,Requests,ConnectedFor")
