@@ -32,8 +32,9 @@ import re
 from collections import Counter, deque
 from typing import List, Optional
 
+from ekey.core.units import BLOCK_SIZE
+
 FIPS_BLOCK_BYTES = 2500
-RELEASE_UNIT = 32
 FIPS_WINDOW = 100
 FIPS_FAILURE_LIMIT = 5
 DEFAULT_MIN_ENTROPY = 7.0
@@ -205,7 +206,7 @@ class HealthMonitor:
                         f"FIPS 140-2 blocks failed (last: {', '.join(failed)})")
                 continue
             self._passed += block
-        whole = len(self._passed) - len(self._passed) % RELEASE_UNIT
+        whole = len(self._passed) - len(self._passed) % BLOCK_SIZE
         if whole:
             released.append(self._passed[:whole])
             self._passed = self._passed[whole:]

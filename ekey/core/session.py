@@ -41,6 +41,8 @@ from typing import Callable, List, Optional
 
 from ekey.core.errors import RemoteProtocolError
 from ekey.core.frames import (
+    LAST_SEQUENCE,
+    ZERO_KEY,
     FrameReader,
     Information,
     Packet,
@@ -50,12 +52,10 @@ from ekey.core.frames import (
 )
 from ekey.core.keyring import Keyring, formatSerial
 from ekey.core.skein import prepared
+from ekey.core.units import BLOCK_SIZE
 
 RESET = b"\x03"
 NONCE_LENGTH = 12
-LAST_SEQUENCE = 4095
-ZERO_KEY = bytes(32)
-BLOCK_LENGTH = 32
 
 #: Re-key requests ignored while a nonce is outstanding before the host
 #: gives up on that nonce and resets the key (ekeyd resets on the sixth).
@@ -406,7 +406,7 @@ class KeySession:
         length, deviceEntropy = packet.binaryPayload()
         nonce, self._pendingNonce = self._pendingNonce, None
         self._ignoredRequests = 0
-        if length != len(nonce) or len(deviceEntropy) != BLOCK_LENGTH:
+        if length != len(nonce) or len(deviceEntropy) != BLOCK_SIZE:
             self._setState(KeyState.WAITING, f"key received a {length}-byte nonce, not {len(nonce)}")
             self._reset("nonce length mismatch")
             return
@@ -426,7 +426,7 @@ class KeySession:
         if not self._verified:
             self._badPacket("entropy frame before a session key was agreed")
             return
-        if len(ciphertext) != BLOCK_LENGTH:
+        if len(ciphertext) != BLOCK_SIZE:
             self._badPacket(f"entropy frame with {len(ciphertext)} bytes")
             return
         if sequence <= self._lastSequence:
@@ -438,9 +438,9 @@ class KeySession:
         self._lastSequence = sequence
         pad = self._ees.copy().update(packet.payload[:2]).final()
         plaintext = (int.from_bytes(ciphertext, "big") ^ int.from_bytes(pad, "big")).to_bytes(
-            BLOCK_LENGTH, "big"
+            BLOCK_SIZE, "big"
         )
-        self.statistics.entropyBytes += BLOCK_LENGTH
+        self.statistics.entropyBytes += BLOCK_SIZE
         self._events.append(EntropyReceived(plaintext, sequence))
         if sequence >= LAST_SEQUENCE and self._pendingNonce is None:
             self._sendRekey()
