@@ -19,7 +19,7 @@ from ekey.services.device import (
     checkKeyPath,
 )
 from ekey.core.keyring import Keyring
-from ekey.core.session import REKEY_TIMEOUT, KeyState, StateChanged
+from ekey.core.session import REKEY_TIMEOUT, KeyState
 from tests.vectors import HOST_NONCE, LONG_TERM_KEY, SERIAL, SESSION, deviceFrames, entropyFrame
 
 
@@ -65,12 +65,11 @@ class KeyProtocolTests(unittest.TestCase):
         """
         Over a transport, the protocol writes the reset and the nonce, and
         hands exactly the transcript's plaintext to its entropy callback;
-        other events go to the event callback.
+        when the connection is lost the key is closed.
         """
-        blocks, events = [], []
+        blocks = []
         factory = KeyProtocolFactory(
-            "/dev/test", ring, blocks.append, lambda p, e: events.append(e),
-            clock=Clock(), randomBytes=lambda n: HOST_NONCE[4:],
+            "/dev/test", ring, blocks.append, clock=Clock(), randomBytes=lambda n: HOST_NONCE[4:],
         )
         factory.health = PassThrough()
         protocol = factory.buildProtocol(None)
@@ -81,10 +80,10 @@ class KeyProtocolTests(unittest.TestCase):
         for frame in deviceFrames():
             protocol.dataReceived(frame)
         self.assertTrue(transport.value().startswith(b"KAAAAAPVgtIxFv4Dw."))
-        self.assertEqual([b.hex() for b in blocks], SESSION["plaintext_in_order"])
+        self.assertEqual(b"".join(blocks).hex(), "".join(SESSION["plaintext_in_order"]))
         protocol.connectionLost(Failure(ConnectionError("gone")))
-        self.assertEqual(protocol.session.state, KeyState.CLOSED)
-        self.assertIsInstance(events[-1], StateChanged)
+        self.assertEqual(protocol.pipeline.session.state, KeyState.CLOSED)
+        self.assertIs(factory.connection, protocol)
 
     def test_healthFailureStopsKey(self):
         """
@@ -96,12 +95,12 @@ class KeyProtocolTests(unittest.TestCase):
         factory, protocol = runningProtocol(blocks.append)
         stuck = bytes(range(100, 132))
         protocol.dataReceived(entropyFrame(0, stuck) + entropyFrame(1, stuck))
-        self.assertEqual(protocol.session.state, KeyState.FAILED_HEALTH)
-        self.assertIn("stuck", protocol.session.reason)
+        self.assertEqual(protocol.pipeline.session.state, KeyState.FAILED_HEALTH)
+        self.assertIn("stuck", protocol.pipeline.session.reason)
         self.assertEqual(blocks, [])
         again = factory.buildProtocol(None)
         again.makeConnection(StringTransport())
-        self.assertEqual(again.session.state, KeyState.FAILED_HEALTH)
+        self.assertEqual(again.pipeline.session.state, KeyState.FAILED_HEALTH)
         self.assertEqual(again.transport.value(), b"")
 
     def test_healthyOutputReleasedInChunks(self):
@@ -116,7 +115,7 @@ class KeyProtocolTests(unittest.TestCase):
         sent = [os.urandom(32) for _ in range(100)]
         protocol.dataReceived(b"".join(entropyFrame(i, p) for i, p in enumerate(sent)))
         self.assertEqual(b"".join(blocks), b"".join(sent)[:2496])
-        self.assertEqual(protocol.session.state, KeyState.RUNNING)
+        self.assertEqual(protocol.pipeline.session.state, KeyState.RUNNING)
 
     def test_fullPoolPausesKey(self):
         """
@@ -131,7 +130,6 @@ class KeyProtocolTests(unittest.TestCase):
                                      randomBytes=lambda n: HOST_NONCE[4:])
         factory.health = PassThrough()
         protocol = factory.buildProtocol(None)
-        protocol.health = factory.health
         transport = StringTransport()
         protocol.makeConnection(transport)
         for frame in deviceFrames()[:4]:
@@ -142,13 +140,13 @@ class KeyProtocolTests(unittest.TestCase):
         self.assertEqual(transport.producerState, "paused")
         self.assertEqual(pool.bytesRefused, 0)
         level = pool.level
-        self.assertLess(protocol.session.statistics.entropyBytes, 400 * 32)
+        self.assertLess(protocol.pipeline.session.statistics.entropyBytes, 400 * 32)
         pool.take(pool.level)
         self.assertGreater(pool.level, 0)
         self.assertEqual(pool.bytesRefused, 0)
         pool.take(pool.level)
         pool.take(pool.level)
-        self.assertEqual(protocol.session.statistics.entropyBytes, 400 * 32)
+        self.assertEqual(protocol.pipeline.session.statistics.entropyBytes, 400 * 32)
         self.assertEqual(transport.producerState, "producing")
         self.assertGreater(level, 2500)
 
@@ -169,7 +167,7 @@ class KeyProtocolTests(unittest.TestCase):
         self.assertEqual(transport.value(), b"\x03")
         self.assertEqual(clock.getDelayedCalls(), [])
         protocol.dataReceived(b"".join(deviceFrames()[:4]))
-        self.assertEqual(protocol.session.state, KeyState.RUNNING)
+        self.assertEqual(protocol.pipeline.session.state, KeyState.RUNNING)
         self.assertEqual(clock.getDelayedCalls(), [])
 
     def test_logsCarryNoSecrets(self):
@@ -207,8 +205,8 @@ class KeyProtocolTests(unittest.TestCase):
         first = factory.buildProtocol(None)
         rings[0] = rings[1]
         second = factory.buildProtocol(None)
-        self.assertIsNot(first.session, second.session)
-        self.assertIs(second.session.keyring, rings[1])
+        self.assertIsNot(first.pipeline.session, second.pipeline.session)
+        self.assertIs(second.pipeline.session.keyring, rings[1])
 
 
 class EndpointTests(unittest.TestCase):

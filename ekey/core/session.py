@@ -248,12 +248,15 @@ class KeySession:
 
     # Inputs ------------------------------------------------------------------
 
-    def connectionMade(self) -> None:
+    def connectionMade(self) -> List[object]:
         """
         The connection to the key is open.
+
+        @return: the events this causes.
         """
         if self._sendResetOnStart:
             self._reset("connection opened")
+        return self._takeEvents()
 
     def connectionLost(self, reason: str = "connection closed") -> List[object]:
         """
@@ -300,13 +303,16 @@ class KeySession:
         """
         return self._pendingNonce is not None and self.state not in _STOPPED
 
-    def rekeyTimedOut(self) -> None:
+    def rekeyTimedOut(self) -> List[object]:
         """
         The key did not answer a nonce in time: reset it.
+
+        @return: the events this causes.
         """
         if self.awaitingRekeyReply:
             self._setState(KeyState.WAITING, "no answer to the session re-key; resetting")
             self._reset("re-key timed out")
+        return self._takeEvents()
 
     def halt(self, state: KeyState, reason: str) -> List[object]:
         """
@@ -323,14 +329,17 @@ class KeySession:
             self._setState(state, reason)
         return self._takeEvents()
 
-    def restart(self, reason: str) -> None:
+    def restart(self, reason: str) -> List[object]:
         """
         Start again from the serial number: reset the key.  Used after the
         keyring changes, or by an operator.  An untrusted key stays so.
+
+        @return: the events this causes.
         """
         if self.state not in (KeyState.UNTRUSTED, KeyState.CLOSED):
             self._setState(KeyState.WAITING, reason)
             self._reset(reason)
+        return self._takeEvents()
 
     # Packet handling -----------------------------------------------------------
 
