@@ -6,17 +6,22 @@ sessions.
 import os
 import socket
 
+from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
-from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.testing import MemoryReactor, MemoryReactorClock, StringTransport
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from ekey.services.device import (
+    NOT_CONNECTED,
     KeyDeviceEndpoint,
     KeyPathError,
     KeyProtocolFactory,
     KeyService,
     checkKeyPath,
+    openSerialKey,
 )
 from ekey.core.keyring import Keyring
 from ekey.core.session import REKEY_TIMEOUT, KeyState
@@ -273,6 +278,232 @@ class KeyServiceTests(unittest.TestCase):
         reactor.advance(120)
         self.assertEqual(reactor.unixClients[0][0], path)
         self.assertTrue(os.path.exists(path))
+
+
+class KeyStatusTests(unittest.TestCase):
+    """
+    L{KeyService.status} is the one view of a key: closed, running, closed
+    again.
+    """
+
+    def test_lifecycle(self):
+        """
+        A key not yet connected is closed and not connected; once it has
+        agreed a session key it is running with its serial, the time it
+        connected and its readings; when it goes it is closed again.
+        """
+        path = self.mktemp()
+        listener = socket.socket(socket.AF_UNIX)
+        self.addCleanup(listener.close)
+        listener.bind(path)
+        reactor = MemoryReactorClock()
+        reactor.advance(7)
+        service = KeyService(path, ring, lambda b: None, reactor=reactor,
+                             randomBytes=lambda n: HOST_NONCE[4:])
+        status = service.status()
+        self.assertEqual((status.path, status.state, status.reason, status.serial,
+                          status.connectedAt, status.readings),
+                         (path, KeyState.CLOSED, NOT_CONNECTED, None, None, None))
+        service.startService()
+        self.addCleanup(service.stopService)
+        wrapper = reactor.unixClients[-1][1].buildProtocol(None)
+        wrapper.makeConnection(StringTransport())
+        for frame in deviceFrames()[:8]:
+            service.factory.connection.dataReceived(frame)
+        status = service.status()
+        self.assertTrue(status.running)
+        self.assertEqual(status.serial, SESSION["serial_pem"])
+        self.assertEqual(status.connectedAt, 7)
+        self.assertEqual(status.readings.entropyBytes, 4 * 32)
+        self.assertEqual(status.readings.temperatureTenthsK, 3150)
+        self.assertEqual(status.healthFailure, None)
+        wrapper.connectionLost(Failure(ConnectionDone()))
+        status = service.status()
+        self.assertEqual((status.state, status.reason, status.readings),
+                         (KeyState.CLOSED, NOT_CONNECTED, None))
+
+    def test_keyringChanged(self):
+        """
+        A key whose serial was not in the keyring starts again when the
+        keyring in force changes, and runs.
+        """
+        path = self.mktemp()
+        listener = socket.socket(socket.AF_UNIX)
+        self.addCleanup(listener.close)
+        listener.bind(path)
+        reactor = MemoryReactorClock()
+        rings = [Keyring()]
+        service = KeyService(path, lambda: rings[0], lambda b: None, reactor=reactor,
+                             randomBytes=lambda n: HOST_NONCE[4:])
+        self.assertFalse(service.keyringChanged())
+        service.startService()
+        self.addCleanup(service.stopService)
+        wrapper = reactor.unixClients[-1][1].buildProtocol(None)
+        transport = StringTransport()
+        wrapper.makeConnection(transport)
+        self.addCleanup(wrapper.connectionLost, Failure(ConnectionDone()))
+        service.factory.connection.dataReceived(deviceFrames()[0])
+        self.assertEqual(service.status().state, KeyState.UNKNOWN_SERIAL)
+        transport.clear()
+        rings[0] = ring()
+        self.assertTrue(service.keyringChanged())
+        self.assertEqual(transport.value(), b"\x03")
+        service.factory.connection.dataReceived(b"".join(deviceFrames()[:4]))
+        self.assertTrue(service.status().running)
+
+
+def asNobody(testCase, function):
+    """
+    Run C{function} in a child process as uid and gid 65534.
+
+    @return: what it returns (a string), or the text of what it raised.
+    """
+    if os.getuid() != 0:
+        raise unittest.SkipTest("acting as another user needs root")
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(read)
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            try:
+                result = function()
+            except BaseException as e:
+                result = f"{type(e).__name__}: {e}"
+            os.write(write, str(result).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    with os.fdopen(read, "rb") as f:
+        return f.read().decode()
+
+
+class OpenFailureTests(unittest.TestCase):
+    """
+    A key that cannot be opened says why in one line, with the fix.
+    """
+
+    def pty(self):
+        """
+        @return: the path of a fresh pty's slave (its master stays open
+            until the test ends).
+        """
+        master, slave = os.openpty()
+        self.addCleanup(os.close, master)
+        path = os.ttyname(slave)
+        os.close(slave)
+        return path
+
+    def open(self, path):
+        """
+        Open C{path} as a serial key, closed when the test ends.
+        """
+        port = openSerialKey(path, Protocol(), MemoryReactor())
+        self.addCleanup(port.connectionLost, Failure(ConnectionDone()))
+        return port
+
+    def tryOpen(self, path):
+        try:
+            self.open(path)
+        except KeyPathError as e:
+            return str(e)
+        return "opened"
+
+    def test_notATty(self):
+        """
+        A character device that is not a tty (C{/dev/zero}) is refused as
+        not a serial port.
+        """
+        message = str(self.assertRaises(KeyPathError, self.open, "/dev/zero"))
+        self.assertEqual(message, "cannot open /dev/zero: not a serial port "
+                                  "(a character device that is not a tty)")
+
+    def test_pty(self):
+        """
+        A pty is a serial port and opens.
+        """
+        self.assertEqual(self.tryOpen(self.pty()), "opened")
+
+    def test_permissionDenied(self):
+        """
+        A device the daemon's user may not open names the group to join
+        when the group may read and write it, and says to give the group
+        access when it may not.
+        """
+        import grp
+
+        path = self.pty()
+        group = grp.getgrgid(os.stat(path).st_gid).gr_name
+        os.chmod(path, 0o660)
+        message = asNobody(self, lambda: self.tryOpen(path))
+        self.assertEqual(message, f"cannot open {path}: permission denied "
+                                  f"(add the daemon's user nobody to group {group})")
+        os.chmod(path, 0o600)
+        message = asNobody(self, lambda: self.tryOpen(path))
+        self.assertIn("permission denied (it is mode 0600: give group", message)
+
+    def test_exclusive(self):
+        """
+        A key is opened with C{TIOCEXCL}: another user's open of the same
+        tty fails with C{EBUSY} (root bypasses C{TIOCEXCL}, so the second
+        opener is a child that dropped to uid 65534; before the key is
+        opened the same child opens it fine), and is reported in one line
+        as busy; a second open as root fails too (the advisory lock).
+        """
+        import errno
+
+        path = self.pty()
+        os.chmod(path, 0o666)
+
+        def plainOpen():
+            try:
+                os.close(os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK))
+            except OSError as e:
+                return errno.errorcode[e.errno]
+            return "opened"
+
+        self.assertEqual(asNobody(self, plainOpen), "opened")
+        self.open(path)
+        self.assertEqual(asNobody(self, plainOpen), "EBUSY")
+        busy = (f"cannot open {path}: busy, another program has it open exclusively "
+                "(ekeyd, or a second ekey daemon?)")
+        self.assertEqual(asNobody(self, lambda: self.tryOpen(path)), busy)
+        self.assertEqual(self.tryOpen(path), busy)
+
+    def test_reasonShownAndLoggedOncePerChange(self):
+        """
+        While a key cannot be opened, its status says why, and the reason
+        is logged at warning level once per change, however often the
+        service retries.
+        """
+        directory = self.mktemp()
+        os.mkdir(directory)
+        link = os.path.join(directory, "key")
+        os.symlink("/dev/zero", link)
+        reactor = MemoryReactorClock()
+        service = KeyService(link, ring, lambda b: None, reactor=reactor)
+        events = []
+        service.log = Logger(observer=events.append)
+        service.startService()
+        self.addCleanup(service.stopService)
+        reactor.advance(10)
+        reactor.advance(10)
+        self.assertEqual(service.status().state, KeyState.CLOSED)
+        self.assertEqual(service.status().reason,
+                         f"cannot open {link}: not a serial port "
+                         "(a character device that is not a tty)")
+        os.unlink(link)
+        os.symlink(os.path.join(directory, "missing"), link)
+        reactor.advance(60)
+        reactor.advance(60)
+        self.assertEqual(service.status().reason, f"no such device or socket: {link}")
+        warnings = [e["reason"] for e in events if e["log_level"].name == "warn"]
+        self.assertEqual(warnings, [f"cannot open {link}: not a serial port "
+                                    "(a character device that is not a tty)",
+                                    f"no such device or socket: {link}"])
 
 
 class PrivilegeTests(unittest.TestCase):

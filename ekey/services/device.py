@@ -418,9 +418,13 @@ class KeyProtocolFactory(Factory):
 
     @property
     def protocol(self):
-        # Transitional alias of connection, for ekey.services.keys and
-        # tests/memory.py; Twisted means a class by Factory.protocol.
-        return self.connection
+        # Transitional, for ekey.services.keys and tests/memory.py until
+        # they use KeyService.status(): the connection, once connected.
+        # (Twisted means a class by Factory.protocol.)
+        connection = self.connection
+        if connection is None or connection.pipeline.connectedAt is None:
+            return None
+        return connection
 
 
 class KeyService(ClientService):
@@ -479,15 +483,19 @@ class KeyService(ClientService):
         factory = self.factory
         health = factory.health
         connection = factory.connection
-        session = connection.pipeline.session if connection is not None else None
-        if session is None or session.state is KeyState.CLOSED:
+        pipeline = connection.pipeline if connection is not None else None
+        # A connection is built before the key is opened; one that never
+        # connected does not count.
+        if (pipeline is None or pipeline.connectedAt is None
+                or pipeline.session.state is KeyState.CLOSED):
             return KeyStatus(self.path, KeyState.CLOSED, self._openFailure or NOT_CONNECTED,
                              None, None, None, health.fipsBlocks, health.fipsFailed,
                              health.failure)
+        session = pipeline.session
         return KeyStatus(
             self.path, session.state, session.reason,
             formatSerial(session.serial) if session.serial else None,
-            connection.pipeline.connectedAt, KeyReadings.fromStatistics(session.statistics),
+            pipeline.connectedAt, KeyReadings.fromStatistics(session.statistics),
             health.fipsBlocks, health.fipsFailed, health.failure)
 
     def keyringChanged(self) -> bool:
