@@ -131,16 +131,18 @@ class KeyPipeline:
         self._backlog += data
         self._settle(now)
 
-    def roomChanged(self, room: Optional[int], now: float) -> None:
+    def roomChanged(self, room: Optional[int], now: Optional[float] = None) -> None:
         """
         The pool's room changed (a reader took bytes, or entropy from
         L{takeEntropy} went in): decode what waits, as far as it fits.
 
         @param room: bytes the pool can take now, or C{None} for no limit.
-        @param now: the time now.
+        @param now: the time now; it may be left out while nothing waits
+            (L{holding} is false), which is most of the time.
         """
         self._room = room
-        self._settle(now)
+        if self._backlog or self._ready:
+            self._settle(now)
 
     def handleTimer(self, now: float) -> None:
         """
@@ -223,6 +225,13 @@ class KeyPipeline:
         """
         events, self._events = self._events, []
         return events
+
+    @property
+    def holding(self) -> bool:
+        """
+        Whether bytes from the key or tested entropy wait for room.
+        """
+        return bool(self._backlog or self._ready)
 
     @property
     def readingWanted(self) -> bool:

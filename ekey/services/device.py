@@ -261,8 +261,14 @@ class KeyProtocol(Protocol):
 
         @param room: bytes it can take, or C{None} for no limit.
         """
-        self.pipeline.roomChanged(room, self._clock.seconds())
-        self._carryOut()
+        pipeline = self.pipeline
+        if pipeline.holding or not self._reading:
+            pipeline.roomChanged(room, self._clock.seconds())
+            self._carryOut()
+        else:
+            # Nothing waits for room (the usual case, at every change of
+            # the pool's level): only note it.
+            pipeline.roomChanged(room)
 
     def connectionLost(self, reason):
         self.pipeline.connectionLost(f"connection lost: {reason.getErrorMessage()}")
