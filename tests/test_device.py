@@ -21,6 +21,7 @@ from ekey.services.device import (
     KeyProtocolFactory,
     KeyService,
     checkKeyPath,
+    describeOpenError,
     openSerialKey,
 )
 from ekey.core.keyring import Keyring
@@ -420,6 +421,25 @@ class OpenFailureTests(unittest.TestCase):
         message = str(self.assertRaises(KeyPathError, self.open, "/dev/zero"))
         self.assertEqual(message, "cannot open /dev/zero: not a serial port "
                                   "(a character device that is not a tty)")
+
+    def test_socketErrors(self):
+        """
+        A Unix-socket key nobody listens on, or that the daemon's user may
+        not connect to, is described in one line.
+        """
+        import errno
+
+        from twisted.internet.error import ConnectError, ConnectionRefusedError
+
+        path = self.mktemp()
+        open(path, "w").close()
+        os.chmod(path, 0o660)
+        self.assertEqual(describeOpenError(path, ConnectionRefusedError(errno.ECONNREFUSED)),
+                         f"cannot connect to {path}: nobody listens on that socket")
+        self.assertIn(f"cannot open {path}: permission denied (add the daemon's user ",
+                      describeOpenError(path, ConnectError(errno.EACCES)))
+        self.assertEqual(describeOpenError(path, ConnectError(errno.EIO)),
+                         f"cannot open {path}: {os.strerror(errno.EIO)}")
 
     def test_pty(self):
         """

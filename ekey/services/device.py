@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import grp
 import os
 import pwd
@@ -125,8 +126,12 @@ def _accessHint(path: str) -> str:
             f"access (as ekeyd's udev rules do) and add the daemon's user {user} to it")
 
 
-def _serialFactory():
+@functools.lru_cache(maxsize=None)
+def _keySerialPortClass():
+    # Built on first use: pyserial and Twisted's serial support are only
+    # imported when a serial key is opened.
     import serial
+    from twisted.internet.serialport import SerialPort
 
     class ExclusiveSerial(serial.Serial):
         """
@@ -148,7 +153,10 @@ def _serialFactory():
                 fcntl.ioctl(self.fd, termios.TIOCEXCL)
             super()._reconfigure_port(force_update)
 
-    return ExclusiveSerial
+    class KeySerialPort(SerialPort):
+        _serialFactory = ExclusiveSerial
+
+    return KeySerialPort
 
 
 def openSerialKey(path: str, protocol: Protocol, reactor):
@@ -159,13 +167,8 @@ def openSerialKey(path: str, protocol: Protocol, reactor):
     @raise KeyPathError: one line naming the fix, if it cannot be opened
         (no permission, not a tty, busy, ...).
     """
-    from twisted.internet.serialport import SerialPort
-
-    class KeySerialPort(SerialPort):
-        _serialFactory = _serialFactory()
-
     try:
-        return KeySerialPort(protocol, path, reactor, baudrate=SERIAL_BAUDRATE)
+        return _keySerialPortClass()(protocol, path, reactor, baudrate=SERIAL_BAUDRATE)
     except OSError as e:  # pyserial's SerialException is an OSError
         raise KeyPathError(describeOpenError(path, e)) from None
 
