@@ -171,7 +171,7 @@ class HealthMonitor:
         """
         if self.failure is not None:
             return []
-        if len(data) == 32:
+        if len(data) == BLOCK_SIZE:
             if data == self._lastBlock:
                 return self._fail("a 32-byte block repeated: the generator is stuck")
             self._lastBlock = data
