@@ -156,6 +156,30 @@ class KeyProtocolTests(unittest.TestCase):
         self.assertEqual(transport.producerState, "producing")
         self.assertGreater(level, 2500)
 
+    def test_lostWhilePaused(self):
+        """
+        A key lost while it is paused for want of room is not resumed, and
+        its undecoded bytes are dropped.
+        """
+        from ekey.core.pool import EntropyPool
+
+        pool = EntropyPool(3000)
+        factory = KeyProtocolFactory("/dev/test", ring, None, clock=Clock(), pool=pool,
+                                     randomBytes=lambda n: HOST_NONCE[4:])
+        factory.health = PassThrough()
+        protocol = factory.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        protocol.dataReceived(b"".join(deviceFrames()[:4]))
+        protocol.dataReceived(b"".join(entropyFrame(i, os.urandom(32)) for i in range(200)))
+        self.assertEqual(transport.producerState, "paused")
+        protocol.connectionLost(Failure(ConnectionError("unplugged")))
+        self.assertEqual(transport.producerState, "paused")
+        level = pool.level
+        pool.take(level)
+        self.assertEqual(pool.level, 0)
+        self.assertFalse(protocol.pipeline.holding)
+
     def test_rekeyTimeout(self):
         """
         A nonce the key never answers makes the protocol reset the key after

@@ -274,9 +274,9 @@ class KeyProtocol(Protocol):
             pipeline.roomChanged(room)
 
     def connectionLost(self, reason):
+        self.transport = None
         self.pipeline.connectionLost(f"connection lost: {reason.getErrorMessage()}")
         self._carryOut()
-        self.transport = None
 
     def _timerFired(self):
         self._timer = self._timerDeadline = None
