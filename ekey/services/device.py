@@ -278,6 +278,14 @@ class KeyProtocol(Protocol):
         self.pipeline.connectionLost(f"connection lost: {reason.getErrorMessage()}")
         self._carryOut()
 
+    def flush(self):
+        """
+        Carry out what the pipeline has now, after an input given to it
+        from outside (such as L{KeyPipeline.keyringChanged} or
+        L{KeyPipeline.halt}).
+        """
+        self._carryOut()
+
     def _timerFired(self):
         self._timer = self._timerDeadline = None
         self.pipeline.handleTimer(self._clock.seconds())
@@ -378,13 +386,6 @@ class KeyProtocol(Protocol):
         Transitional: when this connection was made.
         """
         return self.pipeline.connectedAt
-
-    def flush(self):
-        """
-        Transitional: carry out what the pipeline has (after a change made
-        to its session from outside).
-        """
-        self._carryOut()
 
     def _handle(self, events):
         # Transitional, for tests/test_web.py, which halts the session
