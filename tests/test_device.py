@@ -45,6 +45,9 @@ class PassThrough:
     def feed(self, data):
         return [data]
 
+    def streamEnded(self):
+        return 0
+
 
 def runningProtocol(onEntropy):
     """

@@ -147,6 +147,9 @@ class KeyPipelineFuzz(unittest.TestCase):
             def feed(self, data):
                 return [data]
 
+            def streamEnded(self):
+                return 0
+
         frames, blocks = _pipelineFrames()
         pipeline = KeyPipeline(transcriptSession(), PassThrough(), room=0)
         read, out, room = 0, b"", 0

@@ -30,6 +30,9 @@ class PassThrough:
     def feed(self, data):
         return [data]
 
+    def streamEnded(self):
+        return 0
+
 
 def ring():
     keyring = Keyring()
@@ -112,6 +115,27 @@ class TranscriptTests(unittest.TestCase):
         again = pipeline(health=health)
         self.assertEqual(again.session.state, KeyState.FAILED_HEALTH)
         self.assertEqual(again.dataToSend(), b"")
+
+    def test_nothingAfterConnectionLost(self):
+        """
+        What a connection sent and was not handed on is dropped when it is
+        lost: the next connection (with the same health monitor) gives only
+        its own blocks, from the first.
+        """
+        health = HealthMonitor()
+        p = running(health=health, room=None)
+        data, blocks = frames(120)
+        p.receiveData(data, 1)
+        p.roomChanged(1000, 1)
+        self.assertEqual(p.takeEntropy(), blocks[:992])
+        p.connectionLost("unplugged")
+        p.roomChanged(None, 2)
+        self.assertEqual(p.takeEntropy(), b"")
+        self.assertFalse(p.holding)
+        again = running(health=health)
+        data, blocks = frames(100)
+        again.receiveData(data, 3)
+        self.assertEqual(again.takeEntropy(), blocks[:2496])
 
     def test_testedInWholeBlocks(self):
         """

@@ -212,6 +212,22 @@ class HealthMonitor:
             self._passed = self._passed[whole:]
         return released
 
+    def streamEnded(self) -> int:
+        """
+        The stream was cut (the key went away): drop the bytes held and not
+        yet released, so that the next connection's bytes never complete a
+        FIPS block that the last one began (the key plugged in again may be
+        another key), and nothing from before the cut comes out after it.
+        Failures and counts are kept.
+
+        @return: how many bytes were dropped.
+        """
+        dropped = len(self._held) + len(self._passed)
+        self._held.clear()
+        self._passed = b""
+        self._window = b""
+        return dropped
+
     def _fail(self, reason: str) -> List[bytes]:
         self.failure = reason
         self._held.clear()

@@ -160,11 +160,16 @@ class KeyPipeline:
 
     def connectionLost(self, reason: str) -> None:
         """
-        The key is gone; what it sent and was not decoded is dropped.
+        The key is gone.  What it sent and was not yet handed on is dropped
+        (bytes not decoded, entropy held by the health tests, tested
+        entropy waiting for room), so that nothing from this connection
+        comes out after it, mixed with the next one's.
 
         @param reason: why, in words.
         """
         self._backlog = b""
+        self._ready.clear()
+        self.health.streamEnded()
         self._deadline = None
         self._events += self.session.connectionLost(reason)
 
