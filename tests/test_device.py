@@ -6,20 +6,26 @@ sessions.
 import os
 import socket
 
+from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
-from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.testing import MemoryReactor, MemoryReactorClock, StringTransport
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from ekey.services.device import (
+    NOT_CONNECTED,
     KeyDeviceEndpoint,
     KeyPathError,
     KeyProtocolFactory,
     KeyService,
     checkKeyPath,
+    describeOpenError,
+    openSerialKey,
 )
 from ekey.core.keyring import Keyring
-from ekey.core.session import REKEY_TIMEOUT, KeyState, StateChanged
+from ekey.core.session import REKEY_TIMEOUT, KeyState
 from tests.vectors import HOST_NONCE, LONG_TERM_KEY, SERIAL, SESSION, deviceFrames, entropyFrame
 
 
@@ -38,6 +44,9 @@ class PassThrough:
 
     def feed(self, data):
         return [data]
+
+    def streamEnded(self):
+        return 0
 
 
 def runningProtocol(onEntropy):
@@ -65,12 +74,11 @@ class KeyProtocolTests(unittest.TestCase):
         """
         Over a transport, the protocol writes the reset and the nonce, and
         hands exactly the transcript's plaintext to its entropy callback;
-        other events go to the event callback.
+        when the connection is lost the key is closed.
         """
-        blocks, events = [], []
+        blocks = []
         factory = KeyProtocolFactory(
-            "/dev/test", ring, blocks.append, lambda p, e: events.append(e),
-            clock=Clock(), randomBytes=lambda n: HOST_NONCE[4:],
+            "/dev/test", ring, blocks.append, clock=Clock(), randomBytes=lambda n: HOST_NONCE[4:],
         )
         factory.health = PassThrough()
         protocol = factory.buildProtocol(None)
@@ -81,10 +89,10 @@ class KeyProtocolTests(unittest.TestCase):
         for frame in deviceFrames():
             protocol.dataReceived(frame)
         self.assertTrue(transport.value().startswith(b"KAAAAAPVgtIxFv4Dw."))
-        self.assertEqual([b.hex() for b in blocks], SESSION["plaintext_in_order"])
+        self.assertEqual(b"".join(blocks).hex(), "".join(SESSION["plaintext_in_order"]))
         protocol.connectionLost(Failure(ConnectionError("gone")))
-        self.assertEqual(protocol.session.state, KeyState.CLOSED)
-        self.assertIsInstance(events[-1], StateChanged)
+        self.assertEqual(protocol.pipeline.session.state, KeyState.CLOSED)
+        self.assertIs(factory.connection, protocol)
 
     def test_healthFailureStopsKey(self):
         """
@@ -96,12 +104,12 @@ class KeyProtocolTests(unittest.TestCase):
         factory, protocol = runningProtocol(blocks.append)
         stuck = bytes(range(100, 132))
         protocol.dataReceived(entropyFrame(0, stuck) + entropyFrame(1, stuck))
-        self.assertEqual(protocol.session.state, KeyState.FAILED_HEALTH)
-        self.assertIn("stuck", protocol.session.reason)
+        self.assertEqual(protocol.pipeline.session.state, KeyState.FAILED_HEALTH)
+        self.assertIn("stuck", protocol.pipeline.session.reason)
         self.assertEqual(blocks, [])
         again = factory.buildProtocol(None)
         again.makeConnection(StringTransport())
-        self.assertEqual(again.session.state, KeyState.FAILED_HEALTH)
+        self.assertEqual(again.pipeline.session.state, KeyState.FAILED_HEALTH)
         self.assertEqual(again.transport.value(), b"")
 
     def test_healthyOutputReleasedInChunks(self):
@@ -116,7 +124,7 @@ class KeyProtocolTests(unittest.TestCase):
         sent = [os.urandom(32) for _ in range(100)]
         protocol.dataReceived(b"".join(entropyFrame(i, p) for i, p in enumerate(sent)))
         self.assertEqual(b"".join(blocks), b"".join(sent)[:2496])
-        self.assertEqual(protocol.session.state, KeyState.RUNNING)
+        self.assertEqual(protocol.pipeline.session.state, KeyState.RUNNING)
 
     def test_fullPoolPausesKey(self):
         """
@@ -131,7 +139,6 @@ class KeyProtocolTests(unittest.TestCase):
                                      randomBytes=lambda n: HOST_NONCE[4:])
         factory.health = PassThrough()
         protocol = factory.buildProtocol(None)
-        protocol.health = factory.health
         transport = StringTransport()
         protocol.makeConnection(transport)
         for frame in deviceFrames()[:4]:
@@ -142,15 +149,39 @@ class KeyProtocolTests(unittest.TestCase):
         self.assertEqual(transport.producerState, "paused")
         self.assertEqual(pool.bytesRefused, 0)
         level = pool.level
-        self.assertLess(protocol.session.statistics.entropyBytes, 400 * 32)
+        self.assertLess(protocol.pipeline.session.statistics.entropyBytes, 400 * 32)
         pool.take(pool.level)
         self.assertGreater(pool.level, 0)
         self.assertEqual(pool.bytesRefused, 0)
         pool.take(pool.level)
         pool.take(pool.level)
-        self.assertEqual(protocol.session.statistics.entropyBytes, 400 * 32)
+        self.assertEqual(protocol.pipeline.session.statistics.entropyBytes, 400 * 32)
         self.assertEqual(transport.producerState, "producing")
         self.assertGreater(level, 2500)
+
+    def test_lostWhilePaused(self):
+        """
+        A key lost while it is paused for want of room is not resumed, and
+        its undecoded bytes are dropped.
+        """
+        from ekey.core.pool import EntropyPool
+
+        pool = EntropyPool(3000)
+        factory = KeyProtocolFactory("/dev/test", ring, None, clock=Clock(), pool=pool,
+                                     randomBytes=lambda n: HOST_NONCE[4:])
+        factory.health = PassThrough()
+        protocol = factory.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        protocol.dataReceived(b"".join(deviceFrames()[:4]))
+        protocol.dataReceived(b"".join(entropyFrame(i, os.urandom(32)) for i in range(200)))
+        self.assertEqual(transport.producerState, "paused")
+        protocol.connectionLost(Failure(ConnectionError("unplugged")))
+        self.assertEqual(transport.producerState, "paused")
+        level = pool.level
+        pool.take(level)
+        self.assertEqual(pool.level, 0)
+        self.assertFalse(protocol.pipeline.holding)
 
     def test_rekeyTimeout(self):
         """
@@ -169,7 +200,7 @@ class KeyProtocolTests(unittest.TestCase):
         self.assertEqual(transport.value(), b"\x03")
         self.assertEqual(clock.getDelayedCalls(), [])
         protocol.dataReceived(b"".join(deviceFrames()[:4]))
-        self.assertEqual(protocol.session.state, KeyState.RUNNING)
+        self.assertEqual(protocol.pipeline.session.state, KeyState.RUNNING)
         self.assertEqual(clock.getDelayedCalls(), [])
 
     def test_logsCarryNoSecrets(self):
@@ -207,8 +238,8 @@ class KeyProtocolTests(unittest.TestCase):
         first = factory.buildProtocol(None)
         rings[0] = rings[1]
         second = factory.buildProtocol(None)
-        self.assertIsNot(first.session, second.session)
-        self.assertIs(second.session.keyring, rings[1])
+        self.assertIsNot(first.pipeline.session, second.pipeline.session)
+        self.assertIs(second.pipeline.session.keyring, rings[1])
 
 
 class EndpointTests(unittest.TestCase):
@@ -275,6 +306,251 @@ class KeyServiceTests(unittest.TestCase):
         reactor.advance(120)
         self.assertEqual(reactor.unixClients[0][0], path)
         self.assertTrue(os.path.exists(path))
+
+
+class KeyStatusTests(unittest.TestCase):
+    """
+    L{KeyService.status} is the one view of a key: closed, running, closed
+    again.
+    """
+
+    def test_lifecycle(self):
+        """
+        A key not yet connected is closed and not connected; once it has
+        agreed a session key it is running with its serial, the time it
+        connected and its readings; when it goes it is closed again.
+        """
+        path = self.mktemp()
+        listener = socket.socket(socket.AF_UNIX)
+        self.addCleanup(listener.close)
+        listener.bind(path)
+        reactor = MemoryReactorClock()
+        reactor.advance(7)
+        service = KeyService(path, ring, lambda b: None, reactor=reactor,
+                             randomBytes=lambda n: HOST_NONCE[4:])
+        status = service.status()
+        self.assertEqual((status.path, status.state, status.reason, status.serial,
+                          status.connectedAt, status.readings),
+                         (path, KeyState.CLOSED, NOT_CONNECTED, None, None, None))
+        service.startService()
+        self.addCleanup(service.stopService)
+        wrapper = reactor.unixClients[-1][1].buildProtocol(None)
+        wrapper.makeConnection(StringTransport())
+        for frame in deviceFrames()[:8]:
+            service.factory.connection.dataReceived(frame)
+        status = service.status()
+        self.assertTrue(status.running)
+        self.assertEqual(status.serial, SESSION["serial_pem"])
+        self.assertEqual(status.connectedAt, 7)
+        self.assertEqual(status.readings.entropyBytes, 4 * 32)
+        self.assertEqual(status.readings.temperatureTenthsK, 3150)
+        self.assertEqual(status.healthFailure, None)
+        wrapper.connectionLost(Failure(ConnectionDone()))
+        status = service.status()
+        self.assertEqual((status.state, status.reason, status.readings),
+                         (KeyState.CLOSED, NOT_CONNECTED, None))
+
+    def test_keyringChanged(self):
+        """
+        A key whose serial was not in the keyring starts again when the
+        keyring in force changes, and runs.
+        """
+        path = self.mktemp()
+        listener = socket.socket(socket.AF_UNIX)
+        self.addCleanup(listener.close)
+        listener.bind(path)
+        reactor = MemoryReactorClock()
+        rings = [Keyring()]
+        service = KeyService(path, lambda: rings[0], lambda b: None, reactor=reactor,
+                             randomBytes=lambda n: HOST_NONCE[4:])
+        self.assertFalse(service.keyringChanged())
+        service.startService()
+        self.addCleanup(service.stopService)
+        wrapper = reactor.unixClients[-1][1].buildProtocol(None)
+        transport = StringTransport()
+        wrapper.makeConnection(transport)
+        self.addCleanup(wrapper.connectionLost, Failure(ConnectionDone()))
+        service.factory.connection.dataReceived(deviceFrames()[0])
+        self.assertEqual(service.status().state, KeyState.UNKNOWN_SERIAL)
+        transport.clear()
+        rings[0] = ring()
+        self.assertTrue(service.keyringChanged())
+        self.assertEqual(transport.value(), b"\x03")
+        service.factory.connection.dataReceived(b"".join(deviceFrames()[:4]))
+        self.assertTrue(service.status().running)
+
+
+def asNobody(testCase, function):
+    """
+    Run C{function} in a child process as uid and gid 65534.
+
+    @return: what it returns (a string), or the text of what it raised.
+    """
+    if os.getuid() != 0:
+        raise unittest.SkipTest("acting as another user needs root")
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(read)
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            try:
+                result = function()
+            except BaseException as e:
+                result = f"{type(e).__name__}: {e}"
+            os.write(write, str(result).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    with os.fdopen(read, "rb") as f:
+        return f.read().decode()
+
+
+class OpenFailureTests(unittest.TestCase):
+    """
+    A key that cannot be opened says why in one line, with the fix.
+    """
+
+    def pty(self):
+        """
+        @return: the path of a fresh pty's slave (its master stays open
+            until the test ends).
+        """
+        master, slave = os.openpty()
+        self.addCleanup(os.close, master)
+        path = os.ttyname(slave)
+        os.close(slave)
+        return path
+
+    def open(self, path):
+        """
+        Open C{path} as a serial key, closed when the test ends.
+        """
+        port = openSerialKey(path, Protocol(), MemoryReactor())
+        self.addCleanup(port.connectionLost, Failure(ConnectionDone()))
+        return port
+
+    def tryOpen(self, path):
+        try:
+            self.open(path)
+        except KeyPathError as e:
+            return str(e)
+        return "opened"
+
+    def test_notATty(self):
+        """
+        A character device that is not a tty (C{/dev/zero}) is refused as
+        not a serial port.
+        """
+        message = str(self.assertRaises(KeyPathError, self.open, "/dev/zero"))
+        self.assertEqual(message, "cannot open /dev/zero: not a serial port "
+                                  "(a character device that is not a tty)")
+
+    def test_socketErrors(self):
+        """
+        A Unix-socket key nobody listens on, or that the daemon's user may
+        not connect to, is described in one line.
+        """
+        import errno
+
+        from twisted.internet.error import ConnectError, ConnectionRefusedError
+
+        path = self.mktemp()
+        open(path, "w").close()
+        os.chmod(path, 0o660)
+        self.assertEqual(describeOpenError(path, ConnectionRefusedError(errno.ECONNREFUSED)),
+                         f"cannot connect to {path}: nobody listens on that socket")
+        self.assertIn(f"cannot open {path}: permission denied (add the daemon's user ",
+                      describeOpenError(path, ConnectError(errno.EACCES)))
+        self.assertEqual(describeOpenError(path, ConnectError(errno.EIO)),
+                         f"cannot open {path}: {os.strerror(errno.EIO)}")
+
+    def test_pty(self):
+        """
+        A pty is a serial port and opens.
+        """
+        self.assertEqual(self.tryOpen(self.pty()), "opened")
+
+    def test_permissionDenied(self):
+        """
+        A device the daemon's user may not open names the group to join
+        when the group may read and write it, and says to give the group
+        access when it may not.
+        """
+        import grp
+
+        path = self.pty()
+        group = grp.getgrgid(os.stat(path).st_gid).gr_name
+        os.chmod(path, 0o660)
+        message = asNobody(self, lambda: self.tryOpen(path))
+        self.assertEqual(message, f"cannot open {path}: permission denied "
+                                  f"(add the daemon's user nobody to group {group})")
+        os.chmod(path, 0o600)
+        message = asNobody(self, lambda: self.tryOpen(path))
+        self.assertIn("permission denied (it is mode 0600: give group", message)
+
+    def test_exclusive(self):
+        """
+        A key is opened with C{TIOCEXCL}: another user's open of the same
+        tty fails with C{EBUSY} (root bypasses C{TIOCEXCL}, so the second
+        opener is a child that dropped to uid 65534; before the key is
+        opened the same child opens it fine), and is reported in one line
+        as busy; a second open as root fails too (the advisory lock).
+        """
+        import errno
+
+        path = self.pty()
+        os.chmod(path, 0o666)
+
+        def plainOpen():
+            try:
+                os.close(os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK))
+            except OSError as e:
+                return errno.errorcode[e.errno]
+            return "opened"
+
+        self.assertEqual(asNobody(self, plainOpen), "opened")
+        self.open(path)
+        self.assertEqual(asNobody(self, plainOpen), "EBUSY")
+        busy = (f"cannot open {path}: busy, another program has it open exclusively "
+                "(ekeyd, or a second ekey daemon?)")
+        self.assertEqual(asNobody(self, lambda: self.tryOpen(path)), busy)
+        self.assertEqual(self.tryOpen(path), busy)
+
+    def test_reasonShownAndLoggedOncePerChange(self):
+        """
+        While a key cannot be opened, its status says why, and the reason
+        is logged at warning level once per change, however often the
+        service retries.
+        """
+        directory = self.mktemp()
+        os.mkdir(directory)
+        link = os.path.join(directory, "key")
+        os.symlink("/dev/zero", link)
+        reactor = MemoryReactorClock()
+        service = KeyService(link, ring, lambda b: None, reactor=reactor)
+        events = []
+        service.log = Logger(observer=events.append)
+        service.startService()
+        self.addCleanup(service.stopService)
+        reactor.advance(10)
+        reactor.advance(10)
+        self.assertEqual(service.status().state, KeyState.CLOSED)
+        self.assertEqual(service.status().reason,
+                         f"cannot open {link}: not a serial port "
+                         "(a character device that is not a tty)")
+        os.unlink(link)
+        os.symlink(os.path.join(directory, "missing"), link)
+        reactor.advance(60)
+        reactor.advance(60)
+        self.assertEqual(service.status().reason, f"no such device or socket: {link}")
+        warnings = [e["reason"] for e in events if e["log_level"].name == "warn"]
+        self.assertEqual(warnings, [f"cannot open {link}: not a serial port "
+                                    "(a character device that is not a tty)",
+                                    f"no such device or socket: {link}"])
 
 
 class PrivilegeTests(unittest.TestCase):

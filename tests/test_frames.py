@@ -5,6 +5,8 @@ Tests for L{ekey.core.frames}: framing, packets, subcodes and information.
 from twisted.trial import unittest
 
 from ekey.core.frames import (
+    LAST_SEQUENCE,
+    PEM_ALPHABET,
     FrameReader,
     LocalProtocolError,
     RemoteProtocolError,
@@ -49,6 +51,20 @@ class SubcodeTests(unittest.TestCase):
         self.assertRaises(LocalProtocolError, encodeSubcode, 4096)
         self.assertRaises(LocalProtocolError, encodeSubcode, -1)
         self.assertRaises(RemoteProtocolError, decodeSubcode, b"A*")
+
+    def test_alphabet(self):
+        """
+        L{PEM_ALPHABET} is base64's standard alphabet in the order of the
+        values, so that subcodes and base64 agree; L{LAST_SEQUENCE} is the
+        largest value two of its characters carry.
+        """
+        import base64
+
+        self.assertEqual(len(set(PEM_ALPHABET)), 64)
+        values = int("".join(f"{value:06b}" for value in range(64)), 2).to_bytes(48, "big")
+        self.assertEqual(base64.b64encode(values), PEM_ALPHABET)
+        self.assertEqual(encodeSubcode(LAST_SEQUENCE), PEM_ALPHABET[-1:] * 2)
+        self.assertRaises(LocalProtocolError, encodeSubcode, LAST_SEQUENCE + 1)
 
 
 class ParseFrameTests(unittest.TestCase):

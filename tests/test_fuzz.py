@@ -123,6 +123,62 @@ class SessionFuzz(unittest.TestCase):
         self.assertEqual(positions, sorted(positions))
 
 
+class KeyPipelineFuzz(unittest.TestCase):
+    """
+    The key pipeline under any interleaving of reads and changes of room.
+    """
+
+    @settings(FUZZ, max_examples=30)
+    @given(st.lists(st.one_of(st.tuples(st.just("read"), st.integers(1, 30)),
+                              st.tuples(st.just("room"), st.integers(0, 4000))),
+                    max_size=15))
+    def test_neverBeyondRoom(self, plan):
+        """
+        Entropy never comes out beyond the room last given, always in whole
+        blocks and in order; once there is room for everything, everything
+        read comes out, once.
+        """
+        from ekey.core.keypipeline import KeyPipeline
+        from ekey.core.units import BLOCK_SIZE
+
+        class PassThrough:
+            failure = None
+
+            def feed(self, data):
+                return [data]
+
+            def streamEnded(self):
+                return 0
+
+        frames, blocks = _pipelineFrames()
+        pipeline = KeyPipeline(transcriptSession(), PassThrough(), room=0)
+        read, out, room = 0, b"", 0
+        for action, value in plan:
+            if action == "read":
+                pipeline.receiveData(b"".join(frames[read:read + value]), 0)
+                read += value
+            else:
+                room = value
+                pipeline.roomChanged(room, 0)
+            data = pipeline.takeEntropy()
+            self.assertLessEqual(len(data), room)
+            self.assertEqual(len(data) % BLOCK_SIZE, 0)
+            room -= len(data)
+            out += data
+        pipeline.roomChanged(None, 0)
+        out += pipeline.takeEntropy()
+        self.assertEqual(out, b"".join(blocks[:read]))
+
+
+def _pipelineFrames(_cache=[]):
+    # 450 entropy frames under the transcript's session key (sequences 0 to
+    # 449) and their blocks, made once: making frames is slow.
+    if not _cache:
+        blocks = [os.urandom(32) for _ in range(450)]
+        _cache.append(([entropyFrame(i, b) for i, b in enumerate(blocks)], blocks))
+    return _cache[0]
+
+
 class EGDParserFuzz(unittest.TestCase):
     """
     The EGD server parser on arbitrary input.

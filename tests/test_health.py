@@ -108,6 +108,23 @@ class MonitorTests(unittest.TestCase):
         self.assertTrue(all(len(chunk) % 32 == 0 for chunk in out))
         self.assertIsNone(monitor.failure)
 
+    def test_streamEnded(self):
+        """
+        When the stream is cut, what was held is dropped: the next stream's
+        first FIPS block is its own, and nothing from before the cut comes
+        out; the counts are kept.
+        """
+        monitor = HealthMonitor()
+        before = os.urandom(32 * 100)
+        out = [chunk for i in range(0, len(before), 32) for chunk in monitor.feed(before[i:i + 32])]
+        self.assertEqual(b"".join(out), before[:2496])
+        self.assertEqual(monitor.streamEnded(), len(before) - 2496)
+        after = os.urandom(32 * 80)
+        out = [chunk for i in range(0, len(after), 32) for chunk in monitor.feed(after[i:i + 32])]
+        self.assertEqual(b"".join(out), after[:2496])
+        self.assertEqual(monitor.fipsBlocks, 2)
+        self.assertEqual(monitor.streamEnded(), len(after) - 2496)
+
     def test_repetitionAcrossChunks(self):
         """
         A byte repeated seven times fails, even split across two feeds, and

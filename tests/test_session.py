@@ -143,8 +143,19 @@ class SafetyTests(unittest.TestCase):
         self.assertEqual(session.state, KeyState.UNTRUSTED)
         self.assertIsInstance(events[-1], StateChanged)
         self.assertEqual(blocks(session.receiveData(deviceFrames()[4])), [])
-        session.restart("operator")
+        self.assertEqual(session.restart("operator"), [])
         self.assertEqual(session.state, KeyState.UNTRUSTED)
+
+    def test_restartReturnsEvents(self):
+        """
+        Restarting a running key resets it and returns the change of state
+        at once, as every input does.
+        """
+        session = transcriptSession()
+        [event] = session.restart("operator")
+        self.assertEqual((event.old, event.new, event.reason),
+                         (KeyState.RUNNING, KeyState.WAITING, "operator"))
+        self.assertEqual(session.dataToSend(), b"\x03")
 
     def test_nonceLengthMismatch(self):
         """
@@ -279,10 +290,11 @@ class SafetyTests(unittest.TestCase):
         session = KeySession(keyring(), randomBytes=lambda n: HOST_NONCE[4:])
         session.receiveData(b"".join(deviceFrames()[:3]))
         session.dataToSend()
-        session.rekeyTimedOut()
+        [event] = session.rekeyTimedOut()
         self.assertEqual(session.dataToSend(), b"\x03")
         self.assertEqual(session.state, KeyState.WAITING)
-        session.rekeyTimedOut()
+        self.assertEqual((event.old, event.new), (KeyState.REKEYING, KeyState.WAITING))
+        self.assertEqual(session.rekeyTimedOut(), [])
         self.assertEqual(session.dataToSend(), b"")
 
     def test_inFlightIgnoredAfterReset(self):

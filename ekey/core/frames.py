@@ -33,8 +33,18 @@ _TRAILER = b"\r\n"
 CLASS_TEXT = ord(">")
 CLASS_BINARY = ord("!")
 
-_ALPHABET = (string.ascii_uppercase + string.ascii_lowercase + string.digits + "+/").encode()
-_INDEX = {c: i for i, c in enumerate(_ALPHABET)}
+#: The 64 characters of "PEM" (base64's standard alphabet), in the order of
+#: their values; base64's padding character C{=} is not among them.
+PEM_ALPHABET = (string.ascii_uppercase + string.ascii_lowercase + string.digits + "+/").encode()
+_INDEX = {c: i for i, c in enumerate(PEM_ALPHABET)}
+
+#: The last sequence number of a session key (the largest 12-bit subcode):
+#: after the E frame with it, the key asks for a new session key.
+LAST_SEQUENCE = 4095
+
+#: The session key in force before one is agreed: the serial number frame
+#: (and every frame after a reset, until a re-key) is MACed under it.
+ZERO_KEY = bytes(32)
 
 
 def encodeSubcode(value: int) -> bytes:
@@ -47,7 +57,7 @@ def encodeSubcode(value: int) -> bytes:
     """
     if not 0 <= value < 4096:
         raise LocalProtocolError(f"subcode {value} does not fit in 12 bits")
-    return bytes((_ALPHABET[value & 63], _ALPHABET[value >> 6]))
+    return bytes((PEM_ALPHABET[value & 63], PEM_ALPHABET[value >> 6]))
 
 
 def decodeSubcode(chars: bytes) -> int:

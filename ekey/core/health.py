@@ -32,8 +32,9 @@ import re
 from collections import Counter, deque
 from typing import List, Optional
 
+from ekey.core.units import BLOCK_SIZE
+
 FIPS_BLOCK_BYTES = 2500
-RELEASE_UNIT = 32
 FIPS_WINDOW = 100
 FIPS_FAILURE_LIMIT = 5
 DEFAULT_MIN_ENTROPY = 7.0
@@ -170,7 +171,7 @@ class HealthMonitor:
         """
         if self.failure is not None:
             return []
-        if len(data) == 32:
+        if len(data) == BLOCK_SIZE:
             if data == self._lastBlock:
                 return self._fail("a 32-byte block repeated: the generator is stuck")
             self._lastBlock = data
@@ -205,11 +206,27 @@ class HealthMonitor:
                         f"FIPS 140-2 blocks failed (last: {', '.join(failed)})")
                 continue
             self._passed += block
-        whole = len(self._passed) - len(self._passed) % RELEASE_UNIT
+        whole = len(self._passed) - len(self._passed) % BLOCK_SIZE
         if whole:
             released.append(self._passed[:whole])
             self._passed = self._passed[whole:]
         return released
+
+    def streamEnded(self) -> int:
+        """
+        The stream was cut (the key went away): drop the bytes held and not
+        yet released, so that the next connection's bytes never complete a
+        FIPS block that the last one began (the key plugged in again may be
+        another key), and nothing from before the cut comes out after it.
+        Failures and counts are kept.
+
+        @return: how many bytes were dropped.
+        """
+        dropped = len(self._held) + len(self._passed)
+        self._held.clear()
+        self._passed = b""
+        self._window = b""
+        return dropped
 
     def _fail(self, reason: str) -> List[bytes]:
         self.failure = reason

@@ -4,8 +4,10 @@ The keyring: long-term keys by serial number, in ekeyd's file format.
 
 One key per line, C{<16-char PEM serial> <44-char PEM long-term key>};
 blank lines and lines starting with C{#} are comments.  The file holds
-secrets: it is written atomically (a private temporary file renamed over
-the old one) with mode 0600, and comments survive a rewrite.
+secrets: it is refused if others could have written it, it is written
+atomically (a temporary file renamed over the old one) keeping the old
+file's owner, group and mode (0600 for a new file), and comments survive a
+rewrite.  No error ever quotes a line of it.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import pwd
+import stat
 import tempfile
 from typing import Dict, Iterator, List, Optional, Tuple
 
@@ -96,34 +100,55 @@ class Keyring:
     @classmethod
     def load(cls, path: str) -> "Keyring":
         """
-        Read a keyring file.
+        Read a keyring file, as ssh's C{StrictModes} would: a file that
+        someone other than its owner may write, or that belongs to a user
+        other than root or this process's, is refused.  Group-readable is
+        fine (a C{root:ekey 0640} keyring for a daemon that runs as
+        C{ekey}).
 
-        @raise KeyringError: if it cannot be read or a line is malformed.
+        @raise KeyringError: if it cannot be read, is not safe, or a line is
+            malformed; the message names the file, the line number and the
+            fix, never the contents of a line.
         """
         keyring = cls(path)
         try:
-            with open(path, "r", encoding="ascii") as f:
-                text = f.read()
-        except (OSError, UnicodeDecodeError) as e:
+            with open(path, "rb") as f:
+                _checkSafe(path, os.fstat(f.fileno()))
+                data = f.read()
+        except OSError as e:
             raise KeyringError(f"cannot read keyring {path}: {_reason(e)}") from None
-        for number, line in enumerate(text.splitlines(), 1):
+        seen: Dict[bytes, int] = {}  # the line each serial was read from
+        for number, raw in enumerate(data.splitlines(), 1):
+            where = f"keyring {path}, line {number}"
+            try:
+                line = raw.decode("ascii")
+            except UnicodeDecodeError:
+                raise KeyringError(f"{where}: not ASCII text") from None
             stripped = line.strip()
             if not stripped or stripped.startswith("#"):
                 keyring._lines.append((None, line))
                 continue
             fields = stripped.split()
-            try:
-                if len(fields) != 2:
-                    raise ValueError("expected '<serial> <long-term key>'")
-                serial = parseSerial(fields[0])
-                key = parseSecret(fields[1], "long-term key")
-            except ValueError as e:
-                raise KeyringError(f"{path}, line {number}: {e}") from None
-            if serial in keyring._keys:
+            if len(fields) != 2:
                 raise KeyringError(
-                    f"{path}, line {number}: serial {fields[0]} appears twice"
-                )
+                    f"{where}: expected '<serial> <long-term key>' (16 and 44 base64 "
+                    f"characters), found {len(fields)} field(s)")
+            try:
+                serial = parseSerial(fields[0])
+            except ValueError:
+                raise KeyringError(
+                    f"{where}: the first field is not a serial number (16 base64 characters)"
+                ) from None
+            try:
+                key = parseSecret(fields[1])
+            except ValueError:
+                raise KeyringError(
+                    f"{where}: the second field is not a long-term key (44 base64 characters)"
+                ) from None
+            if serial in keyring._keys:
+                raise KeyringError(f"{where}: the serial number of line {seen[serial]} again")
             keyring._keys[serial] = key
+            seen[serial] = number
             keyring._lines.append((serial, ""))
         return keyring
 
@@ -169,28 +194,39 @@ class Keyring:
 
     def save(self, path: Optional[str] = None) -> None:
         """
-        Write the keyring atomically with mode 0600: a temporary file in the
-        same directory, flushed to disk, renamed over the old file.
+        Write the keyring atomically: a temporary file in the same
+        directory, given the old file's owner, group and mode (0600 for a
+        new file) before anything is written to it, flushed to disk and
+        renamed over the old file.  A keyring reached through a symbolic
+        link is written where the link points, and the link stays.
 
-        @raise KeyringError: if it cannot be written; the old file is then
-            left as it was.
+        @raise KeyringError: if it cannot be written (or its owner and group
+            cannot be kept); the old file is then left as it was.
         """
         path = path or self.path
         if path is None:
             raise ValueError("no path to save the keyring to")
-        directory = os.path.dirname(os.path.abspath(path))
+        target = os.path.realpath(path)
         try:
-            fd, temporary = tempfile.mkstemp(prefix=".keyring.", dir=directory)
+            old = os.stat(target)
+        except FileNotFoundError:
+            old = None
         except OSError as e:
             raise KeyringError(f"cannot write keyring {path}: {_reason(e)}") from None
         try:
-            # mkstemp creates the file 0600 already; say so explicitly.
-            os.fchmod(fd, 0o600)
+            fd, temporary = tempfile.mkstemp(prefix=".keyring.", dir=os.path.dirname(target))
+        except OSError as e:
+            raise KeyringError(f"cannot write keyring {path}: {_reason(e)}") from None
+        try:
+            mine = os.fstat(fd)
+            if old is not None and (old.st_uid, old.st_gid) != (mine.st_uid, mine.st_gid):
+                os.fchown(fd, old.st_uid, old.st_gid)
+            os.fchmod(fd, stat.S_IMODE(old.st_mode) if old is not None else 0o600)
             with os.fdopen(fd, "w", encoding="ascii") as f:
                 f.write(self.serialise())
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(temporary, path)
+            os.replace(temporary, target)
         except OSError as e:
             try:
                 os.unlink(temporary)
@@ -198,6 +234,33 @@ class Keyring:
                 pass
             raise KeyringError(f"cannot write keyring {path}: {_reason(e)}") from None
         self.path = path
+
+
+def _checkSafe(path: str, status: os.stat_result) -> None:
+    """
+    Refuse a keyring that others could have written.
+
+    @param status: the open file's C{fstat}.
+    @raise KeyringError: naming the fix, if it is writable by group or
+        others or owned by a user other than root or this process's.
+    """
+    mode = stat.S_IMODE(status.st_mode)
+    if mode & 0o022:
+        raise KeyringError(
+            f"keyring {path} is writable by group or others (mode {mode:04o}): "
+            f"chmod go-w {path} (640 or 600)")
+    me = os.getuid()
+    if status.st_uid not in (0, me):
+        raise KeyringError(
+            f"keyring {path} is owned by {_userName(status.st_uid)}, not by root or "
+            f"{_userName(me)} who runs this: chown root {path}")
+
+
+def _userName(uid: int) -> str:
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
 
 
 def _reason(error: Exception) -> str:

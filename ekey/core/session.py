@@ -41,6 +41,8 @@ from typing import Callable, List, Optional
 
 from ekey.core.errors import RemoteProtocolError
 from ekey.core.frames import (
+    LAST_SEQUENCE,
+    ZERO_KEY,
     FrameReader,
     Information,
     Packet,
@@ -50,12 +52,10 @@ from ekey.core.frames import (
 )
 from ekey.core.keyring import Keyring, formatSerial
 from ekey.core.skein import prepared
+from ekey.core.units import BLOCK_SIZE
 
 RESET = b"\x03"
 NONCE_LENGTH = 12
-LAST_SEQUENCE = 4095
-ZERO_KEY = bytes(32)
-BLOCK_LENGTH = 32
 
 #: Re-key requests ignored while a nonce is outstanding before the host
 #: gives up on that nonce and resets the key (ekeyd resets on the sixth).
@@ -248,12 +248,15 @@ class KeySession:
 
     # Inputs ------------------------------------------------------------------
 
-    def connectionMade(self) -> None:
+    def connectionMade(self) -> List[object]:
         """
         The connection to the key is open.
+
+        @return: the events this causes.
         """
         if self._sendResetOnStart:
             self._reset("connection opened")
+        return self._takeEvents()
 
     def connectionLost(self, reason: str = "connection closed") -> List[object]:
         """
@@ -300,13 +303,16 @@ class KeySession:
         """
         return self._pendingNonce is not None and self.state not in _STOPPED
 
-    def rekeyTimedOut(self) -> None:
+    def rekeyTimedOut(self) -> List[object]:
         """
         The key did not answer a nonce in time: reset it.
+
+        @return: the events this causes.
         """
         if self.awaitingRekeyReply:
             self._setState(KeyState.WAITING, "no answer to the session re-key; resetting")
             self._reset("re-key timed out")
+        return self._takeEvents()
 
     def halt(self, state: KeyState, reason: str) -> List[object]:
         """
@@ -323,14 +329,17 @@ class KeySession:
             self._setState(state, reason)
         return self._takeEvents()
 
-    def restart(self, reason: str) -> None:
+    def restart(self, reason: str) -> List[object]:
         """
         Start again from the serial number: reset the key.  Used after the
         keyring changes, or by an operator.  An untrusted key stays so.
+
+        @return: the events this causes.
         """
         if self.state not in (KeyState.UNTRUSTED, KeyState.CLOSED):
             self._setState(KeyState.WAITING, reason)
             self._reset(reason)
+        return self._takeEvents()
 
     # Packet handling -----------------------------------------------------------
 
@@ -406,7 +415,7 @@ class KeySession:
         length, deviceEntropy = packet.binaryPayload()
         nonce, self._pendingNonce = self._pendingNonce, None
         self._ignoredRequests = 0
-        if length != len(nonce) or len(deviceEntropy) != BLOCK_LENGTH:
+        if length != len(nonce) or len(deviceEntropy) != BLOCK_SIZE:
             self._setState(KeyState.WAITING, f"key received a {length}-byte nonce, not {len(nonce)}")
             self._reset("nonce length mismatch")
             return
@@ -426,7 +435,7 @@ class KeySession:
         if not self._verified:
             self._badPacket("entropy frame before a session key was agreed")
             return
-        if len(ciphertext) != BLOCK_LENGTH:
+        if len(ciphertext) != BLOCK_SIZE:
             self._badPacket(f"entropy frame with {len(ciphertext)} bytes")
             return
         if sequence <= self._lastSequence:
@@ -438,9 +447,9 @@ class KeySession:
         self._lastSequence = sequence
         pad = self._ees.copy().update(packet.payload[:2]).final()
         plaintext = (int.from_bytes(ciphertext, "big") ^ int.from_bytes(pad, "big")).to_bytes(
-            BLOCK_LENGTH, "big"
+            BLOCK_SIZE, "big"
         )
-        self.statistics.entropyBytes += BLOCK_LENGTH
+        self.statistics.entropyBytes += BLOCK_SIZE
         self._events.append(EntropyReceived(plaintext, sequence))
         if sequence >= LAST_SEQUENCE and self._pendingNonce is None:
             self._sendRekey()

@@ -1,21 +1,29 @@
 # -*- test-case-name: tests.test_device -*-
 """
-Twisted adapters between a key's device path and a L{KeySession}.
+Twisted adapters between a key's device path and a L{KeyPipeline}.
 
 A key is a path: a serial device (USB CDC-ACM, C{/dev/ttyACM*} or a udev
 link under C{/dev/entropykey/}, or a pty) driven through
-L{twisted.internet.serialport}, or a Unix stream socket that a key (or the
-simulator) listens on, as ekeyd's C{AddEntropyKey} accepts.
-L{KeyDeviceEndpoint} makes either look like a client endpoint, so that
-L{twisted.application.internet.ClientService} reconnects with backoff
-when the key vanishes, and L{KeyProtocol} only forwards bytes between the
-transport and the session.
+L{twisted.internet.serialport} and opened exclusively (C{TIOCEXCL} and an
+advisory lock), or a Unix stream socket that a key (or the simulator)
+listens on, as ekeyd's C{AddEntropyKey} accepts.  L{KeyDeviceEndpoint}
+makes either look like a client endpoint, so that
+L{twisted.application.internet.ClientService} reconnects with backoff when
+the key vanishes; a key that cannot be opened says why in one line.
+L{KeyProtocol} only forwards bytes between the transport and the pipeline,
+pauses and resumes the transport and runs the pipeline's timer.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import functools
+import grp
 import os
+import pwd
 import stat
+import termios
 from typing import Callable, Optional
 
 from twisted.application.internet import ClientService, backoffPolicy
@@ -28,13 +36,12 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from ekey.core.health import FIPS_BLOCK_BYTES, HealthMonitor
+from ekey.core.health import HealthMonitor
+from ekey.core.keypipeline import GarbageDiscarded, KeyPipeline, RekeyTimedOut
 from ekey.core.keyring import Keyring, formatSerial
 from ekey.core.status import KeyReadings, KeyStatus
 from ekey.core.session import (
-    EntropyReceived,
     InformationReceived,
-    REKEY_TIMEOUT,
     KeySession,
     KeyState,
     StateChanged,
@@ -42,16 +49,15 @@ from ekey.core.session import (
 
 SERIAL_BAUDRATE = 115200
 
-#: Seconds between two log lines about garbage from the same key.
-GARBAGE_REPORT_INTERVAL = 60.0
-
-#: Bytes from a key decoded at a time (64 frames).
-DECODE_SLICE = 4096
+#: What a key's status says while it is not connected and nothing went
+#: wrong opening it.
+NOT_CONNECTED = "not connected (retrying)"
 
 
 class KeyPathError(Exception):
     """
-    A key's path is missing or is neither a character device nor a socket.
+    A key's path is missing, is neither a character device nor a socket,
+    or cannot be opened; the message is one line naming the fix.
     """
 
 
@@ -76,6 +82,97 @@ def checkKeyPath(path: str) -> str:
     raise KeyPathError(f"{path} is neither a serial device nor a Unix socket")
 
 
+def describeOpenError(path: str, error: BaseException) -> str:
+    """
+    Say in one line why a key could not be opened, and what to do.
+
+    @param error: the error of opening it (an L{OSError}, a pyserial
+        C{SerialException} or a Twisted C{ConnectError}).
+    @return: the line.
+    """
+    code = getattr(error, "errno", None) or getattr(error, "osError", None)
+    if code in (errno.EACCES, errno.EPERM):
+        return f"cannot open {path}: permission denied ({_accessHint(path)})"
+    if code in (errno.EBUSY, errno.EAGAIN, errno.EWOULDBLOCK):
+        return (f"cannot open {path}: busy, another program has it open exclusively "
+                "(ekeyd, or a second ekey daemon?)")
+    if code == errno.ENOTTY:
+        return f"cannot open {path}: not a serial port (a character device that is not a tty)"
+    if code == errno.ENOENT:
+        return f"no such device or socket: {path}"
+    if code == errno.ECONNREFUSED:
+        return f"cannot connect to {path}: nobody listens on that socket"
+    if isinstance(code, int):
+        return f"cannot open {path}: {os.strerror(code)}"
+    return f"cannot open {path}: {error}"
+
+
+def _accessHint(path: str) -> str:
+    try:
+        status = os.stat(path)
+    except OSError:
+        return "check the permissions of the path and its directories"
+    try:
+        group = grp.getgrgid(status.st_gid).gr_name
+    except KeyError:
+        group = f"gid {status.st_gid}"
+    try:
+        user = pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        user = f"uid {os.geteuid()}"
+    if status.st_mode & 0o060 == 0o060:
+        return f"add the daemon's user {user} to group {group}"
+    return (f"it is mode {stat.S_IMODE(status.st_mode):04o}: give group {group} read-write "
+            f"access (as ekeyd's udev rules do) and add the daemon's user {user} to it")
+
+
+@functools.lru_cache(maxsize=None)
+def _keySerialPortClass():
+    # Built on first use: pyserial and Twisted's serial support are only
+    # imported when a serial key is opened.
+    import serial
+    from twisted.internet.serialport import SerialPort
+
+    class ExclusiveSerial(serial.Serial):
+        """
+        A serial port that is a tty, opened exclusively: C{TIOCEXCL} right
+        after it is opened (so that any other opener but root gets
+        C{EBUSY}) and an advisory C{flock} (which another ekey daemon
+        respects even as root).
+        """
+
+        def __init__(self, *args, **kwargs):
+            kwargs.setdefault("exclusive", True)
+            super().__init__(*args, **kwargs)
+
+        def _reconfigure_port(self, force_update=False):
+            if force_update:
+                # Called once, by open(), right after the device is opened.
+                if not os.isatty(self.fd):
+                    raise serial.SerialException(errno.ENOTTY, "not a tty")
+                fcntl.ioctl(self.fd, termios.TIOCEXCL)
+            super()._reconfigure_port(force_update)
+
+    class KeySerialPort(SerialPort):
+        _serialFactory = ExclusiveSerial
+
+    return KeySerialPort
+
+
+def openSerialKey(path: str, protocol: Protocol, reactor):
+    """
+    Open a serial key exclusively and connect C{protocol} to it.
+
+    @return: the L{twisted.internet.serialport.SerialPort}.
+    @raise KeyPathError: one line naming the fix, if it cannot be opened
+        (no permission, not a tty, busy, ...).
+    """
+    try:
+        return _keySerialPortClass()(protocol, path, reactor, baudrate=SERIAL_BAUDRATE)
+    except OSError as e:  # pyserial's SerialException is an OSError
+        raise KeyPathError(describeOpenError(path, e)) from None
+
+
 @implementer(IStreamClientEndpoint)
 class KeyDeviceEndpoint:
     """
@@ -98,194 +195,218 @@ class KeyDeviceEndpoint:
         Open the key and connect a protocol from C{protocolFactory} to it.
 
         @return: a L{Deferred} that fires with the protocol, or fails with
-            L{KeyPathError} or the error of opening it.
+            L{KeyPathError} saying in one line why it cannot be opened.
         """
         try:
             kind = checkKeyPath(self.path)
         except KeyPathError:
             return defer.fail()
         if kind == "socket":
-            return UNIXClientEndpoint(self._reactor, self.path).connect(protocolFactory)
-        return self._openSerial(protocolFactory)
-
-    def _openSerial(self, protocolFactory):
-        from twisted.internet.serialport import SerialPort
-        import serial
-
+            d = UNIXClientEndpoint(self._reactor, self.path).connect(protocolFactory)
+            d.addErrback(self._connectFailed)
+            return d
         protocol = protocolFactory.buildProtocol(None)
         try:
-            SerialPort(protocol, self.path, self._reactor, baudrate=SERIAL_BAUDRATE)
-        except (OSError, serial.SerialException) as e:
-            return defer.fail(KeyPathError(f"cannot open {self.path}: {e}"))
+            openSerialKey(self.path, protocol, self._reactor)
+        except KeyPathError:
+            return defer.fail()
         return defer.succeed(protocol)
+
+    def _connectFailed(self, failure):
+        raise KeyPathError(describeOpenError(self.path, failure.value))
 
 
 class KeyProtocol(Protocol):
     """
-    Forward bytes between one key and its L{KeySession}.
+    Carry bytes between one key and its L{KeyPipeline}: forward what the
+    key sends, write what the pipeline has for the key, hand its entropy
+    on, pause and resume the transport as it asks, run its timer, and log
+    its events.
 
-    @ivar session: the session, created per connection.
+    @ivar pipeline: the L{KeyPipeline} of this connection.
     """
 
     log = Logger()
 
-    def __init__(self, path: str, session: KeySession, onEntropy: Callable[[bytes], None],
-                 onEvent: Optional[Callable[["KeyProtocol", object], None]] = None,
-                 clock=None, health: Optional[HealthMonitor] = None):
+    def __init__(self, path: str, pipeline: KeyPipeline, deliver: Callable[[bytes], None],
+                 clock=None):
         """
         @param path: the key's path, for logs.
-        @param session: a fresh L{KeySession}.
-        @param onEntropy: called with verified entropy that passed the health
-            tests (in chunks of 2,500 bytes).
-        @param onEvent: called with every other session event.
-        @param clock: an L{IReactorTime} for the re-key time-out (default
+        @param pipeline: a fresh L{KeyPipeline}.
+        @param deliver: called with verified, tested entropy.
+        @param clock: an L{IReactorTime} for the pipeline's timer (default
             the reactor).
-        @param health: the key's L{HealthMonitor}, kept across connections
-            so that a key that failed stays stopped (default a new one).
         """
-        self.path = path
-        self.session = session
-        self.health = health if health is not None else HealthMonitor()
-        self.readingPaused = False
-        self._backlog = b""
-        self.connectedAt: Optional[float] = None
-        self._garbageReported = (None, 0)
-        self._onEntropy = onEntropy
-        self._onEvent = onEvent
         if clock is None:
             from twisted.internet import reactor as clock
+        self.path = path
+        self.pipeline = pipeline
+        self._deliver = deliver
         self._clock = clock
-        self._rekeyTimer = None
+        self._reading = True
+        self._timer = None
+        self._timerDeadline: Optional[float] = None
+        self._carrying = False
+        self._again = False
 
     def connectionMade(self):
-        self.connectedAt = self._clock.seconds()
         self.log.info("Key {path} connected", path=self.path)
-        if self.health.failure is not None:
-            self._handle(self.session.halt(KeyState.FAILED_HEALTH, self.health.failure))
-            return
-        self.session.connectionMade()
-        self.flush()
+        self.pipeline.connectionMade(self._clock.seconds())
+        self._carryOut()
 
     def dataReceived(self, data):
-        self._backlog += data
-        self._drainBacklog()
+        self.pipeline.receiveData(data, self._clock.seconds())
+        self._carryOut()
 
-    def _drainBacklog(self):
-        # Decode a slice at a time, and stop while reading is paused (the
-        # pool is full): bytes already read wait here undecoded rather than
-        # being verified only for their entropy to be refused.  The backlog
-        # is at most one read of the transport, which is paused.
-        while self._backlog and not self.readingPaused:
-            chunk, self._backlog = self._backlog[:DECODE_SLICE], self._backlog[DECODE_SLICE:]
-            self._handle(self.session.receiveData(chunk))
-            self.flush()
-        self._reportGarbage()
+    def roomChanged(self, room: Optional[int]) -> None:
+        """
+        The room in the pool changed.
 
-    def _reportGarbage(self):
-        # At most one line a minute, however fast a key sends garbage.
-        discarded = self.session.statistics.bytesDiscarded
-        lastTime, lastCount = self._garbageReported
-        now = self._clock.seconds()
-        if discarded > lastCount and (lastTime is None or now - lastTime >= GARBAGE_REPORT_INTERVAL):
-            self.log.warn(
-                "Key {path} sent {count} bytes that are not frames ({errors} framing errors "
-                "in all); they were discarded",
-                path=self.path, count=discarded - lastCount,
-                errors=self.session.statistics.framingErrors)
-            self._garbageReported = (now, discarded)
-
-    def pauseReading(self):
+        @param room: bytes it can take, or C{None} for no limit.
         """
-        Stop reading from the key (the pool is full); it holds its frames
-        until L{resumeReading}.
-        """
-        if not self.readingPaused and self.transport is not None:
-            self.readingPaused = True
-            self.transport.pauseProducing()
-
-    def resumeReading(self):
-        """
-        Read from the key again, starting with what was read but not yet
-        decoded.
-        """
-        if self.readingPaused:
-            self.readingPaused = False
-            self._drainBacklog()
-            if not self.readingPaused:
-                self.transport.resumeProducing()
+        pipeline = self.pipeline
+        if pipeline.holding or not self._reading:
+            pipeline.roomChanged(room, self._clock.seconds())
+            self._carryOut()
+        else:
+            # Nothing waits for room (the usual case, at every change of
+            # the pool's level): only note it.
+            pipeline.roomChanged(room)
 
     def connectionLost(self, reason):
-        if self._rekeyTimer is not None:
-            self._rekeyTimer.cancel()
-            self._rekeyTimer = None
-        self._handle(self.session.connectionLost(f"connection lost: {reason.getErrorMessage()}"))
+        self.transport = None
+        self.pipeline.connectionLost(f"connection lost: {reason.getErrorMessage()}")
+        self._carryOut()
 
     def flush(self):
         """
-        Send the key what the session has for it, and start or stop the
-        re-key timer.
+        Carry out what the pipeline has now, after an input given to it
+        from outside (such as L{KeyPipeline.keyringChanged} or
+        L{KeyPipeline.halt}).
         """
-        out = self.session.dataToSend()
-        if out:
-            self.transport.write(out)
-        waiting = self.session.awaitingRekeyReply
-        if waiting and self._rekeyTimer is None:
-            self._rekeyTimer = self._clock.callLater(REKEY_TIMEOUT, self._rekeyTimedOut)
-        elif not waiting and self._rekeyTimer is not None:
-            self._rekeyTimer.cancel()
-            self._rekeyTimer = None
+        self._carryOut()
 
-    def _rekeyTimedOut(self):
-        self._rekeyTimer = None
-        self.log.warn("Key {path} did not answer a session re-key in {seconds:g} s; resetting it",
-                      path=self.path, seconds=REKEY_TIMEOUT)
-        self.session.rekeyTimedOut()
-        self._handle(self.session.receiveData(b""))
-        self.flush()
+    def _timerFired(self):
+        self._timer = self._timerDeadline = None
+        self.pipeline.handleTimer(self._clock.seconds())
+        self._carryOut()
+
+    def _carryOut(self):
+        # Delivering entropy changes the pool's level, which calls
+        # roomChanged again: that turn is folded into the loop running.
+        if self._carrying:
+            self._again = True
+            return
+        self._carrying = True
+        try:
+            self._again = True
+            while self._again:
+                self._again = False
+                out = self.pipeline.dataToSend()
+                if out and self.transport is not None:
+                    self.transport.write(out)
+                for event in self.pipeline.takeEvents():
+                    self._logEvent(event)
+                data = self.pipeline.takeEntropy()
+                if data:
+                    self._deliver(data)
+            self._followReading()
+            self._followTimer()
+        finally:
+            self._carrying = False
+
+    def _followReading(self):
+        wanted = self.pipeline.readingWanted
+        if wanted == self._reading or self.transport is None:
+            return
+        self._reading = wanted
+        if wanted:
+            self.transport.resumeProducing()
+        else:
+            self.transport.pauseProducing()
+
+    def _followTimer(self):
+        deadline = self.pipeline.timer()
+        if deadline == self._timerDeadline:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timerDeadline = deadline
+        if deadline is not None:
+            delay = max(0.0, deadline - self._clock.seconds())
+            self._timer = self._clock.callLater(delay, self._timerFired)
+
+    def _logEvent(self, event):
+        session = self.pipeline.session
+        if isinstance(event, StateChanged):
+            if event.new is KeyState.CLOSED:
+                emit = self.log.warn
+            elif event.new.stopped:
+                emit = self.log.error
+            else:
+                emit = self.log.info
+            emit("Key {path} (serial {serial}): {state} ({reason})",
+                 path=self.path,
+                 serial=formatSerial(session.serial) if session.serial else "?",
+                 state=event.new.value, reason=event.reason)
+        elif isinstance(event, InformationReceived) and event.information.unknown:
+            self.log.debug("Key {path} sent unknown information {fields}",
+                           path=self.path, fields=event.information.unknown)
+        elif isinstance(event, GarbageDiscarded):
+            self.log.warn(
+                "Key {path} sent {count} bytes that are not frames ({errors} framing errors "
+                "in all); they were discarded",
+                path=self.path, count=event.count, errors=event.framingErrors)
+        elif isinstance(event, RekeyTimedOut):
+            self.log.warn("Key {path} did not answer a session re-key in {seconds:g} s; "
+                          "resetting it", path=self.path, seconds=event.seconds)
+
+    # Transitional: ekey.services.keys, tests/memory.py and tests/test_web.py
+    # still reach into the connection; they should use KeyService.status()
+    # and KeyService.keyringChanged() instead, and then these go.
+
+    @property
+    def session(self) -> KeySession:
+        """
+        Transitional: the pipeline's session.
+        """
+        return self.pipeline.session
+
+    @property
+    def health(self) -> HealthMonitor:
+        """
+        Transitional: the pipeline's health monitor.
+        """
+        return self.pipeline.health
+
+    @property
+    def connectedAt(self) -> Optional[float]:
+        """
+        Transitional: when this connection was made.
+        """
+        return self.pipeline.connectedAt
 
     def _handle(self, events):
+        # Transitional, for tests/test_web.py, which halts the session
+        # itself and hands its events here: log them.
         for event in events:
-            if isinstance(event, EntropyReceived):
-                self._checked(event.data)
-                continue
-            if isinstance(event, StateChanged):
-                serial = formatSerial(self.session.serial) if self.session.serial else "?"
-                if event.new is KeyState.CLOSED:
-                    emit = self.log.warn
-                elif event.new.stopped:
-                    emit = self.log.error
-                else:
-                    emit = self.log.info
-                emit(
-                    "Key {path} (serial {serial}): {state} ({reason})",
-                    path=self.path,
-                    serial=serial,
-                    state=event.new.value,
-                    reason=event.reason,
-                )
-            elif isinstance(event, InformationReceived) and event.information.unknown:
-                self.log.debug("Key {path} sent unknown information {fields}",
-                               path=self.path, fields=event.information.unknown)
-            if self._onEvent is not None:
-                self._onEvent(self, event)
-
-
-    def _checked(self, data: bytes):
-        if self.session.state.stopped:
-            return
-        for chunk in self.health.feed(data):
-            self._onEntropy(chunk)
-        if self.health.failure is not None:
-            self._handle(self.session.halt(KeyState.FAILED_HEALTH, self.health.failure))
+            self._logEvent(event)
+        self._carryOut()
 
 
 class KeyProtocolFactory(Factory):
     """
-    Build a L{KeyProtocol} with a fresh session for each connection.
+    Build a L{KeyProtocol} with a fresh session and pipeline for each
+    connection; keep the key's health monitor across them.
+
+    @ivar connection: the L{KeyProtocol} of the latest connection, else
+        C{None}.
+    @ivar health: the key's L{HealthMonitor}.
     """
 
     def __init__(self, path: str, keyringProvider: Callable[[], Keyring],
-                 onEntropy: Callable[[bytes], None], onEvent=None, clock=None,
+                 onEntropy: Optional[Callable[[bytes], None]] = None, clock=None,
                  pool=None, **sessionOptions):
         """
         @param keyringProvider: returns the keyring in force (it may be
@@ -301,52 +422,69 @@ class KeyProtocolFactory(Factory):
         self.path = path
         self._clock = clock
         self.health = HealthMonitor()
-        self.protocol = None
+        self.connection: Optional[KeyProtocol] = None
         self._pool = pool
         if pool is not None:
-            onEntropy = self._feedPool
+            onEntropy = pool.add
             pool.observeLevel(self._poolLevelChanged)
         self._keyringProvider = keyringProvider
         self._onEntropy = onEntropy
-        self._onEvent = onEvent
         self._sessionOptions = sessionOptions
 
     def buildProtocol(self, addr):
         session = KeySession(self._keyringProvider(), **self._sessionOptions)
-        self.protocol = KeyProtocol(self.path, session, self._onEntropy, self._onEvent,
-                                    self._clock, self.health)
-        return self.protocol
-
-    def _feedPool(self, data: bytes):
-        self._pool.add(data)
-        # Stop reading (and decoding) while the pool has no room for the
-        # next tested chunk, so that verified entropy is not refused.
-        if self._pool.space < FIPS_BLOCK_BYTES and self.protocol is not None:
-            self.protocol.pauseReading()
+        room = self._pool.space if self._pool is not None else None
+        pipeline = KeyPipeline(session, self.health, room=room)
+        self.connection = KeyProtocol(self.path, pipeline, self._onEntropy, self._clock)
+        return self.connection
 
     def _poolLevelChanged(self, pool):
-        if (self.protocol is not None and self.protocol.readingPaused
-                and pool.space >= FIPS_BLOCK_BYTES):
-            self.protocol.resumeReading()
+        if self.connection is not None:
+            self.connection.roomChanged(pool.space)
+
+    @property
+    def protocol(self):
+        # Transitional, for ekey.services.keys and tests/memory.py until
+        # they use KeyService.status(): the connection, once connected.
+        # (Twisted means a class by Factory.protocol.)
+        connection = self.connection
+        if connection is None or connection.pipeline.connectedAt is None:
+            return None
+        return connection
 
 
 class KeyService(ClientService):
     """
     Keep one key connected: open it, and open it again with backoff (one
-    second doubling to a minute, with jitter) whenever it vanishes.
+    second doubling to a minute, with jitter) whenever it vanishes.  Why it
+    cannot be opened is logged at warning level once per change of reason,
+    and shown by L{status}.
     """
 
+    log = Logger()
+
     def __init__(self, path: str, keyringProvider: Callable[[], Keyring],
-                 onEntropy: Optional[Callable[[bytes], None]], onEvent=None, reactor=None,
+                 onEntropy: Optional[Callable[[bytes], None]] = None, reactor=None,
                  pool=None, **sessionOptions):
+        """
+        @param path: the key's device or socket path.
+        @param keyringProvider: returns the keyring in force.
+        @param onEntropy: called with verified, healthy entropy, when no
+            C{pool} is given.
+        @param reactor: the reactor (default the global one).
+        @param pool: the L{EntropyPool} to feed.
+        @param sessionOptions: passed to L{KeySession}.
+        """
         if reactor is None:
             from twisted.internet import reactor
         self.path = path
-        self.factory = KeyProtocolFactory(path, keyringProvider, onEntropy, onEvent,
+        self.factory = KeyProtocolFactory(path, keyringProvider, onEntropy,
                                           clock=reactor, pool=pool, **sessionOptions)
+        self._keyringProvider = keyringProvider
+        self._openFailure: Optional[str] = None
         ClientService.__init__(
             self,
-            KeyDeviceEndpoint(reactor, path),
+            _ReportingEndpoint(KeyDeviceEndpoint(reactor, path), self._opened, self._notOpened),
             self.factory,
             retryPolicy=backoffPolicy(initialDelay=1.0, maxDelay=60.0),
             clock=reactor,
@@ -354,22 +492,52 @@ class KeyService(ClientService):
         self.setName(f"key:{path}")
         self._startedEarly = False
 
+    def _opened(self):
+        self._openFailure = None
+
+    def _notOpened(self, reason: str):
+        if reason != self._openFailure:
+            self.log.warn("Key {path}: {reason}", path=self.path, reason=reason)
+        self._openFailure = reason
+
     def status(self) -> KeyStatus:
         """
-        @return: this key's state, readings and health, now.
+        @return: this key's state, readings and health, now; while it is
+            not connected, the reason says why it could not be opened, if it
+            could not.
         """
         factory = self.factory
-        protocol = factory.protocol
         health = factory.health
-        session = protocol.session if protocol is not None else None
-        if session is None or session.state is KeyState.CLOSED:
-            return KeyStatus(self.path, KeyState.CLOSED, "not connected (retrying)", None, None,
-                             None, health.fipsBlocks, health.fipsFailed, health.failure)
+        connection = factory.connection
+        pipeline = connection.pipeline if connection is not None else None
+        # A connection is built before the key is opened; one that never
+        # connected does not count.
+        if (pipeline is None or pipeline.connectedAt is None
+                or pipeline.session.state is KeyState.CLOSED):
+            return KeyStatus(self.path, KeyState.CLOSED, self._openFailure or NOT_CONNECTED,
+                             None, None, None, health.fipsBlocks, health.fipsFailed,
+                             health.failure)
+        session = pipeline.session
         return KeyStatus(
             self.path, session.state, session.reason,
             formatSerial(session.serial) if session.serial else None,
-            protocol.connectedAt, KeyReadings.fromStatistics(session.statistics),
+            pipeline.connectedAt, KeyReadings.fromStatistics(session.statistics),
             health.fipsBlocks, health.fipsFailed, health.failure)
+
+    def keyringChanged(self) -> bool:
+        """
+        The keyring in force changed: if the key is stopped for want of its
+        long-term key (unknown serial, or a key that did not verify), start
+        it again from its serial number with the keyring in force now.
+
+        @return: whether it was restarted.
+        """
+        connection = self.factory.connection
+        if connection is None:
+            return False
+        restarted = connection.pipeline.keyringChanged(self._keyringProvider())
+        connection.flush()
+        return restarted
 
     def privilegedStartService(self):
         """
@@ -386,6 +554,38 @@ class KeyService(ClientService):
         if self._startedEarly and self.running:
             return
         ClientService.startService(self)
+
+
+@implementer(IStreamClientEndpoint)
+class _ReportingEndpoint:
+    """
+    An endpoint that says whether each attempt to open a key worked, and
+    if not why, in one line.
+    """
+
+    def __init__(self, endpoint, opened: Callable[[], None], notOpened: Callable[[str], None]):
+        self._endpoint = endpoint
+        self._opened = opened
+        self._notOpened = notOpened
+
+    def __repr__(self) -> str:
+        return repr(self._endpoint)
+
+    def connect(self, protocolFactory):
+        d = self._endpoint.connect(protocolFactory)
+
+        def opened(protocol):
+            self._opened()
+            return protocol
+
+        def notOpened(failure):
+            if failure.check(KeyPathError):
+                self._notOpened(str(failure.value))
+            else:
+                self._notOpened(describeOpenError(self._endpoint.path, failure.value))
+            return failure
+
+        return d.addCallbacks(opened, notOpened)
 
 
 class KeyDirectoryService(Service):
