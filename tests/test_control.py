@@ -784,11 +784,11 @@ class OutputTests(unittest.TestCase):
                 "bytesRefused": 0, "waitingReaders": 0}
         answers = {Upstreams: upstreams, Clients: clients, Pool: pool}
         self.assertEqual(self.run_(["upstreams"], answers)[1],
-                         "Upstream,Priority,State,BytesPulled,InFlight,Testing,BytesRefused,"
+                         "Upstream,State,Priority,BytesPulled,InFlight,Testing,BytesRefused,"
                          "Connections,HealthFailures,LastError\n"
-                         "tcp:a:1,0,up,64,2976,448,0,1,0,\n"
-                         "tcp:b:2,1,stalled,0,224,0,32,2,1,Connection refused\n"
-                         "tcp:c:3,,down,,,,,,,\n")
+                         "tcp:a:1,up,0,64,2976,448,0,1,0,\n"
+                         "tcp:b:2,stalled,1,0,224,0,32,2,1,Connection refused\n"
+                         "tcp:c:3,down,,,,,,,,\n")
         self.assertEqual(self.run_(["clients"], answers)[1],
                          "Listener,Peer,Identity,BytesServed,Requests,ConnectedFor\n"
                          "tcp:8888,tcp:127.0.0.1:4000,,64,2,1.5\n")

@@ -111,7 +111,7 @@ def formatNameValues(values: Dict[str, object]) -> str:
 #: The columns of C{ekeyctl upstreams}: (header, key in the daemon's
 #: answer, as L{ekey.services.statusviews.upstreamJSON} makes it).
 _UPSTREAM_COLUMNS = (
-    ("Upstream", "upstream"), ("Priority", "priority"), ("State", "state"),
+    ("Upstream", "upstream"), ("State", "state"), ("Priority", "priority"),
     ("BytesPulled", "bytesPulled"), ("InFlight", "inFlight"), ("Testing", "testing"),
     ("BytesRefused", "bytesRefused"), ("Connections", "connections"),
     ("HealthFailures", "healthFailures"), ("LastError", "lastError"),
@@ -121,7 +121,7 @@ _UPSTREAM_COLUMNS = (
 def formatUpstreams(upstreams: Sequence[Dict[str, object]]) -> str:
     """
     @return: a header, then a line per upstream:
-        C{Upstream,Priority,State,BytesPulled,InFlight,Testing,BytesRefused,
+        C{Upstream,State,Priority,BytesPulled,InFlight,Testing,BytesRefused,
         Connections,HealthFailures,LastError} (a value the daemon did not
         give is empty).
     """
