@@ -387,8 +387,8 @@ class StatusPageTests(WebTestsMixin, unittest.TestCase):
 
     def test_upstreams(self):
         """
-        Each upstream is a row: endpoint, priority, state (marked good,
-        waiting or bad), bytes pulled, in flight, under test and refused,
+        Each upstream is a row: endpoint, state (marked good, waiting or
+        bad), priority, bytes pulled, in flight, under test and refused,
         connections, health failures and last error.
         """
         self.assertIn("No upstreams.", self.page())
@@ -399,15 +399,16 @@ class StatusPageTests(WebTestsMixin, unittest.TestCase):
             upstreamStatus(description="tcp:c.example:8888", state=UpstreamState.DOWN),
             upstreamStatus(description="tcp:d.example:8888", state=UpstreamState.CONNECTING))
         page = self.page()
-        self.assertIn("<th>Priority</th><th>State</th><th>Bytes pulled</th><th>In flight</th>"
+        self.assertIn("<th>State</th><th>Priority</th><th>Bytes pulled</th><th>In flight</th>"
                       "<th>Under test</th><th>Refused</th><th>Connections</th>"
                       "<th>Health failures</th><th>Last error</th>", page)
-        self.assertIn('<tr><td><code>tls:b.example:8888</code></td><td class="n">1</td>'
-                      '<td><span class="state wait">stalled</span></td>'
+        self.assertIn('<tr><td><code>tls:b.example:8888</code></td>'
+                      '<td><span class="state wait">stalled</span></td><td class="n">1</td>'
                       '<td class="n">4,096</td><td class="n">2,976</td><td class="n">448</td>'
                       '<td class="n">224</td><td class="n">2</td><td class="n">1</td>'
                       '<td>its bytes failed the health tests: stuck</td></tr>', page)
-        self.assertIn('<span class="state ok">up</span></td><td class="n">1,234,567</td>', page)
+        self.assertIn('<span class="state ok">up</span></td><td class="n">0</td>'
+                      '<td class="n">1,234,567</td>', page)
         self.assertIn('<span class="state bad">down</span>', page)
         self.assertIn('<span class="state wait">connecting</span>', page)
 

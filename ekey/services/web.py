@@ -480,9 +480,9 @@ def _upstreamRow(upstream: UpstreamStatus) -> List[object]:
     """
     return [
         tags.code(upstream.description),
-        _numeric(str(upstream.priority)),
         tags.span(**{"class": f"state {_UPSTREAM_CLASSES[upstream.state]}"})(
             upstream.state.value),
+        _numeric(str(upstream.priority)),
         _numeric(_number(upstream.bytesPulled)),
         _numeric(_number(upstream.inFlight)),
         _numeric(_number(upstream.testing)),
@@ -532,7 +532,7 @@ def statusPage(status: DaemonStatus, span: float = 600.0) -> Tag:
                  _numeric(_duration(status.time - client.connectedAt))]
                 for client in status.clients], "No EGD clients connected."),
         tags.h2("Upstreams"),
-        _table(["Upstream", "Priority", "State", "Bytes pulled", "In flight", "Under test",
+        _table(["Upstream", "State", "Priority", "Bytes pulled", "In flight", "Under test",
                 "Refused", "Connections", "Health failures", "Last error"],
                [_upstreamRow(upstream) for upstream in status.upstreams], "No upstreams."),
     ]
