@@ -363,18 +363,27 @@ class DaemonCommandTests(_DaemonMixin, unittest.TestCase):
 
     def test_upstreams(self):
         """
-        Each upstream's state, bytes pulled, connections and last error are
-        answered; without upstreams, none.
+        Each upstream's endpoint, priority, state, bytes pulled, refused,
+        in flight and under test, connections, health failures and last
+        error are answered, as the upstream itself reports them; without
+        upstreams, none.
         """
         self.assertEqual(self.call(Upstreams), [])
-        policy = PullPolicy(self.pool, 1024, 4096)
+        policy = PullPolicy(self.pool, 1024, 4096, reactor=self.reactor)
         self.daemon.pullPolicy = policy
-        upstream = Upstream("tcp:relay.example:8888", policy)
-        upstream.bytesPulled = 4096
+        upstream = Upstream("tcp:relay.example:8888:priority=1", policy)
+        upstream.bytesPulled, upstream.bytesRefused, upstream.healthFailures = 4096, 32, 1
         upstream.lastError = "Connection was refused by other side"
+        connecting = Upstream("tcp:backup.example:8888", policy)
+        connecting.attempting()
         self.assertEqual(self.call(Upstreams), [{
-            "upstream": "tcp:relay.example:8888", "state": "down", "bytesPulled": 4096,
-            "connections": 0, "lastError": "Connection was refused by other side"}])
+            "upstream": "tcp:relay.example:8888", "priority": 1, "state": "down",
+            "bytesPulled": 4096, "bytesRefused": 32, "inFlight": 0, "testing": 0,
+            "connections": 0, "healthFailures": 1,
+            "lastError": "Connection was refused by other side"}, {
+            "upstream": "tcp:backup.example:8888", "priority": 0, "state": "connecting",
+            "bytesPulled": 0, "bytesRefused": 0, "inFlight": 0, "testing": 0,
+            "connections": 0, "healthFailures": 0, "lastError": None}])
 
     def test_clients(self):
         """
@@ -758,22 +767,28 @@ class OutputTests(unittest.TestCase):
 
     def test_upstreamsClientsPool(self):
         """
-        C{upstreams} and C{clients} print a header and a line each;
-        C{pool} prints C{Name=Value} lines.
+        C{upstreams} and C{clients} print a header and a line each (a
+        value an older daemon does not give is empty); C{pool} prints
+        C{Name=Value} lines.
         """
-        upstreams = [{"upstream": "tcp:a:1", "state": "up", "bytesPulled": 64,
-                      "connections": 1, "lastError": None},
-                     {"upstream": "tcp:b:2", "state": "down", "bytesPulled": 0,
-                      "connections": 0, "lastError": "Connection refused"}]
+        upstreams = [{"upstream": "tcp:a:1", "priority": 0, "state": "up", "bytesPulled": 64,
+                      "bytesRefused": 0, "inFlight": 2976, "testing": 448, "connections": 1,
+                      "healthFailures": 0, "lastError": None},
+                     {"upstream": "tcp:b:2", "priority": 1, "state": "stalled",
+                      "bytesPulled": 0, "bytesRefused": 32, "inFlight": 224, "testing": 0,
+                      "connections": 2, "healthFailures": 1, "lastError": "Connection refused"},
+                     {"upstream": "tcp:c:3", "state": "down"}]
         clients = [{"listener": "tcp:8888", "peer": "tcp:127.0.0.1:4000", "identity": None,
                     "bytesServed": 64, "requests": 2, "connectedFor": 1.5}]
         pool = {"level": 64, "capacity": 1024, "bytesIn": 96, "bytesOut": 32,
                 "bytesRefused": 0, "waitingReaders": 0}
         answers = {Upstreams: upstreams, Clients: clients, Pool: pool}
         self.assertEqual(self.run_(["upstreams"], answers)[1],
-                         "Upstream,State,BytesPulled,Connections,LastError\n"
-                         "tcp:a:1,up,64,1,\n"
-                         "tcp:b:2,down,0,0,Connection refused\n")
+                         "Upstream,State,Priority,BytesPulled,InFlight,Testing,BytesRefused,"
+                         "Connections,HealthFailures,LastError\n"
+                         "tcp:a:1,up,0,64,2976,448,0,1,0,\n"
+                         "tcp:b:2,stalled,1,0,224,0,32,2,1,Connection refused\n"
+                         "tcp:c:3,down,,,,,,,,\n")
         self.assertEqual(self.run_(["clients"], answers)[1],
                          "Listener,Peer,Identity,BytesServed,Requests,ConnectedFor\n"
                          "tcp:8888,tcp:127.0.0.1:4000,,64,2,1.5\n")
@@ -787,7 +802,11 @@ class OutputTests(unittest.TestCase):
         """
         answers = {ListKeys: KEYS, KeyStats: STATS, AddKey: KEYS[0], AddAll: KEYS,
                    RemoveKey: KEYS[0], ReloadKeyring: {"path": "/k", "keys": 1},
-                   Shutdown: {"shuttingDown": True}, Upstreams: [], Clients: [],
+                   Shutdown: {"shuttingDown": True},
+                   Upstreams: [{"upstream": "tcp:a:1", "priority": 0, "state": "stalled",
+                                "bytesPulled": 64, "bytesRefused": 0, "inFlight": 2976,
+                                "testing": 448, "connections": 1, "healthFailures": 0,
+                                "lastError": None}], Clients: [],
                    Pool: {"level": 1}}
         for verb, argument in [("list", None), ("stats", "1"), ("add", "/k"),
                                ("addall", "/d"), ("remove", "1"), ("keyring", None),

@@ -23,16 +23,19 @@ from ekey.core.status import (
     KeyStatus,
     ListenerStatus,
     NumberedKey,
+    UpstreamState,
     UpstreamStatus,
     celsius,
 )
 from ekey.services.daemon import SAMPLE_INTERVAL, Daemon
+from ekey.services.upstream import PullPolicy, Upstream
 from ekey.services.statusviews import (
     EKEYD_FAIL_MODES,
     daemonJSON,
     ekeydStatistics,
     keyJSON,
     poolJSON,
+    upstreamJSON,
 )
 from tests.memory import boundSocket, connectKey, startKeyManager, writeKeyring
 from tests.vectors import SESSION
@@ -50,6 +53,19 @@ def readings(**changes) -> KeyReadings:
         shannonsPerByte=(("rawL", 2.94), ("debiasedR", 7.5)))
     values.update(changes)
     return KeyReadings(**values)
+
+
+def upstreamStatus(**changes) -> UpstreamStatus:
+    """
+    @return: a stalled backup upstream with something of everything, with
+        C{changes}.
+    """
+    values = dict(
+        description="tls:b.example:8888", priority=1, state=UpstreamState.STALLED,
+        bytesPulled=4096, bytesRefused=224, inFlight=2976, testing=448, connections=2,
+        healthFailures=1, lastError="its bytes failed the health tests: stuck")
+    values.update(changes)
+    return UpstreamStatus(**values)
 
 
 def keyStatus(state=KeyState.RUNNING, connectedAt=100.0, **changes) -> KeyStatus:
@@ -79,12 +95,14 @@ class StatusModelTests(unittest.TestCase):
         self.assertEqual(celsius(2731), -0.05)
         self.assertEqual(celsius(2732), 0.05)
 
-    def test_upstreamUp(self):
+    def test_upstreamConnected(self):
         """
-        An upstream is up only in state C{up}.
+        An upstream is connected while it is up or stalled, not while it
+        is connecting or down.
         """
-        self.assertTrue(UpstreamStatus("tcp:a:1", "up", 0, 1, None).up)
-        self.assertFalse(UpstreamStatus("tcp:a:1", "down", 0, 1, "refused").up)
+        connected = {state: upstreamStatus(state=state).connected for state in UpstreamState}
+        self.assertEqual(connected, {UpstreamState.CONNECTING: False, UpstreamState.UP: True,
+                                     UpstreamState.STALLED: True, UpstreamState.DOWN: False})
 
 
 class EkeydStatisticsTests(unittest.TestCase):
@@ -169,10 +187,11 @@ class DaemonStatusTests(unittest.TestCase):
                                   requests=Counter({"Read": 3, "GetLevel": 1}),
                                   protocolErrors=1, refused=2, idleClosed=0)
         self.daemon.listeners.append(("tcp:8888", factory))
-        self.daemon.pullPolicy = SimpleNamespace(
-            upstreams=[SimpleNamespace(description="tcp:up:1", state="up", bytesPulled=10,
-                                       connections=1, lastError=None)],
-            refillAt=512, ranDry=4)
+        policy = PullPolicy(self.pool, 512, 4096, reactor=self.reactor)
+        upstream = Upstream("tcp:up:1:priority=2", policy)
+        upstream.bytesPulled, upstream.lastError = 10, "refused"
+        policy.refillAt, policy.ranDry = 512, 4
+        self.daemon.pullPolicy = policy
         self.daemon.kernelFeeder = SimpleNamespace(bytesFed=7, feeds=1, lastError=None)
         self.daemon.startService()
         self.addCleanup(self.daemon.stopService)
@@ -189,9 +208,23 @@ class DaemonStatusTests(unittest.TestCase):
             "tcp:8888", 1, 5, 96, (("GetLevel", 1), ("Read", 3)), 1, 2, 0),))
         self.assertEqual(status.clients, (ClientStatus(
             "tcp:8888", "tcp:127.0.0.1:4000", "relay.example", 64, 2, 3.0),))
-        self.assertEqual(status.upstreams, (UpstreamStatus("tcp:up:1", "up", 10, 1, None),))
+        self.assertEqual(status.upstreams, (UpstreamStatus(
+            "tcp:up:1", 2, UpstreamState.DOWN, 10, 0, 0, 0, 0, 0, "refused"),))
         self.assertEqual(status.kernel, KernelFeederStatus(7, 1, None))
         self.assertEqual(status.time, self.reactor.seconds())
+
+    def test_upstreamsAnswerTheirOwnStatus(self):
+        """
+        The snapshot holds what each upstream's own C{status()} answers,
+        in the policy's order, and reads nothing else of it.
+        """
+        first, second = upstreamStatus(), upstreamStatus(description="tcp:a:1", priority=0)
+        self.daemon.pullPolicy = SimpleNamespace(
+            upstreams=[SimpleNamespace(status=lambda: first),
+                       SimpleNamespace(status=lambda: second)], refillAt=0, ranDry=0)
+        upstreams = self.daemon.status().upstreams
+        self.assertIs(upstreams[0], first)
+        self.assertIs(upstreams[1], second)
 
     def test_bare(self):
         """
@@ -222,6 +255,19 @@ class JSONTests(unittest.TestCase):
             "number": 3, "path": "/dev/entropykey/k", "serial": SESSION["serial_pem"],
             "state": "Running OK", "ok": True, "reason": "session keyed"})
 
+    def test_upstream(self):
+        """
+        An upstream as ekeyctl gets it: every field of its snapshot, its
+        state in words.
+        """
+        self.assertEqual(upstreamJSON(upstreamStatus()), {
+            "upstream": "tls:b.example:8888", "priority": 1, "state": "stalled",
+            "bytesPulled": 4096, "bytesRefused": 224, "inFlight": 2976, "testing": 448,
+            "connections": 2, "healthFailures": 1,
+            "lastError": "its bytes failed the health tests: stuck"})
+        self.assertEqual(upstreamJSON(upstreamStatus(state=UpstreamState.CONNECTING))["state"],
+                         "connecting")
+
     def test_daemon(self):
         """
         C{/status.json}'s keys have their state's name, readings and host
@@ -232,7 +278,8 @@ class JSONTests(unittest.TestCase):
         daemon = Daemon(None, EntropyPool(64), reactor, lambda: None)
         status = dataclasses.replace(
             daemon.status(), keys=(NumberedKey(1, keyStatus(state=KeyState.FAILED_HEALTH)),),
-            clients=(ClientStatus("unix:/e", "unix:?", None, 1, 1, 20.0),))
+            clients=(ClientStatus("unix:/e", "unix:?", None, 1, 1, 20.0),),
+            upstreams=(upstreamStatus(),))
         data = daemonJSON(status)
         key = data["keys"][0]
         self.assertEqual((key["state"], key["stateName"], key["ok"]),
@@ -240,5 +287,6 @@ class JSONTests(unittest.TestCase):
         self.assertEqual(key["readings"]["shannonsPerByte"], {"rawL": 2.94, "debiasedR": 7.5})
         self.assertEqual(key["health"], {"fipsBlocks": 40, "fipsFailures": 1, "failure": None})
         self.assertEqual(data["clients"][0]["connectedFor"], 30.0)
+        self.assertEqual(data["upstreams"], [upstreamJSON(upstreamStatus())])
         self.assertIsNone(data["kernel"])
         self.assertEqual(os.path.basename(data["keys"][0]["path"]), "k")

@@ -20,7 +20,7 @@ from twisted.trial import unittest
 from ekey.cli import certs
 from ekey.core.pool import EntropyPool
 from ekey.core.units import BLOCK_SIZE
-from ekey.core.upstreamstatus import UpstreamState, UpstreamStatus
+from ekey.core.status import UpstreamState, UpstreamStatus
 from ekey.services.server import EGDServerFactory
 from ekey.services.upstream import PullPolicy, Upstream, UpstreamService
 

@@ -20,8 +20,10 @@ from ekey.services.daemon import SAMPLE_INTERVAL, Daemon
 from ekey.core.pool import EntropyPool
 from ekey.services.server import EGDServerFactory
 from ekey.core.session import KeyState
-from ekey.services.web import KEY_STATES, makeSite
+from ekey.core.status import UpstreamState
+from ekey.services.web import KEY_STATES, UPSTREAM_STATES, makeSite
 from tests.memory import boundSocket, connectKey, startKeyManager, writeKeyring
+from tests.test_status import upstreamStatus
 from tests.vectors import LONG_TERM_KEY, SESSION
 
 #: Characters that would be markup if they were not escaped.
@@ -113,6 +115,15 @@ class WebTestsMixin:
         protocol.makeConnection(transport)
         self.addCleanup(lambda: protocol.connectionLost(Failure(ConnectionDone())))
         return protocol, transport
+
+    def setUpstreams(self, *upstreams):
+        """
+        Make the daemon a relay whose upstreams answer C{upstreams} (each
+        an L{ekey.core.status.UpstreamStatus}) from their C{status()}.
+        """
+        self.daemon.pullPolicy = SimpleNamespace(
+            upstreams=[SimpleNamespace(status=lambda upstream=upstream: upstream)
+                       for upstream in upstreams], refillAt=98304, ranDry=3)
 
     def metrics(self):
         status, headers, body = get(self.site, b"/metrics")
@@ -243,27 +254,57 @@ class MetricsTests(WebTestsMixin, unittest.TestCase):
 
     def test_upstreamsAndKernel(self):
         """
-        Upstreams are up or down with the bytes pulled from each, and the
-        kernel feeder's bytes are counted.
+        Each upstream has its connection (up while delivering or stalled),
+        its state as a one-of-four gauge, its bytes pulled, refused, in
+        flight and under test, its connections, health failures and
+        priority; the kernel feeder's bytes are counted.
         """
-        upstreams = [
-            SimpleNamespace(description="tls:a.example:8888", state="up", bytesPulled=4096,
-                            connections=1, lastError=None),
-            SimpleNamespace(description="tcp:b.example:8888", state="down", bytesPulled=0,
-                            connections=0, lastError="connection refused"),
-        ]
-        self.daemon.pullPolicy = SimpleNamespace(upstreams=upstreams, refillAt=98304, ranDry=3)
+        self.setUpstreams(
+            upstreamStatus(description="tls:a.example:8888", priority=0,
+                           state=UpstreamState.UP, inFlight=2976, testing=0, healthFailures=0,
+                           lastError=None),
+            upstreamStatus(),
+            upstreamStatus(description="tcp:c.example:8888", state=UpstreamState.DOWN,
+                           bytesPulled=0, inFlight=0, testing=0, connections=0))
         self.daemon.kernelFeeder = SimpleNamespace(bytesFed=512, feeds=2, lastError=None)
         samples = self.metrics()
-        self.assertEqual(samples[("ekey_upstream_up", (("upstream", "tls:a.example:8888"),))], 1)
-        self.assertEqual(samples[("ekey_upstream_up", (("upstream", "tcp:b.example:8888"),))], 0)
-        self.assertEqual(
-            samples[("ekey_upstream_pulled_bytes_total",
-                     (("upstream", "tls:a.example:8888"),))], 4096)
+        a, b, c = "tls:a.example:8888", "tls:b.example:8888", "tcp:c.example:8888"
+        self.assertEqual([sampleValues(samples, "ekey_upstream_up", upstream=name)
+                          for name in (a, b, c)], [[1], [1], [0]])
+        for name, state in ((a, "up"), (b, "stalled"), (c, "down")):
+            for other in UPSTREAM_STATES:
+                self.assertEqual(sampleValues(samples, "ekey_upstream_state", upstream=name,
+                                              state=other), [1 if other == state else 0])
+        expected = {
+            "ekey_upstream_pulled_bytes_total": (4096, 4096, 0),
+            "ekey_upstream_refused_bytes_total": (224, 224, 224),
+            "ekey_upstream_in_flight_bytes": (2976, 2976, 0),
+            "ekey_upstream_testing_bytes": (0, 448, 0),
+            "ekey_upstream_connections_total": (2, 2, 0),
+            "ekey_upstream_health_failures_total": (0, 1, 1),
+            "ekey_upstream_priority": (0, 1, 1),
+        }
+        for metric, values in expected.items():
+            self.assertEqual(tuple(samples[(metric, (("upstream", name),))]
+                                   for name in (a, b, c)), values, metric)
         self.assertEqual(samples[("ekey_pool_refill_at_bytes", ())], 98304)
         self.assertEqual(samples[("ekey_pool_ran_dry_refills_total", ())], 3)
         self.assertEqual(samples[("ekey_kernel_fed_bytes_total", ())], 512)
         self.assertEqual(samples[("ekey_kernel_feeds_total", ())], 2)
+
+    def test_upstreamStates(self):
+        """
+        The C{state} label takes every state an upstream can be in, by
+        its name in words.
+        """
+        self.assertEqual(UPSTREAM_STATES, ("connecting", "up", "stalled", "down"))
+
+    def test_noUpstreams(self):
+        """
+        A daemon without upstreams has no upstream samples.
+        """
+        samples = self.metrics()
+        self.assertEqual([key for key in samples if key[0].startswith("ekey_upstream")], [])
 
     def test_noKernelFeeder(self):
         """
@@ -316,9 +357,8 @@ class StatusPageTests(WebTestsMixin, unittest.TestCase):
         """
         protocol, _ = self.connectClient()
         protocol.identity = "<i>evil</i>"
-        self.daemon.pullPolicy = SimpleNamespace(upstreams=[SimpleNamespace(
-            description="tcp:<u>:1", state="down", bytesPulled=0, connections=0,
-            lastError="<script>x</script>")], refillAt=0, ranDry=0)
+        self.setUpstreams(upstreamStatus(description="tcp:<u>:1",
+                                         lastError="<script>x</script>"))
         page = self.page()
         for markup in ("<i>evil", "<u>", "<script>"):
             self.assertNotIn(markup, page)
@@ -344,6 +384,33 @@ class StatusPageTests(WebTestsMixin, unittest.TestCase):
         self.assertEqual(headers["x-content-type-options"], "nosniff")
         self.assertEqual(headers["cache-control"], "no-store")
         self.assertTrue(page.startswith("<!DOCTYPE html>\n<html lang=\"en\">"), page[:80])
+
+    def test_upstreams(self):
+        """
+        Each upstream is a row: endpoint, state (marked good, waiting or
+        bad), priority, bytes pulled, in flight, under test and refused,
+        connections, health failures and last error.
+        """
+        self.assertIn("No upstreams.", self.page())
+        self.setUpstreams(
+            upstreamStatus(description="tls:a.example:8888", priority=0,
+                           state=UpstreamState.UP, bytesPulled=1234567, lastError=None),
+            upstreamStatus(),
+            upstreamStatus(description="tcp:c.example:8888", state=UpstreamState.DOWN),
+            upstreamStatus(description="tcp:d.example:8888", state=UpstreamState.CONNECTING))
+        page = self.page()
+        self.assertIn("<th>State</th><th>Priority</th><th>Bytes pulled</th><th>In flight</th>"
+                      "<th>Under test</th><th>Refused</th><th>Connections</th>"
+                      "<th>Health failures</th><th>Last error</th>", page)
+        self.assertIn('<tr><td><code>tls:b.example:8888</code></td>'
+                      '<td><span class="state wait">stalled</span></td><td class="n">1</td>'
+                      '<td class="n">4,096</td><td class="n">2,976</td><td class="n">448</td>'
+                      '<td class="n">224</td><td class="n">2</td><td class="n">1</td>'
+                      '<td>its bytes failed the health tests: stuck</td></tr>', page)
+        self.assertIn('<span class="state ok">up</span></td><td class="n">0</td>'
+                      '<td class="n">1,234,567</td>', page)
+        self.assertIn('<span class="state bad">down</span>', page)
+        self.assertIn('<span class="state wait">connecting</span>', page)
 
     def test_clientsAndListeners(self):
         """
@@ -432,3 +499,13 @@ class StatusJSONTests(WebTestsMixin, unittest.TestCase):
         self.assertEqual(data["listeners"][0]["clients"], 1)
         self.assertEqual(data["clients"][0]["peer"], "tcp:127.0.0.1:40000")
         self.assertIsNone(data["kernel"])
+
+    def test_upstreams(self):
+        """
+        Upstreams are there with their state in words and their demand.
+        """
+        self.setUpstreams(upstreamStatus())
+        data = json.loads(get(self.site, b"/status.json")[2])
+        self.assertEqual(len(data["upstreams"]), 1)
+        self.assertEqual((data["upstreams"][0]["state"], data["upstreams"][0]["inFlight"],
+                          data["upstreams"][0]["priority"]), ("stalled", 2976, 1))

@@ -108,13 +108,25 @@ def formatNameValues(values: Dict[str, object]) -> str:
                    for name in sorted(values))
 
 
+#: The columns of C{ekeyctl upstreams}: (header, key in the daemon's
+#: answer, as L{ekey.services.statusviews.upstreamJSON} makes it).
+_UPSTREAM_COLUMNS = (
+    ("Upstream", "upstream"), ("State", "state"), ("Priority", "priority"),
+    ("BytesPulled", "bytesPulled"), ("InFlight", "inFlight"), ("Testing", "testing"),
+    ("BytesRefused", "bytesRefused"), ("Connections", "connections"),
+    ("HealthFailures", "healthFailures"), ("LastError", "lastError"),
+)
+
+
 def formatUpstreams(upstreams: Sequence[Dict[str, object]]) -> str:
     """
-    @return: a line per upstream: C{Upstream,State,BytesPulled,Connections,LastError}.
+    @return: a header, then a line per upstream:
+        C{Upstream,State,Priority,BytesPulled,InFlight,Testing,BytesRefused,
+        Connections,HealthFailures,LastError} (a value the daemon did not
+        give is empty).
     """
-    return _table(["Upstream", "State", "BytesPulled", "Connections", "LastError"],
-                  [[u.get("upstream"), u.get("state"), u.get("bytesPulled"),
-                    u.get("connections"), u.get("lastError")] for u in upstreams])
+    return _table([header for header, _ in _UPSTREAM_COLUMNS],
+                  [[u.get(key) for _, key in _UPSTREAM_COLUMNS] for u in upstreams])
 
 
 def formatClients(clients: Sequence[Dict[str, object]]) -> str:

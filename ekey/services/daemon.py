@@ -25,7 +25,6 @@ from ekey.core.status import (
     KernelFeederStatus,
     ListenerStatus,
     PoolStatus,
-    UpstreamStatus,
 )
 
 SAMPLE_INTERVAL = 5.0
@@ -39,7 +38,8 @@ class Daemon(Service):
     @ivar keys: the L{ekey.services.keys.KeyManager}.
     @ivar pool: the L{ekey.core.pool.EntropyPool}.
     @ivar pullPolicy: the L{ekey.services.upstream.PullPolicy}, or C{None} without
-        upstreams.
+        upstreams; its members are the L{ekey.services.upstream.Upstream}s,
+        each of which answers its own C{status()}.
     @ivar listeners: C{(endpoint description, EGDServerFactory)} pairs.
     @ivar kernelFeeder: the L{ekey.services.feeder.KernelFeeder}, or C{None}.
     @ivar sinks: the file sinks.
@@ -119,7 +119,7 @@ class Daemon(Service):
             keys=self.keys.status() if self.keys is not None else (),
             listeners=tuple(listeners),
             clients=tuple(clients),
-            upstreams=tuple(upstreamStatus(upstream) for upstream in self.upstreams),
+            upstreams=tuple(upstream.status() for upstream in self.upstreams),
             kernel=(kernelFeederStatus(self.kernelFeeder)
                     if self.kernelFeeder is not None else None),
             history=tuple(self.history),
@@ -142,7 +142,7 @@ class Daemon(Service):
 
 
 # Built here from public attributes until their owners answer status()
-# themselves (EGDServerFactory, EGDServerProtocol, Upstream, KernelFeeder).
+# themselves (EGDServerFactory, EGDServerProtocol, KernelFeeder).
 
 
 def listenerStatus(description: str, factory) -> ListenerStatus:
@@ -165,16 +165,6 @@ def clientStatus(listener: str, client) -> ClientStatus:
         listener=listener, peer=client.peer, identity=client.identity,
         bytesServed=client.bytesServed, requests=sum(client.requests.values()),
         connectedAt=client.connectedAt)
-
-
-def upstreamStatus(upstream) -> UpstreamStatus:
-    """
-    @param upstream: an L{ekey.services.upstream.Upstream}.
-    """
-    return UpstreamStatus(
-        description=upstream.description, state=upstream.state,
-        bytesPulled=upstream.bytesPulled, connections=upstream.connections,
-        lastError=upstream.lastError)
 
 
 def kernelFeederStatus(feeder) -> KernelFeederStatus:

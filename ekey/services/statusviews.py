@@ -73,12 +73,18 @@ def clientJSON(client: ClientStatus, now: float) -> Dict[str, object]:
 
 def upstreamJSON(upstream: UpstreamStatus) -> Dict[str, object]:
     """
-    @return: an upstream's endpoint, state, bytes pulled, connections and
-        last error.
+    @return: an upstream as C{ekeyctl upstreams} gets it: its endpoint,
+        priority, state in words (C{connecting}, C{up}, C{stalled},
+        C{down}), bytes pulled into the pool and refused by it, bytes asked
+        of it and not yet received (C{inFlight}), bytes received and still
+        under test (C{testing}), connections made, connections dropped for
+        failed health tests, and its last error.
     """
-    return {"upstream": upstream.description, "state": upstream.state,
-            "bytesPulled": upstream.bytesPulled, "connections": upstream.connections,
-            "lastError": upstream.lastError}
+    return {"upstream": upstream.description, "priority": upstream.priority,
+            "state": upstream.state.value, "bytesPulled": upstream.bytesPulled,
+            "bytesRefused": upstream.bytesRefused, "inFlight": upstream.inFlight,
+            "testing": upstream.testing, "connections": upstream.connections,
+            "healthFailures": upstream.healthFailures, "lastError": upstream.lastError}
 
 
 def listenerJSON(listener: ListenerStatus) -> Dict[str, object]:

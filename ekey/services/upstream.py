@@ -49,7 +49,7 @@ from ekey.core.pull import (
 )
 from ekey.core.pool import EntropyPool
 from ekey.core.upstreamconfig import checkUpstreamDescription, splitPriority
-from ekey.core.upstreamstatus import UpstreamState, UpstreamStatus
+from ekey.core.status import UpstreamState, UpstreamStatus
 
 __all__ = [
     "DEFAULT_HIGH_WATER", "DEFAULT_LOW_WATER", "DEFAULT_STALL_TIMEOUT", "MAX_PIPELINE",

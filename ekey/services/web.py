@@ -37,7 +37,7 @@ from twisted.web.server import Site
 from twisted.web.template import CharRef, Tag, flatten, tags
 
 from ekey.core.session import KeyState
-from ekey.core.status import DaemonStatus, KeyStatus, celsius
+from ekey.core.status import DaemonStatus, KeyStatus, UpstreamState, UpstreamStatus, celsius
 from ekey.services.daemon import HISTORY, SAMPLE_INTERVAL
 from ekey.services.statusviews import daemonJSON
 
@@ -92,6 +92,34 @@ _KEY_GAUGES: Tuple[Tuple[str, str, Callable[[KeyStatus], Optional[float]]], ...]
     ("ekey_key_voltage_volts", "The key's supply voltage.",
      lambda key: (None if key.readings.voltageMillivolts is None
                   else key.readings.voltageMillivolts / 1000)),
+)
+
+#: Every upstream state's name in metrics (the C{state} label), in order.
+UPSTREAM_STATES: Tuple[str, ...] = tuple(state.value for state in UpstreamState)
+
+#: The per-upstream counters and gauges: (metric family, name, help, value
+#: of an L{UpstreamStatus}).
+_UPSTREAM_FAMILIES: Tuple[Tuple[type, str, str, Callable[[UpstreamStatus], int]], ...] = (
+    (CounterMetricFamily, "ekey_upstream_pulled_bytes",
+     "Bytes from the upstream that passed the health tests and went into the pool.",
+     lambda upstream: upstream.bytesPulled),
+    (CounterMetricFamily, "ekey_upstream_refused_bytes",
+     "Tested bytes from the upstream that the pool had no room for.",
+     lambda upstream: upstream.bytesRefused),
+    (GaugeMetricFamily, "ekey_upstream_in_flight_bytes",
+     "Bytes asked of the upstream and not yet received.",
+     lambda upstream: upstream.inFlight),
+    (GaugeMetricFamily, "ekey_upstream_testing_bytes",
+     "Bytes received from the upstream and still held by the health tests.",
+     lambda upstream: upstream.testing),
+    (CounterMetricFamily, "ekey_upstream_connections", "Connections made to the upstream.",
+     lambda upstream: upstream.connections),
+    (CounterMetricFamily, "ekey_upstream_health_failures",
+     "Connections to the upstream dropped because its bytes failed the health tests.",
+     lambda upstream: upstream.healthFailures),
+    (GaugeMetricFamily, "ekey_upstream_priority",
+     "The upstream's priority: lower is asked first, higher only while every lower one "
+     "is down or stalled.", lambda upstream: upstream.priority),
 )
 
 
@@ -218,18 +246,25 @@ class DaemonCollector:
 
     def _upstreams(self, status: DaemonStatus):
         labels = ["upstream"]
-        up = GaugeMetricFamily("ekey_upstream_up", "1 if the upstream is connected, else 0.",
-                               labels=labels)
-        pulled = CounterMetricFamily("ekey_upstream_pulled_bytes",
-                                     "Bytes pulled from the upstream.", labels=labels)
-        connections = CounterMetricFamily("ekey_upstream_connections",
-                                          "Connections made to the upstream.", labels=labels)
+        up = GaugeMetricFamily(
+            "ekey_upstream_up",
+            "1 if a connection to the upstream is up (delivering or stalled), else 0.",
+            labels=labels)
+        state = GaugeMetricFamily(
+            "ekey_upstream_state", "1 for the state the upstream is in, 0 for every other.",
+            labels=labels + ["state"])
+        families = [(family(name, text, labels=labels), read)
+                    for family, name, text, read in _UPSTREAM_FAMILIES]
         for upstream in status.upstreams:
             value = [upstream.description]
-            up.add_metric(value, 1 if upstream.up else 0)
-            pulled.add_metric(value, upstream.bytesPulled)
-            connections.add_metric(value, upstream.connections)
-        yield from (up, pulled, connections)
+            up.add_metric(value, 1 if upstream.connected else 0)
+            for member in UpstreamState:
+                state.add_metric(value + [member.value], 1 if member is upstream.state else 0)
+            for family, read in families:
+                family.add_metric(value, read(upstream))
+        yield up
+        yield state
+        yield from (family for family, _ in families)
 
     def _kernel(self, status: DaemonStatus):
         kernel = status.kernel
@@ -267,8 +302,6 @@ class GeneratedResource(Resource):
             request.setHeader(name.encode("ascii"), value.encode("ascii"))
         return self.generate()
 
-
-# The page -----------------------------------------------------------------------
 
 # The page -----------------------------------------------------------------------
 
@@ -436,6 +469,30 @@ def _keyRow(numbered) -> List[object]:
     ]
 
 
+#: The class of an upstream's state on the page.
+_UPSTREAM_CLASSES = {UpstreamState.UP: "ok", UpstreamState.CONNECTING: "wait",
+                     UpstreamState.STALLED: "wait", UpstreamState.DOWN: "bad"}
+
+
+def _upstreamRow(upstream: UpstreamStatus) -> List[object]:
+    """
+    @return: an upstream's cells in the page's table of upstreams.
+    """
+    return [
+        tags.code(upstream.description),
+        tags.span(**{"class": f"state {_UPSTREAM_CLASSES[upstream.state]}"})(
+            upstream.state.value),
+        _numeric(str(upstream.priority)),
+        _numeric(_number(upstream.bytesPulled)),
+        _numeric(_number(upstream.inFlight)),
+        _numeric(_number(upstream.testing)),
+        _numeric(_number(upstream.bytesRefused)),
+        _numeric(_number(upstream.connections)),
+        _numeric(_number(upstream.healthFailures)),
+        upstream.lastError or _muted(_DASH),
+    ]
+
+
 def statusPage(status: DaemonStatus, span: float = 600.0) -> Tag:
     """
     The status page, as a L{twisted.web.template} tree.
@@ -475,14 +532,9 @@ def statusPage(status: DaemonStatus, span: float = 600.0) -> Tag:
                  _numeric(_duration(status.time - client.connectedAt))]
                 for client in status.clients], "No EGD clients connected."),
         tags.h2("Upstreams"),
-        _table(["Upstream", "State", "Bytes pulled", "Connections", "Last error"],
-               [[tags.code(upstream.description),
-                 tags.span(**{"class": f"state {'ok' if upstream.up else 'bad'}"})(
-                     upstream.state),
-                 _numeric(_number(upstream.bytesPulled)),
-                 _numeric(_number(upstream.connections)),
-                 upstream.lastError or _muted(_DASH)]
-                for upstream in status.upstreams], "No upstreams."),
+        _table(["Upstream", "State", "Priority", "Bytes pulled", "In flight", "Under test",
+                "Refused", "Connections", "Health failures", "Last error"],
+               [_upstreamRow(upstream) for upstream in status.upstreams], "No upstreams."),
     ]
     kernel = status.kernel
     if kernel is not None:
