@@ -298,7 +298,8 @@ class DaemonVerbTests(_ControlMixin, TestCase):
         self.assertEqual(upstreams[0]["connections"], 1)
         out = self.ekeyctlOK("upstreams", control=relayControl)
         lines = out.splitlines()
-        self.assertEqual(lines[0], "Upstream,State,BytesPulled,Connections,LastError")
+        self.assertEqual(lines[0], "Upstream,State,Priority,BytesPulled,InFlight,Testing,"
+                                   "BytesRefused,Connections,HealthFailures,LastError")
         self.assertTrue(lines[1].startswith(f"unix:{egd},up,"), out)
         self.assertEqual(self.ekeyctlJSON("upstreams"), [])
 
