@@ -74,8 +74,8 @@ def connectKey(testCase, reactor, manager: KeyManager, number: int, frames: int)
     if not hasattr(testCase, "keyConnections"):
         testCase.keyConnections = []
     testCase.keyConnections.append(lose)
-    protocol = manager._keys[number].factory.protocol
-    protocol.session._randomBytes = lambda n: HOST_NONCE[4:]
+    protocol = manager._keys[number].factory.connection
+    protocol.pipeline.session._randomBytes = lambda n: HOST_NONCE[4:]
     for frame in deviceFrames()[:frames]:
         protocol.dataReceived(frame)
     return protocol

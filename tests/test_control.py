@@ -50,7 +50,7 @@ from ekey.services.peers import Credentials
 from ekey.core.pool import EntropyPool
 from ekey.services.upstream import PullPolicy, Upstream
 from tests.memory import boundSocket, connectKey, startKeyManager, writeKeyring
-from tests.vectors import SESSION, VECTORS
+from tests.vectors import SESSION, VECTORS, deviceFrames
 
 SERIAL_PEM = SESSION["serial_pem"]
 
@@ -316,10 +316,10 @@ class KeyCommandTests(_DaemonMixin, unittest.TestCase):
         with open(self.keyringPath, "w") as f:
             f.write(VECTORS["keyring_line_text"] + "\n")
         self.assertEqual(self.call(ReloadKeyring), {"path": self.keyringPath, "keys": 1})
-        # The key stopped for want of its serial is reconnected.
-        self.assertTrue(protocol.transport.disconnecting)
-        self.keyConnections[-1]()
-        self.connectKey(1)
+        # The key stopped for want of its serial starts again on its
+        # connection.
+        self.assertFalse(protocol.transport.disconnecting)
+        protocol.dataReceived(b"".join(deviceFrames()[:4]))
         self.assertEqual(self.call(ListKeys)[0]["state"], "Running OK")
         self.assertTrue(any("reloaded the keyring" in line for line in self.logged()))
 

@@ -16,7 +16,7 @@ from ekey.core.session import KeyState
 from ekey.services.device import KeyPathError
 from ekey.services.keys import KeyNotFound, checkRunTimeKeyPath
 from tests.memory import boundSocket, connectKey, startKeyManager, writeKeyring
-from tests.vectors import LONG_TERM_KEY, SERIAL, SESSION, VECTORS
+from tests.vectors import LONG_TERM_KEY, SERIAL, SESSION, VECTORS, deviceFrames
 
 
 class KeyManagerTests(unittest.TestCase):
@@ -108,8 +108,10 @@ class KeyManagerTests(unittest.TestCase):
 
     def test_reloadKeyring(self):
         """
-        Reloading a keyring that gained a serial reconnects the key that
-        was stopped for want of it, which then runs.
+        Reloading a keyring that gained a serial restarts the key that was
+        stopped for want of it on the connection it has (nothing is
+        reopened, which would need the device's permissions after
+        privileges were dropped), and it then runs.
         """
         with open(self.keyringPath, "w") as f:
             f.write("# empty\n")
@@ -121,10 +123,11 @@ class KeyManagerTests(unittest.TestCase):
             f.write(VECTORS["keyring_line_text"] + "\n")
         connections = len(self.reactor.unixClients)
         self.assertEqual(self.manager.reloadKeyring(), 1)
-        self.assertTrue(first.transport.disconnecting)
-        self.keyConnections[-1]()
-        self.assertEqual(len(self.reactor.unixClients), connections + 1)
-        self.connect(1, frames=4)
+        self.assertFalse(first.transport.disconnecting)
+        self.assertEqual(len(self.reactor.unixClients), connections)
+        # Reset, it says its serial again and is keyed.
+        self.assertIs(self.state(1), KeyState.WAITING)
+        first.dataReceived(b"".join(deviceFrames()[:4]))
         self.assertIs(self.state(1), KeyState.RUNNING)
 
     def test_reloadLeavesRunningKeys(self):

@@ -234,7 +234,8 @@ class MetricsTests(WebTestsMixin, unittest.TestCase):
         C{failed_health}.
         """
         number, protocol = self.addKey()
-        protocol._handle(protocol.session.halt(KeyState.FAILED_HEALTH, "stuck generator"))
+        protocol.pipeline.halt(KeyState.FAILED_HEALTH, "stuck generator")
+        protocol.flush()
         samples = self.metrics()
         self.assertEqual(sampleValues(samples, "ekey_key_up", key="1"), [0])
         self.assertEqual(sampleValues(samples, "ekey_key_state", key="1", state="failed_health"),
@@ -336,7 +337,8 @@ class StatusPageTests(WebTestsMixin, unittest.TestCase):
         A stopped key shows its state and reason.
         """
         number, protocol = self.addKey()
-        protocol._handle(protocol.session.halt(KeyState.FAILED_HEALTH, "stuck generator"))
+        protocol.pipeline.halt(KeyState.FAILED_HEALTH, "stuck generator")
+        protocol.flush()
         page = self.page()
         self.assertIn('class="state bad">Failed health tests<', page)
         self.assertIn("stuck generator", page)

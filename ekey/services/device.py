@@ -362,38 +362,6 @@ class KeyProtocol(Protocol):
             self.log.warn("Key {path} did not answer a session re-key in {seconds:g} s; "
                           "resetting it", path=self.path, seconds=event.seconds)
 
-    # Transitional: ekey.services.keys, tests/memory.py and tests/test_web.py
-    # still reach into the connection; they should use KeyService.status()
-    # and KeyService.keyringChanged() instead, and then these go.
-
-    @property
-    def session(self) -> KeySession:
-        """
-        Transitional: the pipeline's session.
-        """
-        return self.pipeline.session
-
-    @property
-    def health(self) -> HealthMonitor:
-        """
-        Transitional: the pipeline's health monitor.
-        """
-        return self.pipeline.health
-
-    @property
-    def connectedAt(self) -> Optional[float]:
-        """
-        Transitional: when this connection was made.
-        """
-        return self.pipeline.connectedAt
-
-    def _handle(self, events):
-        # Transitional, for tests/test_web.py, which halts the session
-        # itself and hands its events here: log them.
-        for event in events:
-            self._logEvent(event)
-        self._carryOut()
-
 
 class KeyProtocolFactory(Factory):
     """
@@ -441,16 +409,6 @@ class KeyProtocolFactory(Factory):
     def _poolLevelChanged(self, pool):
         if self.connection is not None:
             self.connection.roomChanged(pool.space)
-
-    @property
-    def protocol(self):
-        # Transitional, for ekey.services.keys and tests/memory.py until
-        # they use KeyService.status(): the connection, once connected.
-        # (Twisted means a class by Factory.protocol.)
-        connection = self.connection
-        if connection is None or connection.pipeline.connectedAt is None:
-            return None
-        return connection
 
 
 class KeyService(ClientService):

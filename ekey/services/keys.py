@@ -18,12 +18,10 @@ from collections import OrderedDict
 from typing import Callable, List, Optional, Sequence, Tuple
 
 from twisted.application.service import MultiService
-from twisted.internet import defer
 from twisted.logger import Logger
 
 from ekey.services.device import KeyPathError, KeyService, checkKeyPath
 from ekey.core.keyring import Keyring, KeyringError
-from ekey.core.session import KeyState
 from ekey.core.status import NumberedKey
 
 
@@ -33,9 +31,6 @@ class KeyNotFound(LookupError):
     """
 
 
-#: The states of a key stopped for want of a long-term key, which a
-#: reloaded keyring may cure.
-_WANTS_KEYRING = (KeyState.UNKNOWN_SERIAL, KeyState.BAD_LONG_TERM_KEY)
 
 
 def _inDirectories(path: str, directories: Sequence[str]) -> bool:
@@ -194,9 +189,10 @@ class KeyManager(MultiService):
 
     def reloadKeyring(self) -> int:
         """
-        Read the configured keyring again and reconnect every key that was
-        stopped for want of a long-term key, so that it starts over with
-        the keyring now in force.
+        Read the configured keyring again and restart every key that was
+        stopped for want of a long-term key with the keyring now in force
+        (on its connection: nothing is reopened, so this works after
+        privileges were dropped).
 
         @return: how many keys the keyring holds.
         @raise KeyringError: if it cannot be read; the old keyring stays.
@@ -204,20 +200,13 @@ class KeyManager(MultiService):
         if self.keyringPath is None:
             raise KeyringError("no keyring file is configured: give --keyring")
         self.keyring = Keyring.load(self.keyringPath)
-        for number, service in self._keys.items():
-            if service.status().state in _WANTS_KEYRING:
-                self._reconnect(service)
+        for service in self._keys.values():
+            # A key stopped for want of its long-term key starts again from
+            # its serial number, on the connection it has.
+            service.keyringChanged()
         self.log.info("Keyring {path} loaded: {count} key(s)", path=self.keyringPath,
                       count=len(self.keyring))
         return len(self.keyring)
-
-    @staticmethod
-    def _reconnect(service: KeyService) -> None:
-        # Stopping a ClientService drops its connection; starting it again
-        # connects as soon as that is done, with a new session.
-        stopped = defer.maybeDeferred(service.stopService)
-        service.startService()
-        stopped.addErrback(lambda f: None)
 
     # Questions ---------------------------------------------------------------------
 
