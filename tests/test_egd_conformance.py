@@ -27,17 +27,15 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from twisted.trial.unittest import TestCase
 
-from tests.interop import (
-    EGDSocket,
+from tests.interop.egdsockets import EGDSocket, waitForLevel
+from tests.interop.processes import (
     RunningProcess,
-    findPeer,
-    requireSimulator,
     startDaemonEGD,
     startEkeydEGD,
     startSimulator,
-    waitForLevel,
     writeKeyring,
 )
+from tests.interop.requirements import findPeer
 
 SEED = b"ekey-egd-conformance"
 
@@ -115,7 +113,6 @@ class EGDConformanceMixin:
 
         @return: the key's socket and the keyring that holds it.
         """
-        requireSimulator()
         directory = fixture.directory
         keyring = writeKeyring(os.path.join(directory, "keyring"))
         keySocket = os.path.join(directory, "key.sock")

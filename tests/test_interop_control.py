@@ -21,23 +21,21 @@ from typing import List, Optional, Sequence, Tuple
 
 from twisted.trial.unittest import SkipTest, TestCase
 
-from tests.interop import (
+from tests.interop.egdsockets import EGDUnixSocket
+from tests.interop.kernel import asNobody, withoutCapability
+from tests.interop.processes import (
     MAX_SOCKET_PATH,
     SERIAL,
-    EGDUnixSocket,
-    asNobody,
     assertNoTraceback,
     daemonLog,
     makeTempDir,
     pythonEnvironment,
-    requireSimulator,
     socketPath,
     startDaemon,
     startRelay,
     startSimulator,
     waitFor,
     waitForListening,
-    withoutCapability,
     writeKeyring,
 )
 
@@ -59,7 +57,6 @@ class _ControlMixin:
     """
 
     def setUp(self):
-        requireSimulator()
         self.directory = makeTempDir(self)
         self.keysDirectory = self.shortDirectory("keys")
         self.key1 = os.path.join(self.keysDirectory, "k1.sock")

@@ -20,24 +20,22 @@ from typing import Dict, List
 
 from twisted.trial.unittest import TestCase
 
-from tests.interop import (
-    BLOCK,
-    EGDSocket,
+from ekey.core.units import BLOCK_SIZE
+from tests.interop.egdsockets import EGDSocket, waitForLevel
+from tests.interop.load import memoryKilobytes
+from tests.interop.processes import (
     assertNoTraceback,
     daemonLog,
     freeTCPPort,
     makeTempDir,
     pythonEnvironment,
-    requireSimulator,
-    residentKilobytes,
-    seededPlaintext,
     socketPath,
     startDaemonEGD,
     startSimulator,
     waitFor,
-    waitForLevel,
     writeKeyring,
 )
+from tests.interop.seeded import seededPlaintext
 
 SEED = b"ekey-interop-egd"
 
@@ -60,7 +58,6 @@ class _EGDDaemonMixin:
     """
 
     def setUp(self):
-        requireSimulator()
         self.directory = makeTempDir(self)
         self.keyring = writeKeyring(os.path.join(self.directory, "keyring"))
         self.keySocket = socketPath(self, self.directory)
@@ -177,7 +174,7 @@ class NoByteTwiceTests(_EGDDaemonMixin, TestCase):
         total = [0]
 
         def readBlock(worker):
-            block = worker.client.get(BLOCK)
+            block = worker.client.get(BLOCK_SIZE)
             worker.received.append(block)
             with lock:
                 total[0] += 1
@@ -208,7 +205,7 @@ class NoByteTwiceTests(_EGDDaemonMixin, TestCase):
         drained = []
         deadline = time.monotonic() + REPLY_TIMEOUT
         while time.monotonic() < deadline:
-            block = drainer.get(BLOCK)
+            block = drainer.get(BLOCK_SIZE)
             self.assertIn(block, index, "a drained block is not a seeded one")
             i = index[block]
             self.assertNotIn(i, seen, f"drained block {i} had gone to client {seen.get(i)}")
@@ -366,7 +363,7 @@ class BadInputTests(_EGDDaemonMixin, TestCase):
         being served meanwhile.
         """
         daemon = self.startDaemon(rate=500, readyBits=8 * 8192)
-        before = residentKilobytes(daemon.pid)
+        before = memoryKilobytes(daemon.pid)["rss"]
         hog = EGDSocket(daemon.egdHost, daemon.egdPort, timeout=2)
         self.addCleanup(hog.close)
         hog.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -383,7 +380,7 @@ class BadInputTests(_EGDDaemonMixin, TestCase):
         start = time.monotonic()
         for _ in range(20):
             served += len(other.get(255))
-        after = residentKilobytes(daemon.pid)
+        after = memoryKilobytes(daemon.pid)["rss"]
         print(f"\nnon-reading client sent {sent}+ requests; another client got {served} "
               f"bytes in {time.monotonic() - start:.2f} s; daemon VmRSS {before} kB -> "
               f"{after} kB")

@@ -21,10 +21,10 @@ from typing import Dict, List, Optional
 
 from twisted.trial.unittest import SkipTest, TestCase
 
-from tests.interop import (
-    BLOCK,
-    BoundEGDSocket,
-    EGDSocket,
+from ekey.core.units import BLOCK_SIZE
+from tests.interop.egdsockets import BoundEGDSocket, EGDSocket, waitForLevel
+from tests.interop.load import massLevelQueries, memoryKilobytes, openFileLimit, raiseOpenFileLimit
+from tests.interop.processes import (
     RunningProcess,
     assertNoTraceback,
     daemonLog,
@@ -32,11 +32,6 @@ from tests.interop import (
     freeTCPPort,
     killHard,
     makeTempDir,
-    massLevelQueries,
-    memoryKilobytes,
-    openFileLimit,
-    raiseOpenFileLimit,
-    requireSimulator,
     restartProcess,
     socketPath,
     startDaemonEGD,
@@ -44,7 +39,6 @@ from tests.interop import (
     startRelay,
     startSimulator,
     waitFor,
-    waitForLevel,
     waitForListeningTCP,
     waitForLog,
     writeKeyring,
@@ -114,7 +108,7 @@ class BlockReader(threading.Thread):
 
     @property
     def bytesReceived(self) -> int:
-        return len(self.blocks) * BLOCK
+        return len(self.blocks) * BLOCK_SIZE
 
     def countSince(self, when: float) -> int:
         with self.lock:
@@ -132,7 +126,7 @@ class BlockReader(threading.Thread):
                     time.sleep(0.1)
                     continue
             try:
-                client.send(bytes((0x02, BLOCK)))
+                client.send(bytes((0x02, BLOCK_SIZE)))
                 block = self._receive(client)
             except OSError as e:
                 block = None
@@ -157,11 +151,11 @@ class BlockReader(threading.Thread):
         """
         data = b""
         waited = time.monotonic() + 30.0
-        while len(data) < BLOCK:
+        while len(data) < BLOCK_SIZE:
             if self.stopping.is_set() or time.monotonic() > waited:
                 return None
             try:
-                chunk = client.sock.recv(BLOCK - len(data))
+                chunk = client.sock.recv(BLOCK_SIZE - len(data))
             except TimeoutError:
                 continue
             except OSError:
@@ -174,7 +168,6 @@ class BlockReader(threading.Thread):
 
 class _FaultFixture:
     def setUp(self):
-        requireSimulator()
         self.directory = makeTempDir(self)
         self.keyring = writeKeyring(os.path.join(self.directory, "keyring"))
         self.keySocket = socketPath(self, self.directory)

@@ -24,30 +24,30 @@ import time
 
 from twisted.trial.unittest import FailTest, SkipTest, TestCase
 
-from tests.interop import (
-    EGDSocket,
-    unescapeStrace,
+from tests.interop.egdsockets import EGDSocket
+from tests.interop.kernel import (
     asNobody,
-    assertNoTraceback,
-    daemonLog,
     entropyAdditions,
     feedKernelCommand,
-    findPeer,
-    interopRequired,
-    makeTempDir,
-    pythonEnvironment,
-    requireSimulator,
-    socketPath,
-    startDaemonEGD,
-    startSimulator,
     startTraced,
     stopTraced,
     straceCalls,
+    unescapeStrace,
+    withoutCapability,
+)
+from tests.interop.processes import (
+    assertNoTraceback,
+    daemonLog,
+    makeTempDir,
+    pythonEnvironment,
+    socketPath,
+    startDaemonEGD,
+    startSimulator,
     twistdCommand,
     waitFor,
-    withoutCapability,
     writeKeyring,
 )
+from tests.interop.requirements import findPeer, interopRequired
 
 SEED = b"ekey-interop-kernel"
 #: Entropy frames (32-byte blocks) a second from the simulated key.
@@ -85,7 +85,6 @@ def seededStream(blocks: int) -> bytes:
 class _KernelMixin:
     def setUp(self):
         requireRoot()
-        requireSimulator()
         findPeer("strace")
         if not os.access("/dev/random", os.W_OK):
             raise SkipTest("/dev/random is not writable here")
