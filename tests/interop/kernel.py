@@ -220,10 +220,14 @@ def withoutCapability(argv: Sequence[str], capability: str = "sys_admin") -> Lis
 def asNobody(argv: Sequence[str], uid: int = 65534, gid: int = 65534) -> List[str]:
     """
     @return: C{argv} run by C{setpriv} as user and group C{nobody}
-        (65534), with no supplementary groups and so no capabilities.
+        (65534), with no supplementary groups and one capability only:
+        C{CAP_DAC_READ_SEARCH}, so that it can read an interpreter and
+        source tree that only root may read (a pyenv under C{/root}).  It
+        may not write where nobody may not, nor feed the kernel.
     """
     setpriv = findPeer("setpriv", "util-linux")
-    return [setpriv, f"--reuid={uid}", f"--regid={gid}", "--clear-groups"] + list(argv)
+    return [setpriv, f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
+            "--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search"] + list(argv)
 
 
 def feedKernelCommand(*arguments: str) -> List[str]:

@@ -196,6 +196,7 @@ class RunningProcess:
     @ivar name: what to call it in messages.
     @ivar stdoutPath: where its standard output goes.
     @ivar stderrPath: where its standard error goes.
+    @ivar started: when it was started (C{time.monotonic()}).
     """
 
     def __init__(self, testCase, name: str, argv: List[str], directory: str,
@@ -206,6 +207,7 @@ class RunningProcess:
         self.stderrPath = os.path.join(directory, f"{name}.stderr")
         stdout = open(self.stdoutPath, "wb")
         stderr = open(self.stderrPath, "wb")
+        self.started = time.monotonic()
         try:
             self.process = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
