@@ -19,7 +19,7 @@ import threading
 import time
 from typing import Dict, List, Optional
 
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import TestCase
 
 from ekey.core.units import BLOCK_SIZE
 from tests.interop.egdsockets import BoundEGDSocket, EGDSocket, waitForLevel
@@ -43,6 +43,8 @@ from tests.interop.processes import (
     waitForLog,
     writeKeyring,
 )
+from tests.interop.requirements import skipUnlessRequired
+from tests.interop.seeded import SeededStreams, traceServed
 
 SEED = b"ekey-interop-faults"
 
@@ -52,32 +54,9 @@ RSS_LIMIT_KB = 150 * 1024
 NO_CONTROL = ["--control", "none"]
 
 
-class SeededBlocks:
-    """
-    The seeded simulator's blocks, indexed lazily (bounded).
-    """
-
-    def __init__(self, seed: bytes, initial: int = 1 << 15, limit: int = 1 << 19):
-        self.seed = seed
-        self.limit = limit
-        self.known: Dict[bytes, int] = {}
-        self.indexed = 0
-        self._extend(initial)
-
-    def _extend(self, upTo: int) -> None:
-        from ekey.services.simulator import seededBlock
-
-        for i in range(self.indexed, min(upTo, self.limit)):
-            self.known[seededBlock(self.seed, i)] = i
-        self.indexed = max(self.indexed, min(upTo, self.limit))
-
-    def index(self, block: bytes) -> Optional[int]:
-        """
-        @return: the block's index in the seeded stream, or C{None}.
-        """
-        while block not in self.known and self.indexed < self.limit:
-            self._extend(self.indexed * 2)
-        return self.known.get(block)
+#: How far into the seeded stream blocks are looked for: the simulators run
+#: at full speed here, ahead of what the daemons take.
+STREAM_LIMIT = 1 << 19
 
 
 def memoryLine(name: str, pid: int) -> str:
@@ -263,17 +242,12 @@ class RelayChainKillTests(_FaultFixture, TestCase):
             for reader in readers:
                 reader.join(10.0)
 
-        seeded = SeededBlocks(SEED)
-        seen: Dict[int, str] = {}
-        for reader in readers:
-            for n, (_, block) in enumerate(reader.blocks):
-                index = seeded.index(block)
-                if index is None:
-                    self.fail(f"{reader.name}'s block {n} ({block.hex()}) is not a seeded block")
-                if index in seen:
-                    self.fail(f"seeded block {index} was served twice: to {seen[index]} and "
-                              f"to {reader.name}")
-                seen[index] = reader.name
+        # Every client's blocks are the key's, in order (each of its
+        # connections is to a first-in first-out pool, and a restarted hop
+        # only ever gets later blocks), and no block went to two clients.
+        traced = traceServed([b"".join(block for _, block in reader.blocks)
+                              for reader in readers], [SEED], limit=STREAM_LIMIT)
+        seen = {piece.index for pieces in traced for piece in pieces}
         for line in (connectedB, lost, down, keyBack, back):
             print("log:", line.strip())
         for reader in readers:
@@ -329,21 +303,23 @@ class KeyReplugTests(_FaultFixture, TestCase):
             stop.set()
             reader.join(10.0)
 
-        seeded = SeededBlocks(SEED)
+        streams = SeededStreams([SEED], limit=STREAM_LIMIT)
         indices = []
         for n, (_, block) in enumerate(reader.blocks):
-            index = seeded.index(block)
-            if index is None:
+            found = streams.find(block)
+            if found is None:
                 self.fail(f"block {n} ({block.hex()}) is not a seeded block")
-            indices.append(index)
+            indices.append(found[1])
         # One client of a FIFO pool: increasing indices, with one drop back
         # where the replugged key's stream starts again from block 0.
         drops = [n for n in range(1, len(indices)) if indices[n] <= indices[n - 1]]
         self.assertEqual(len(drops), 1, f"expected one restart of the seeded stream, got "
                                         f"drops at {drops[:10]}")
         first, second = indices[:drops[0]], indices[drops[0]:]
-        self.assertEqual(len(set(first)), len(first))
-        self.assertEqual(len(set(second)), len(second))
+        # Each life of the key: its blocks in order, each once.
+        blocks = [block for _, block in reader.blocks]
+        traceServed([b"".join(blocks[:drops[0]])], [SEED], limit=STREAM_LIMIT)
+        traceServed([b"".join(blocks[drops[0]:])], [SEED], limit=STREAM_LIMIT)
         self.assertLess(second[0], 200, "the replugged key's blocks do not start afresh")
         self.assertGreaterEqual(len(second), 100)
         self.assertGreaterEqual(drops[0], before - 1)
@@ -439,8 +415,8 @@ class ManyClientsTests(_FaultFixture, TestCase):
     def startBusyDaemon(self, extra=()) -> RunningProcess:
         limit = raiseOpenFileLimit(self.CLIENTS + 1000)
         if limit < self.CLIENTS + 200:
-            raise SkipTest(f"the open-file limit is {limit}, too low for {self.CLIENTS} "
-                           "clients (raise it with ulimit -n)")
+            skipUnlessRequired(f"the open-file limit is {limit}, too low for {self.CLIENTS} "
+                               "clients (raise it with ulimit -n, or run as root)")
         self.simulator = startSimulator(self, self.directory, listen=self.keySocket,
                                         seed=SEED, rate=125)
         port = freeTCPPort()
@@ -449,8 +425,8 @@ class ManyClientsTests(_FaultFixture, TestCase):
             + list(extra))
         daemonLimit = openFileLimit(daemon.pid)
         if daemonLimit < self.CLIENTS + 100:
-            raise SkipTest(f"the daemon's open-file limit is {daemonLimit}, too low for "
-                           f"{self.CLIENTS} clients")
+            skipUnlessRequired(f"the daemon's open-file limit is {daemonLimit}, too low for "
+                               f"{self.CLIENTS} clients")
         daemon.burstPort = port
         waitForListeningTCP(port, process=daemon)
         return daemon

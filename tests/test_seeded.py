@@ -6,6 +6,7 @@ entropy would serve.
 """
 
 import os
+import random
 
 from twisted.trial.unittest import FailTest, TestCase
 
@@ -198,11 +199,33 @@ class RejectTests(TestCase):
 
     def test_partOfWrongBlock(self):
         """
-        The start of a block that is not the one after the client's last
-        (bytes from elsewhere in the stream) is rejected.
+        Part of a block that is not between the client's neighbouring whole
+        blocks (bytes from elsewhere in the stream: out of order) is
+        rejected; so are parts of blocks between them in the wrong order.
         """
-        data = seededPlaintext(SEED, 3) + seededBlock(SEED, 7)[:20] + seededPlaintext(SEED, 2, 9)
+        data = seededPlaintext(SEED, 3) + seededBlock(SEED, 12)[:20] + seededPlaintext(SEED, 2, 9)
         self.assertRaises(FailTest, trace, [data])
+        data = seededPlaintext(SEED, 3) + seededBlock(SEED, 1)[5:20] + seededPlaintext(SEED, 2, 9)
+        self.assertRaises(FailTest, trace, [data])
+        data = (seededPlaintext(SEED, 3) + seededBlock(SEED, 6)[:20] + seededBlock(SEED, 4)[20:]
+                + seededPlaintext(SEED, 2, 9))
+        self.assertRaises(FailTest, trace, [data])
+
+    def test_fragmentedTurns(self):
+        """
+        A client whose reads got runs of the stream shorter than a block,
+        between whole blocks (the pool's turns split blocks among readers),
+        is traced when the runs are in order and between its neighbouring
+        whole blocks; together with the other readers, every byte once.
+        """
+        stream = seededPlaintext(SEED, 20)
+        cuts = [0, 70, 75, 100, 133, 140, 141, 200, 290, 300, 333, 400, 480, 500, 640]
+        served = [b"", b""]
+        for n in range(len(cuts) - 1):
+            served[n % 2] += stream[cuts[n]:cuts[n + 1]]
+        traced = trace(served)
+        self.assertEqual(sum(piece.end - piece.start for pieces in traced for piece in pieces),
+                         640)
 
     def test_messageNamesTheBlock(self):
         """
@@ -250,3 +273,31 @@ class PositionTests(TestCase):
         self.assertEqual(positionOf(pieces, 90), 95)
         self.assertEqual(positionOf(pieces, 91), 320)
         self.assertRaises(FailTest, positionOf, pieces, len(data))
+
+
+class RandomTurnsTests(TestCase):
+    """
+    The pool's turns, as they come: whole EGD reads (224 or 255 bytes),
+    turns of a share of the pool (at least a block), now and then a few
+    bytes; among two to four readers.
+    """
+
+    def test_randomTurns(self):
+        """
+        For twenty fixed random runs of turns, every reader's bytes are
+        traced and together they cover the stream once.
+        """
+        stream = seededPlaintext(SEED, 300)
+        for trial in range(20):
+            chance = random.Random(trial)
+            served = [b""] * chance.randint(2, 4)
+            position = 0
+            while position < len(stream):
+                size = chance.choice([224, 255, chance.randint(32, 300),
+                                      chance.randint(1, 40) if chance.random() < 0.1 else 224])
+                served[chance.randrange(len(served))] += stream[position:position + size]
+                position += size
+            traced = trace(served)
+            self.assertEqual(
+                sum(piece.end - piece.start for pieces in traced for piece in pieces),
+                len(stream), f"trial {trial}")

@@ -47,18 +47,22 @@ def openFileLimit(pid: int) -> int:
 
 def raiseOpenFileLimit(wanted: int) -> int:
     """
-    Raise this process's soft limit on open files towards C{wanted} (never
-    above the hard limit, never lowering it).  Child processes inherit it.
+    Raise this process's soft limit on open files to C{wanted}, and its
+    hard limit too if need be and allowed (as root); never lower either.
+    Child processes inherit them.
 
     @return: the soft limit now.
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    if target > soft:
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return soft
+    for limits in ((wanted, max(hard, wanted) if hard != resource.RLIM_INFINITY else hard),
+                   (min(wanted, hard) if hard != resource.RLIM_INFINITY else wanted, hard)):
         try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+            break
         except (ValueError, OSError):
-            pass
+            continue
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 

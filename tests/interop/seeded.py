@@ -12,14 +12,13 @@ bytes first in, first out.  So every byte a client is served belongs to
 exactly one block of one key's stream, and a client of a first-in
 first-out pool gets each key's blocks in increasing order.
 
-L{traceServed} checks exactly that, whole block by whole block, for what
-one or more clients were served.  A client's reads need not end on block
-boundaries (an EGD read is up to 255 bytes; the pool's turns may split a
-block between two readers): where a client's bytes stop being whole
-blocks, the bytes up to its next whole block must be the start of the
-block that followed its last one and the end of the block before its next
-one (first-in first-out order is what makes these two blocks known);
-nothing else is accepted.
+L{traceServed} checks that, whole block by whole block, for what one or
+more clients were served: every whole block is traced exactly, and
+nothing may be in no stream, twice, or (for first-in first-out servers)
+out of order.  A client's reads need not end on block boundaries (an EGD
+read is up to 255 bytes; the pool's turns may split a block between two
+readers): the bytes between a client's whole blocks must then be runs of
+the blocks between those two, in order, that no other client got.
 """
 
 from __future__ import annotations
@@ -36,9 +35,10 @@ from ekey.services.simulator import seededBlock
 #: blocks than any interop test draws from a key.
 DEFAULT_LIMIT = 1 << 16
 
-#: How many blocks after a client's last block of a stream the block its
-#: last read began in may be (the blocks between went to other readers).
-TAIL_WINDOW = 64
+#: How many blocks before a client's first whole block, or after its last,
+#: the bytes it got before or after them may come from (the blocks between
+#: went to other readers).
+TAIL_WINDOW = 1024
 
 
 def seededPlaintext(seed: bytes, count: int, start: int = 0) -> bytes:
@@ -151,18 +151,27 @@ def traceServed(served: Sequence[bytes], seeds: Sequence[bytes], ordered: bool =
     Attribute every byte some clients were served to exactly one block of
     one key's seeded stream.
 
-    Each client's bytes are read as whole 32-byte blocks.  With C{ordered}
-    (first-in first-out pools), a client's bytes may stop being whole
-    blocks where one of its reads began or ended inside a block: the bytes
-    before its next whole block must then be the start of the block that
-    followed its previous one in the same stream and the end of the block
-    before its next one (either part may be empty; at the very start of a
-    client's bytes there is only the end of a block).  After a client's
-    last whole block, its bytes may end with the start of the next block
-    and the end of one of the L{TAIL_WINDOW} blocks after that: fewer than
-    64 bytes, traced as well as so few bytes can be.  Without C{ordered} (a server that hands out the
-    newest blocks first, such as C{ekeyd}), every client's bytes must be
+    Each client's bytes are read as whole 32-byte blocks wherever they
+    are.  Without C{ordered} (a server that hands out the newest blocks
+    first, such as C{ekeyd}), that is all: every client's bytes must be
     whole blocks from its first byte.
+
+    With C{ordered} (first-in first-out pools), a client's bytes may stop
+    being whole blocks where its reads began or ended inside blocks (an
+    EGD read is up to 255 bytes; the pool's turns may split blocks among
+    readers).  Each read took a run of the pool's bytes, so the bytes
+    between two whole blocks must be runs of bytes of the blocks between
+    those two, in order: first a run going on from the earlier block,
+    last a run running into the later one, and between them runs of
+    bytes no other client got.  Before a client's first whole block and
+    after its last, they must be runs of the L{TAIL_WINDOW} blocks before
+    or after it.  A client's bytes must hold a whole block.
+
+    Whole blocks are attributed first, then the runs next to them, then
+    the others, each to bytes nobody else got: a run of a few bytes could
+    match in several places, and it is attributed to the one consistent
+    with the rest.  So part-blocks are traced as well as so few bytes can
+    be; whole blocks are traced exactly.
 
     @param served: what each client received, in the order received.
     @param seeds: the seeds of every key whose bytes may have been served.
@@ -175,14 +184,27 @@ def traceServed(served: Sequence[bytes], seeds: Sequence[bytes], ordered: bool =
         twice (to one client or to two).
     """
     streams = SeededStreams(seeds, limit)
-    traced = [_traceOne(streams, n, data, ordered) for n, data in enumerate(served)]
-    claimed: Dict[Tuple[bytes, int], List[Piece]] = {}
-    for pieces in traced:
-        for piece in pieces:
-            for other in claimed.setdefault((piece.seed, piece.index), []):
-                if piece.start < other.end and other.start < piece.end:
-                    raise FailTest(f"served twice: {other.describe()} and {piece.describe()}")
-            claimed[(piece.seed, piece.index)].append(piece)
+    claims = _Claims()
+    layouts = [_layOut(streams, n, data, ordered) for n, data in enumerate(served)]
+    for layout in layouts:
+        for item in layout:
+            if isinstance(item, Piece):
+                claims.claim(item)
+    gaps = [item for layout in layouts for item in layout if isinstance(item, _Gap)]
+    for gap in gaps:
+        gap.traceEnds(claims)
+    for gap in gaps:
+        gap.traceSplits(claims)
+    for gap in gaps:
+        gap.traceMiddle(claims)
+    traced = []
+    for n, layout in enumerate(layouts):
+        pieces: List[Piece] = []
+        for item in layout:
+            pieces.extend([item] if isinstance(item, Piece) else item.pieces())
+        if ordered:
+            _checkOrder(n, pieces)
+        traced.append(pieces)
     return traced
 
 
@@ -198,97 +220,287 @@ def indicesOf(pieces: Sequence[Piece]) -> List[int]:
     return indices
 
 
-def _traceOne(streams: SeededStreams, number: int, data: bytes, ordered: bool) -> List[Piece]:
+class _Claims:
     """
-    L{traceServed} for one client's bytes (without the check across
-    clients).
+    Which bytes of which blocks have been attributed to some client.
     """
-    pieces: List[Piece] = []
-    # The last block of each seed this client got, for the order check and
-    # to know which block a read that ended inside one ended in.
+
+    def __init__(self):
+        self._blocks: Dict[Tuple[bytes, int], List[Piece]] = {}
+        self._masks: Dict[Tuple[bytes, int], int] = {}
+
+    def claim(self, piece: Piece) -> None:
+        """
+        Attribute C{piece}'s bytes to its client.
+
+        @raise FailTest: if another piece holds any of them.
+        """
+        key = (piece.seed, piece.index)
+        mask = ((1 << piece.end) - 1) ^ ((1 << piece.start) - 1)
+        if self._masks.get(key, 0) & mask:
+            other = next(o for o in self._blocks[key]
+                         if piece.start < o.end and o.start < piece.end)
+            raise FailTest(f"served twice: {other.describe()} and {piece.describe()}")
+        self._masks[key] = self._masks.get(key, 0) | mask
+        self._blocks.setdefault(key, []).append(piece)
+
+    def free(self, seed: bytes, position: int) -> bool:
+        """
+        @return: whether byte C{position} of C{seed}'s stream is unclaimed.
+        """
+        index, bit = divmod(position, BLOCK_SIZE)
+        return not (self._masks.get((seed, index), 0) >> bit) & 1
+
+
+class _Gap:
+    """
+    Bytes of one client between its whole blocks (or before its first, or
+    after its last), to be traced as runs of the blocks between.
+
+    @ivar runs: C{(seed, stream position, length, offset in the gap)} of
+        each run traced so far.
+    """
+
+    def __init__(self, stream: int, offset: int, data: bytes, last: Dict[bytes, int],
+                 previous: Optional[Tuple[bytes, int]],
+                 following: Optional[Tuple[bytes, int]]):
+        """
+        @param stream: the client's number.
+        @param offset: where the bytes begin in the client's bytes.
+        @param data: the bytes.
+        @param last: the client's last whole block of each seed before them.
+        @param previous: the C{(seed, index)} of the whole block just before
+            them, or C{None}.
+        @param following: the C{(seed, index)} of the whole block just after
+            them, or C{None}.
+        """
+        self.stream = stream
+        self.offset = offset
+        self.data = data
+        self.previous = previous
+        self.following = following
+        self.runs: List[Tuple[bytes, int, int, int]] = []
+        # The stream positions each seed's runs may take: after the client's
+        # last block of the seed and before its next whole block (if of
+        # that seed), or at most TAIL_WINDOW blocks either way.
+        self.windows: Dict[bytes, Tuple[int, int]] = {}
+        for seed in set(last) | ({following[0]} if following else set()):
+            first = last[seed] + 1 if seed in last else None
+            stop = following[1] if following and following[0] == seed else None
+            if first is None:
+                first = max(0, stop - TAIL_WINDOW)
+            if stop is None:
+                stop = first + TAIL_WINDOW
+            if stop > first:
+                self.windows[seed] = (first * BLOCK_SIZE, stop * BLOCK_SIZE)
+        # What is left to trace: data[self._start:self._end].
+        self._start = 0
+        self._end = len(data)
+
+    def _byte(self, seed: bytes, position: int) -> int:
+        return seededBlock(seed, position // BLOCK_SIZE)[position % BLOCK_SIZE]
+
+    def _take(self, claims: _Claims, seed: bytes, position: int, length: int,
+              offset: int) -> None:
+        self.runs.append((seed, position, length, offset))
+        for piece in self._split(seed, position, length, offset):
+            claims.claim(piece)
+
+    def _split(self, seed: bytes, position: int, length: int, offset: int) -> List[Piece]:
+        pieces = []
+        for runStart in range(position, position + length):
+            if runStart == position or runStart % BLOCK_SIZE == 0:
+                index, start = divmod(runStart, BLOCK_SIZE)
+                end = min(BLOCK_SIZE, start + position + length - runStart)
+                pieces.append(Piece(seed, index, start, end, self.stream,
+                                    self.offset + offset + runStart - position))
+        return pieces
+
+    def traceEnds(self, claims: _Claims) -> None:
+        """
+        Trace the run going on from the previous whole block and the one
+        running into the following: the likeliest runs, traced first (the
+        longer first, where both would take the same bytes).
+        """
+        ends = []
+        if self.previous is not None and self.previous[0] in self.windows:
+            seed = self.previous[0]
+            low, high = self.windows[seed]
+            length = 0
+            while (length < len(self.data) and low + length < high
+                   and claims.free(seed, low + length)
+                   and self.data[length] == self._byte(seed, low + length)):
+                length += 1
+            ends.append((length, "head", seed))
+        if self.following is not None and self.following[0] in self.windows:
+            seed = self.following[0]
+            low, high = self.windows[seed]
+            length = 0
+            while (length < len(self.data) and high - length - 1 >= low
+                   and claims.free(seed, high - length - 1)
+                   and self.data[-length - 1] == self._byte(seed, high - length - 1)):
+                length += 1
+            ends.append((length, "tail", seed))
+        lengths = {end: (length, seed) for length, end, seed in ends}
+        head, headSeed = lengths.get("head", (0, None))
+        tail, tailSeed = lengths.get("tail", (0, None))
+        size = len(self.data)
+        # Where both could take some bytes, one of them went on by chance:
+        # take only what is certain now, and split the rest once every
+        # client's certain bytes are known (L{traceSplits}).
+        self._undecided = None
+        if head + tail > size:
+            self._undecided = (headSeed, tailSeed, size - tail, head)
+            head, tail = size - tail, size - head
+        self._takeHead(claims, headSeed, head)
+        self._takeTail(claims, tailSeed, tail)
+
+    def _takeHead(self, claims: _Claims, seed: Optional[bytes], length: int) -> None:
+        if length:
+            low, high = self.windows[seed]
+            self._take(claims, seed, low, length, self._start)
+            self._start += length
+            self.windows[seed] = (low + length, high)
+
+    def _takeTail(self, claims: _Claims, seed: Optional[bytes], length: int) -> None:
+        if length:
+            low, high = self.windows[seed]
+            self._end -= length
+            self._take(claims, seed, high - length, length, self._end)
+            self.windows[seed] = (low, high - length)
+
+    def traceSplits(self, claims: _Claims) -> None:
+        """
+        Share the bytes both the run from the previous whole block and the
+        run into the following one could take: at the first place where
+        each takes only bytes nobody else got.
+        """
+        if self._undecided is None:
+            return
+        headSeed, tailSeed, first, last = self._undecided
+        for split in range(last, first - 1, -1):
+            # The head would take data[first:split], the tail data[split:last].
+            headLow = self.windows[headSeed][0]
+            tailHigh = self.windows[tailSeed][1]
+            if (all(claims.free(headSeed, headLow + i) for i in range(split - first))
+                    and all(claims.free(tailSeed, tailHigh - (last - split) + i)
+                            for i in range(last - split))):
+                self._takeHead(claims, headSeed, split - first)
+                self._takeTail(claims, tailSeed, last - split)
+                return
+
+    def traceMiddle(self, claims: _Claims) -> None:
+        """
+        Trace the rest, in order, as the longest runs of unclaimed bytes of
+        the windows.
+
+        @raise FailTest: if some bytes fit nowhere.
+        """
+        # Each window's bytes, from the start of its first block.
+        windows = {}
+        for seed, (low, high) in self.windows.items():
+            base = low - low % BLOCK_SIZE
+            text = seededPlaintext(seed, (high - base + BLOCK_SIZE - 1) // BLOCK_SIZE,
+                                   base // BLOCK_SIZE)
+            windows[seed] = [base, low, high, text]
+        offset = self._start
+        while offset < self._end:
+            best = None
+            for seed, (base, low, high, text) in windows.items():
+                at = low - base
+                while True:
+                    at = text.find(self.data[offset:offset + 1], at, high - base)
+                    if at < 0:
+                        break
+                    length = 0
+                    while (offset + length < self._end and base + at + length < high
+                           and text[at + length] == self.data[offset + length]
+                           and claims.free(seed, base + at + length)):
+                        length += 1
+                    if length and (best is None or length > best[2]):
+                        best = (seed, base + at, length)
+                    at += 1
+            if best is None:
+                raise FailTest(
+                    f"client {self.stream}: {self._end - offset} bytes at offset "
+                    f"{self.offset + offset} ({self.data[offset:offset + BLOCK_SIZE].hex()}...) "
+                    "are not whole seeded blocks, nor parts of the blocks between the client's "
+                    "neighbouring whole blocks that nobody else got, in order")
+            seed, position, length = best
+            self._take(claims, seed, position, length, offset)
+            # The next run of this seed comes later in its stream.
+            windows[seed][1] = position + length
+            offset += length
+
+    def pieces(self) -> List[Piece]:
+        """
+        @return: the pieces traced, in the client's order.
+        """
+        runs: List[list] = []
+        for seed, position, length, offset in sorted(self.runs, key=lambda run: run[3]):
+            if runs and runs[-1][0] == seed and sum(runs[-1][1:3]) == position \
+                    and runs[-1][3] + runs[-1][2] == offset:
+                runs[-1][2] += length  # one run, traced in two steps
+            else:
+                runs.append([seed, position, length, offset])
+        pieces = []
+        for seed, position, length, offset in runs:
+            pieces.extend(self._split(seed, position, length, offset))
+        return pieces
+
+
+def _layOut(streams: SeededStreams, number: int, data: bytes, ordered: bool) -> list:
+    """
+    Find one client's whole blocks, and the gaps between them.
+
+    @return: L{Piece}s (whole blocks) and L{_Gap}s, in order.
+    @raise FailTest: for bytes that are not whole blocks, without
+        C{ordered}; for bytes holding no whole block, with it.
+    """
+    items: list = []
     last: Dict[bytes, int] = {}
     position = 0
-
-    def fail(reason: str) -> None:
-        raise FailTest(f"client {number}, {len(data)} bytes: {reason}")
-
-    def add(seed: bytes, index: int, start: int, end: int, offset: int) -> None:
-        if ordered and seed in last:
-            previous = last[seed]
-            # Two parts of one block are in order if the second is later in it.
-            sameBlockLater = (index == previous and pieces and pieces[-1].index == index
-                              and pieces[-1].seed == seed and start >= pieces[-1].end)
-            if index < previous or (index == previous and not sameBlockLater):
-                fail(f"block {index} of seed {seed!r} at offset {offset} comes after block "
-                     f"{previous}: out of order, or served twice")
-        last[seed] = index
-        pieces.append(Piece(seed, index, start, end, number, offset))
-
     while position < len(data):
         found = streams.find(data[position:position + BLOCK_SIZE])
         if found is not None:
-            add(*found, 0, BLOCK_SIZE, position)
+            items.append(Piece(*found, 0, BLOCK_SIZE, number, position))
+            last[found[0]] = found[1]
             position += BLOCK_SIZE
             continue
         if not ordered:
-            fail(f"the {min(BLOCK_SIZE, len(data) - position)} bytes at offset {position} "
-                 f"({data[position:position + BLOCK_SIZE].hex()}) are not a seeded block "
-                 f"(searched {streams.limit} blocks of each of {len(streams.seeds)} streams)")
-        # A read began or ended inside a block: find where whole blocks
-        # resume, at most two part-blocks later.
+            raise FailTest(
+                f"client {number}: the {min(BLOCK_SIZE, len(data) - position)} bytes at offset "
+                f"{position} ({data[position:position + BLOCK_SIZE].hex()}) are not a seeded "
+                f"block (searched {streams.limit} blocks of each of {len(streams.seeds)} "
+                "streams)")
         resume, following = len(data), None
-        for candidate in range(position + 1,
-                               min(position + 2 * BLOCK_SIZE, len(data) - BLOCK_SIZE + 1)):
+        for candidate in range(position + 1, len(data) - BLOCK_SIZE + 1):
             following = streams.find(data[candidate:candidate + BLOCK_SIZE])
             if following is not None:
                 resume = candidate
                 break
-        gap = data[position:resume]
-        # Candidates for the block a read ended in: the block after the last
-        # one of each seed.  For the block a read began in: the one before
-        # the next whole block.
-        heads = [(seed, index + 1) for seed, index in last.items()]
-        if pieces:
-            heads.insert(0, (pieces[-1].seed, last[pieces[-1].seed] + 1))
-        if following is not None:
-            tails = [(following[0], following[1] - 1)] if following[1] else []
-        else:
-            # The client's last read began inside a block, after the blocks
-            # it got before: one of the next few of some stream.
-            tails = [(seed, index + ahead) for seed, index in last.items()
-                     for ahead in range(1, TAIL_WINDOW + 1)]
-        explained = None
-        for headLength in range(min(len(gap), BLOCK_SIZE - 1), -1, -1):
-            tailLength = len(gap) - headLength
-            if tailLength >= BLOCK_SIZE:
-                continue
-            tail = None
-            if tailLength:
-                tail = next((t for t in tails
-                             if seededBlock(*t)[BLOCK_SIZE - tailLength:] == gap[headLength:]),
-                            None)
-                if tail is None:
-                    continue
-            head = None
-            if headLength:
-                head = next((h for h in heads
-                             if seededBlock(*h)[:headLength] == gap[:headLength]), None)
-                if head is None:
-                    continue
-            explained = (head, headLength, tailLength)
-            break
-        if explained is None:
-            fail(f"the {len(gap)} bytes at offset {position} ({gap[:BLOCK_SIZE].hex()}...) are "
-                 "not a seeded block, nor the start of the block after this client's last "
-                 "and the end of the block before its next (searched "
-                 f"{streams.limit} blocks of each of {len(streams.seeds)} streams)")
-        head, headLength, tailLength = explained
-        if headLength:
-            add(*head, 0, headLength, position)
-        if tailLength:
-            add(*tail, BLOCK_SIZE - tailLength, BLOCK_SIZE, position + headLength)
+        previous = (items[-1].seed, items[-1].index) if items else None
+        items.append(_Gap(number, position, data[position:resume], dict(last), previous,
+                          following))
         position = resume
-    return pieces
+    if data and not any(isinstance(item, Piece) for item in items):
+        raise FailTest(f"client {number}: no whole seeded block in its {len(data)} bytes "
+                       f"({data[:BLOCK_SIZE].hex()}...), so they cannot be traced")
+    return items
+
+
+def _checkOrder(number: int, pieces: Sequence[Piece]) -> None:
+    """
+    @raise FailTest: if one client's pieces of some seed's blocks are not
+        in increasing order.
+    """
+    last: Dict[bytes, Piece] = {}
+    for piece in pieces:
+        before = last.get(piece.seed)
+        if before is not None and (piece.index, piece.start) < (before.index, before.end):
+            raise FailTest(f"client {number}: {piece.describe()} comes after "
+                           f"{before.describe()}: out of order, or served twice")
+        last[piece.seed] = piece
 
 
 def positionOf(pieces: Sequence[Piece], offset: int) -> int:
