@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Dict, List
+from typing import List
 
 from twisted.trial.unittest import TestCase
 
@@ -28,28 +28,25 @@ from tests.interop.processes import (
     daemonLog,
     freeTCPPort,
     makeTempDir,
+    RunningProcess,
     pythonEnvironment,
     socketPath,
     startDaemonEGD,
     startSimulator,
     waitFor,
+    waitForListeningTCP,
     writeKeyring,
 )
-from tests.interop.seeded import seededPlaintext
+from tests.interop.requirements import findPeer
+from tests.interop.seeded import SeededStreams, positionOf, seededPlaintext, traceServed
 
 SEED = b"ekey-interop-egd"
 
+#: How far into the seeded stream blocks are looked for.
+STREAM_LIMIT = 200000
+
 #: Seconds any one reply may take.
 REPLY_TIMEOUT = 15.0
-
-
-def blockIndex(seed: bytes, count: int) -> Dict[bytes, int]:
-    """
-    @return: the first C{count} seeded blocks, mapped to their index.
-    """
-    from ekey.services.simulator import seededBlock
-
-    return {seededBlock(seed, i): i for i in range(count)}
 
 
 class _EGDDaemonMixin:
@@ -187,18 +184,9 @@ class NoByteTwiceTests(_EGDDaemonMixin, TestCase):
         runWorkers(self, workers, stop, timeout=70)
         elapsed = time.monotonic() - start
 
-        index = blockIndex(SEED, 200000)
-        seen: Dict[int, int] = {}
-        for n, worker in enumerate(workers):
-            indices = []
-            for block in worker.received:
-                self.assertIn(block, index, f"client {n} got a block that is not a seeded one")
-                i = index[block]
-                self.assertNotIn(i, seen, f"block {i} went to clients {seen.get(i)} and {n}")
-                seen[i] = n
-                indices.append(i)
-            self.assertEqual(indices, sorted(indices), f"client {n} got blocks out of order")
-        highest = max(seen)
+        streams = SeededStreams([SEED], limit=STREAM_LIMIT)
+        highest = max((streams.find(block) or (SEED, -1))[1]
+                      for worker in workers for block in worker.received)
 
         # Drain: whatever of 0..highest is still in the pool comes first.
         drainer = self.connect()
@@ -206,15 +194,16 @@ class NoByteTwiceTests(_EGDDaemonMixin, TestCase):
         deadline = time.monotonic() + REPLY_TIMEOUT
         while time.monotonic() < deadline:
             block = drainer.get(BLOCK_SIZE)
-            self.assertIn(block, index, "a drained block is not a seeded one")
-            i = index[block]
-            self.assertNotIn(i, seen, f"drained block {i} had gone to client {seen.get(i)}")
-            drained.append(i)
-            if i > highest:
+            drained.append(block)
+            found = streams.find(block)
+            if found is None or found[1] > highest:
                 break
-        for i in drained:
-            seen[i] = -1
-        missing = sorted(set(range(highest + 1)) - set(seen))
+        # Every client's blocks (the drainer's too) are the key's, in its
+        # order, and none went to two clients.
+        served = [b"".join(worker.received) for worker in workers] + [b"".join(drained)]
+        traced = traceServed(served, [SEED], limit=STREAM_LIMIT)
+        seen = {piece.index for pieces in traced for piece in pieces}
+        missing = sorted(set(range(highest + 1)) - seen)
         self.assertEqual(missing, [], f"blocks never served: {missing[:20]}")
         counts = sorted(len(worker.received) for worker in workers)
         print(f"\n{len(workers)} clients got {sum(counts)} blocks (0..{highest}) in "
@@ -309,13 +298,6 @@ class BadInputTests(_EGDDaemonMixin, TestCase):
         stream, so whatever size of chunks the daemon adds to its pool.)
         """
         self.startDaemon(rate=50, extra=["--pool-size", "4096"], readyBits=8 * 32)
-        stream = seededPlaintext(SEED, 4000)
-
-        def offsetOf(data: bytes) -> int:
-            offset = stream.find(data)
-            self.assertNotEqual(offset, -1, "bytes that are not the seeded stream")
-            return offset
-
         # Empty the pool, so that the next request has to wait for the key.
         drainer = self.connect()
         drained = b""
@@ -326,7 +308,6 @@ class BadInputTests(_EGDDaemonMixin, TestCase):
                 break
             drained += data
         drainer.close()
-        drainedEnd = offsetOf(drained[-64:]) + len(drained[-64:])
 
         vanishing = self.connect()
         vanishing.send(b"\x02\xff")
@@ -341,13 +322,19 @@ class BadInputTests(_EGDDaemonMixin, TestCase):
         except socket.timeout:
             pass
         vanishing.abort()
-        if received:
-            self.assertEqual(offsetOf(received), drainedEnd)
-        vanishedEnd = drainedEnd + len(received)
 
         reader = self.connect()
         data = reader.get(1024)
-        readerStart = offsetOf(data)
+        # The drainer's and the vanished client's bytes one after the other
+        # (nobody else read between), then the reader's: the key's, in
+        # order, none twice.
+        before, after = traceServed([drained + received, data], [SEED])
+        drainedEnd = positionOf(before, len(drained) - 1) + 1
+        if received:
+            self.assertEqual(positionOf(before, len(drained)), drainedEnd,
+                             "the vanished client's bytes do not follow the drained ones")
+        vanishedEnd = drainedEnd + len(received)
+        readerStart = positionOf(after, 0)
         inFlight = readerStart - vanishedEnd
         print(f"\ndrained {len(drained)} bytes; the vanished client got {len(received)} "
               f"bytes; the next reader starts {inFlight} bytes after them")
@@ -502,3 +489,64 @@ class EkeyEGDCommandTests(_EGDDaemonMixin, TestCase):
         port = freeTCPPort()
         result = self.ekeyEGD("--connect", f"tcp:127.0.0.1:{port}", "--timeout", "5", "level")
         self.assertOneLineError(result)
+
+
+class SocatTests(_EGDDaemonMixin, TestCase):
+    """
+    C{socat}, the generic relay scripts and C{EGD}-speaking tools are
+    built on, against the daemon: as an EGD client piping requests, and as
+    a plain TCP to Unix socket forwarder in front of it.
+    """
+
+    def socat(self, *addresses: str, data: bytes = b"", timeout: float = REPLY_TIMEOUT):
+        """
+        Run C{socat -t 10 ADDRESSES} with C{data} on its standard input.
+
+        @return: the finished process.
+        """
+        socat = findPeer("socat")
+        try:
+            return subprocess.run([socat, "-t", "10"] + list(addresses), input=data,
+                                  capture_output=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.fail(f"socat {' '.join(addresses)} still running after {timeout:g} s")
+
+    def test_socatClient(self):
+        """
+        C{printf '\\x02\\x20\\x02\\x20' | socat - TCP:HOST:PORT}: two blocking
+        reads of 32 bytes, sent by a client that shuts its side down at once,
+        are answered in full before the daemon closes: 64 bytes, the key's
+        first two blocks.
+        """
+        daemon = self.startDaemon(rate=0, readyBits=8 * 64)
+        result = self.socat("-", f"TCP:{daemon.egdHost}:{daemon.egdPort}",
+                            data=b"\x02\x20\x02\x20")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(len(result.stdout), 64, result.stderr)
+        [pieces] = traceServed([result.stdout], [SEED])
+        self.assertEqual([(piece.index, piece.whole) for piece in pieces],
+                         [(0, True), (1, True)])
+        self.assertDaemonHealthy()
+
+    def test_socatForwarder(self):
+        """
+        Our daemon on a Unix socket, and C{socat TCP-LISTEN:PORT,fork
+        UNIX-CONNECT:SOCKET} in front of it: an EGD client over TCP is
+        served through the forwarder (level, pid, blocking and
+        non-blocking reads), the bytes the key's blocks, in order, once.
+        """
+        egd = socketPath(self, self.directory, "egd.sock")
+        self.startDaemon(rate=0, extra=["--port", f"unix:{egd}"], readyBits=8 * 1024)
+        port = freeTCPPort()
+        forwarder = RunningProcess(
+            self, "socat", [findPeer("socat"), f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork",
+                            f"UNIX-CONNECT:{egd}"], self.directory)
+        waitForListeningTCP(port, process=forwarder)
+        with EGDSocket("127.0.0.1", port, timeout=REPLY_TIMEOUT) as client:
+            self.assertGreaterEqual(client.level(), 8 * 1024)
+            self.assertEqual(client.pid(), str(self.daemon.pid))
+            data = client.get(1000) + client.read(64)
+        self.assertEqual(len(data), 1064)
+        [pieces] = traceServed([data], [SEED])
+        self.assertEqual(positionOf(pieces, 0), 0, "the first byte is not the key's first")
+        self.assertIsNone(forwarder.poll(), forwarder.describe())
