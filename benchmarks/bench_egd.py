@@ -375,7 +375,8 @@ class Server:
         self.port = None
 
     def start(self, timeout: float = 30.0) -> None:
-        from tests import interop
+        from tests.interop import processes as interop
+        from tests.interop.requirements import findPeer
 
         keyring = interop.writeKeyring(os.path.join(self.directory, "keyring"))
         keySocket = os.path.join(self.directory, "key.sock")
@@ -388,7 +389,7 @@ class Server:
                 self.cleanups, self.directory, [keySocket], keyring, None,
                 extra=["--port", f"tcp:{self.port}:interface=127.0.0.1"])
         else:
-            ekeyd = interop.findPeer("ekeyd")
+            ekeyd = findPeer("ekeyd")
             control = os.path.join(self.directory, "ctl.sock")
             config = os.path.join(self.directory, "ekeyd.conf")
             with open(config, "w") as f:

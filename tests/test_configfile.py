@@ -248,7 +248,7 @@ class InstalledEkeydConfTests(TestCase):
         """
         The installed stock file, comments and all, reads as L{STOCK} does.
         """
-        from tests.interop import findPeer
+        from tests.interop.requirements import findPeer
 
         findPeer("ekeyd")
         self.assertEqual(readEkeydConf("/etc/entropykey/ekeyd.conf"), options(STOCK))

@@ -36,7 +36,7 @@ from ekey.core.pool import EntropyPool
 from ekey.services.control import ControlFactory, checkControlEndpoint, controlService
 from ekey.services.daemon import Daemon
 from ekey.services.keys import KeyManager
-from tests.interop import interopRequired
+from tests.interop.requirements import interopRequired
 from tests.vectors import VECTORS
 
 #: The user the attacks run as.

@@ -17,30 +17,28 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from typing import List, Optional, Sequence, Tuple
 
-from twisted.trial.unittest import FailTest, SkipTest, TestCase
+from twisted.trial.unittest import FailTest, TestCase
 
-from tests.interop import (
+from tests.interop.egdsockets import EGDUnixSocket
+from tests.interop.kernel import asNobody, withoutCapability
+from tests.interop.processes import (
     MAX_SOCKET_PATH,
     SERIAL,
-    EGDUnixSocket,
-    asNobody,
     assertNoTraceback,
     daemonLog,
     makeTempDir,
     pythonEnvironment,
-    requireSimulator,
     socketPath,
     startDaemon,
     startRelay,
     startSimulator,
     waitFor,
     waitForListening,
-    withoutCapability,
     writeKeyring,
 )
+from tests.interop.requirements import skipUnlessRequired
 
 #: The second key's serial: 12 bytes, as 16 base64 characters.
 SERIAL2 = base64.b64encode(b"ekey-ctl-2nd").decode("ascii")
@@ -60,7 +58,6 @@ class _ControlMixin:
     """
 
     def setUp(self):
-        requireSimulator()
         self.directory = makeTempDir(self)
         self.keysDirectory = self.shortDirectory("keys")
         self.key1 = os.path.join(self.keysDirectory, "k1.sock")
@@ -330,14 +327,15 @@ class DaemonVerbTests(_ControlMixin, TestCase):
 
     def test_shutdown(self):
         """
-        C{shutdown} is answered, and the daemon then exits with status 0
-        within a few seconds; C{ekeyctl} then says it is not running.
+        C{shutdown} is answered, and the daemon then exits with status 0;
+        C{ekeyctl} then says it is not running.
         """
         daemon = self.startOurDaemon()
-        started = time.monotonic()
         self.assertEqual(self.ekeyctlOK("shutdown"), "The daemon is shutting down\n")
-        self.assertEqual(daemon.wait(10), 0)
-        self.assertLess(time.monotonic() - started, 8)
+        # The exit is the event waited for; a daemon that ignored the
+        # request would run on past the wait, which is many times the second
+        # or so a loaded machine takes to stop it.
+        self.assertEqual(daemon.wait(30), 0)
         self.assertIn("shutdown requested", daemonLog(daemon))
         self.assertOneLineError(self.ekeyctl("list"), 1, "is the daemon running?")
 
@@ -379,7 +377,7 @@ class ErrorTests(_ControlMixin, TestCase):
             socket (mode 000) does not admit: C{nobody} if it can run this
             Python and import ekey and Twisted, else root without
             C{CAP_DAC_OVERRIDE}.
-        @raise SkipTest: if neither can.
+        @raise SkipTest: if neither can (L{skipUnlessRequired}).
         """
         probe = [sys.executable, "-c", "import twisted.protocols.amp, ekey.cli.ekeyctl"]
         reasons = []
@@ -396,8 +394,8 @@ class ErrorTests(_ControlMixin, TestCase):
                 return name, wrap
             lines = done.stderr.decode("utf-8", "replace").strip().splitlines()
             reasons.append(f"{name}: {lines[-1] if lines else done.returncode}")
-        raise SkipTest("no user that the socket's mode refuses can run ekeyctl here: "
-                       + "; ".join(reasons))
+        skipUnlessRequired("no user that the socket's mode refuses can run ekeyctl here: "
+                           + "; ".join(reasons))
 
     def test_notPermitted(self):
         """
@@ -405,7 +403,7 @@ class ErrorTests(_ControlMixin, TestCase):
         saying permission is denied, and status 1.
         """
         if os.getuid() != 0:
-            raise SkipTest("needs root, to run ekeyctl as another user")
+            skipUnlessRequired("needs root, to run ekeyctl as another user")
         self.startOurDaemon()
         who, wrap = self.notPermittedCommand()
         os.chmod(self.daemon.controlPath, 0)

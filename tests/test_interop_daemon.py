@@ -17,21 +17,17 @@ import time
 
 from twisted.trial.unittest import TestCase
 
-from tests.interop import (
-    BLOCK,
+from ekey.core.units import BLOCK_SIZE
+from tests.interop.processes import (
     LONG_TERM_KEY_HEX,
     MASTER_KEY_HEX,
     SERIAL,
     RunningProcess,
     assertNoTraceback,
     daemonLog,
-    describeMismatch,
     fileSize,
     makeTempDir,
     pythonEnvironment,
-    requireSimulator,
-    seededIndices,
-    seededPlaintext,
     socketPath,
     startDaemon,
     startSimulator,
@@ -39,6 +35,7 @@ from tests.interop import (
     waitForSize,
     writeKeyring,
 )
+from tests.interop.seeded import describeMismatch, indicesOf, seededPlaintext, traceServed
 
 SEED = b"ekey-interop-daemon"
 
@@ -55,7 +52,6 @@ class _DaemonTestMixin:
     """
 
     def setUp(self):
-        requireSimulator()
         self.directory = makeTempDir(self)
         self.keyring = writeKeyring(os.path.join(self.directory, "keyring"))
         self.keySocket = socketPath(self, self.directory)
@@ -86,7 +82,7 @@ class DaemonEndToEndTests(_DaemonTestMixin, TestCase):
         """
         sim = startSimulator(self, self.directory, pty=True, seed=SEED, rate=0)
         daemon = startDaemon(self, self.directory, [sim.ptyPath], self.keyring, self.output)
-        data = waitForSize(self.output, BLOCKS * BLOCK, timeout=40, process=daemon)
+        data = waitForSize(self.output, BLOCKS * BLOCK_SIZE, timeout=40, process=daemon)
         self.assertSeededOutput(data, BLOCKS)
         self.assertCleanStop(daemon)
 
@@ -99,7 +95,7 @@ class DaemonEndToEndTests(_DaemonTestMixin, TestCase):
         startSimulator(self, self.directory, listen=self.keySocket, seed=SEED, rate=0,
                        extra=["--info-every", "100"])
         daemon = startDaemon(self, self.directory, [self.keySocket], self.keyring, self.output)
-        data = waitForSize(self.output, BLOCKS * BLOCK, timeout=40, process=daemon)
+        data = waitForSize(self.output, BLOCKS * BLOCK_SIZE, timeout=40, process=daemon)
         self.assertSeededOutput(data, BLOCKS)
         self.assertCleanStop(daemon)
 
@@ -113,7 +109,7 @@ class DaemonEndToEndTests(_DaemonTestMixin, TestCase):
                        faults=["garbage:1", "garbage:50", "garbage:51", "garbage:300"])
         daemon = startDaemon(self, self.directory, [self.keySocket], self.keyring, self.output)
         blocks = 600
-        data = waitForSize(self.output, blocks * BLOCK, timeout=30, process=daemon)
+        data = waitForSize(self.output, blocks * BLOCK_SIZE, timeout=30, process=daemon)
         self.assertSeededOutput(data, blocks)
         self.assertCleanStop(daemon)
 
@@ -247,9 +243,10 @@ class RekeyInteropTests(_DaemonTestMixin, TestCase):
 
         daemon = startDaemon(self, self.directory, [self.keySocket], keyring, self.output)
         blocks = 200
-        data = waitForSize(self.output, blocks * BLOCK, timeout=30, process=daemon)
-        data = data[: len(data) - len(data) % BLOCK]
-        indices = seededIndices(SEED, data, limit=1 << 16)
+        data = waitForSize(self.output, blocks * BLOCK_SIZE, timeout=30, process=daemon)
+        data = data[: len(data) - len(data) % BLOCK_SIZE]
+        [pieces] = traceServed([data], [SEED])
+        indices = indicesOf(pieces)
         self.assertEqual(indices, list(range(indices[0], indices[0] + len(indices))),
                          "the daemon's output skips seeded blocks")
         self.assertCleanStop(daemon)

@@ -16,42 +16,37 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Dict, List
+from typing import List
 
 from twisted.trial.unittest import TestCase
 
-from tests.interop import (
-    BLOCK,
-    EGDSocket,
+from ekey.core.units import BLOCK_SIZE
+from tests.interop.egdsockets import EGDSocket, waitForLevel
+from tests.interop.load import memoryKilobytes
+from tests.interop.processes import (
     assertNoTraceback,
     daemonLog,
     freeTCPPort,
     makeTempDir,
+    RunningProcess,
     pythonEnvironment,
-    requireSimulator,
-    residentKilobytes,
-    seededPlaintext,
     socketPath,
     startDaemonEGD,
     startSimulator,
     waitFor,
-    waitForLevel,
+    waitForListeningTCP,
     writeKeyring,
 )
+from tests.interop.requirements import findPeer
+from tests.interop.seeded import SeededStreams, positionOf, seededPlaintext, traceServed
 
 SEED = b"ekey-interop-egd"
 
+#: How far into the seeded stream blocks are looked for.
+STREAM_LIMIT = 200000
+
 #: Seconds any one reply may take.
 REPLY_TIMEOUT = 15.0
-
-
-def blockIndex(seed: bytes, count: int) -> Dict[bytes, int]:
-    """
-    @return: the first C{count} seeded blocks, mapped to their index.
-    """
-    from ekey.services.simulator import seededBlock
-
-    return {seededBlock(seed, i): i for i in range(count)}
 
 
 class _EGDDaemonMixin:
@@ -60,7 +55,6 @@ class _EGDDaemonMixin:
     """
 
     def setUp(self):
-        requireSimulator()
         self.directory = makeTempDir(self)
         self.keyring = writeKeyring(os.path.join(self.directory, "keyring"))
         self.keySocket = socketPath(self, self.directory)
@@ -177,7 +171,7 @@ class NoByteTwiceTests(_EGDDaemonMixin, TestCase):
         total = [0]
 
         def readBlock(worker):
-            block = worker.client.get(BLOCK)
+            block = worker.client.get(BLOCK_SIZE)
             worker.received.append(block)
             with lock:
                 total[0] += 1
@@ -190,34 +184,26 @@ class NoByteTwiceTests(_EGDDaemonMixin, TestCase):
         runWorkers(self, workers, stop, timeout=70)
         elapsed = time.monotonic() - start
 
-        index = blockIndex(SEED, 200000)
-        seen: Dict[int, int] = {}
-        for n, worker in enumerate(workers):
-            indices = []
-            for block in worker.received:
-                self.assertIn(block, index, f"client {n} got a block that is not a seeded one")
-                i = index[block]
-                self.assertNotIn(i, seen, f"block {i} went to clients {seen.get(i)} and {n}")
-                seen[i] = n
-                indices.append(i)
-            self.assertEqual(indices, sorted(indices), f"client {n} got blocks out of order")
-        highest = max(seen)
+        streams = SeededStreams([SEED], limit=STREAM_LIMIT)
+        highest = max((streams.find(block) or (SEED, -1))[1]
+                      for worker in workers for block in worker.received)
 
         # Drain: whatever of 0..highest is still in the pool comes first.
         drainer = self.connect()
         drained = []
         deadline = time.monotonic() + REPLY_TIMEOUT
         while time.monotonic() < deadline:
-            block = drainer.get(BLOCK)
-            self.assertIn(block, index, "a drained block is not a seeded one")
-            i = index[block]
-            self.assertNotIn(i, seen, f"drained block {i} had gone to client {seen.get(i)}")
-            drained.append(i)
-            if i > highest:
+            block = drainer.get(BLOCK_SIZE)
+            drained.append(block)
+            found = streams.find(block)
+            if found is None or found[1] > highest:
                 break
-        for i in drained:
-            seen[i] = -1
-        missing = sorted(set(range(highest + 1)) - set(seen))
+        # Every client's blocks (the drainer's too) are the key's, in its
+        # order, and none went to two clients.
+        served = [b"".join(worker.received) for worker in workers] + [b"".join(drained)]
+        traced = traceServed(served, [SEED], limit=STREAM_LIMIT)
+        seen = {piece.index for pieces in traced for piece in pieces}
+        missing = sorted(set(range(highest + 1)) - seen)
         self.assertEqual(missing, [], f"blocks never served: {missing[:20]}")
         counts = sorted(len(worker.received) for worker in workers)
         print(f"\n{len(workers)} clients got {sum(counts)} blocks (0..{highest}) in "
@@ -238,8 +224,8 @@ class FairnessTests(_EGDDaemonMixin, TestCase):
         One client looping on 0x02 255 while another polls with 0x01 255
         every 5 ms, for 4 seconds, on a key slower than either (100 frames a
         second, so that frames rarely come in bursts bigger than the 255
-        bytes the pool holds back for each polling client): the polling
-        client receives more than 10% of all the bytes served.
+        bytes the pool holds back for each polling client): each client
+        receives more than a twelfth of all the bytes served.
         """
         daemon = self.startDaemon(rate=100)
         stop = threading.Event()
@@ -260,8 +246,11 @@ class FairnessTests(_EGDDaemonMixin, TestCase):
         print(f"\nblocking client {greedyBytes} bytes, polling client {pollingBytes} bytes "
               f"({100 * pollingBytes / max(total, 1):.0f}%)")
         self.assertGreater(total, 0)
-        self.assertGreater(pollingBytes, total // 10)
-        self.assertGreater(greedyBytes, total // 10)
+        # Shares, not rates: a loaded run (8 test runs on 2 cores) shows
+        # about half each; a starved client gets next to nothing.  The
+        # bound, a twelfth, is a fifth of what a loaded run shows and more.
+        self.assertGreater(pollingBytes, total // 12)
+        self.assertGreater(greedyBytes, total // 12)
         self.assertDaemonHealthy()
 
 
@@ -312,13 +301,6 @@ class BadInputTests(_EGDDaemonMixin, TestCase):
         stream, so whatever size of chunks the daemon adds to its pool.)
         """
         self.startDaemon(rate=50, extra=["--pool-size", "4096"], readyBits=8 * 32)
-        stream = seededPlaintext(SEED, 4000)
-
-        def offsetOf(data: bytes) -> int:
-            offset = stream.find(data)
-            self.assertNotEqual(offset, -1, "bytes that are not the seeded stream")
-            return offset
-
         # Empty the pool, so that the next request has to wait for the key.
         drainer = self.connect()
         drained = b""
@@ -329,7 +311,6 @@ class BadInputTests(_EGDDaemonMixin, TestCase):
                 break
             drained += data
         drainer.close()
-        drainedEnd = offsetOf(drained[-64:]) + len(drained[-64:])
 
         vanishing = self.connect()
         vanishing.send(b"\x02\xff")
@@ -344,13 +325,19 @@ class BadInputTests(_EGDDaemonMixin, TestCase):
         except socket.timeout:
             pass
         vanishing.abort()
-        if received:
-            self.assertEqual(offsetOf(received), drainedEnd)
-        vanishedEnd = drainedEnd + len(received)
 
         reader = self.connect()
         data = reader.get(1024)
-        readerStart = offsetOf(data)
+        # The drainer's and the vanished client's bytes one after the other
+        # (nobody else read between), then the reader's: the key's, in
+        # order, none twice.
+        before, after = traceServed([drained + received, data], [SEED])
+        drainedEnd = positionOf(before, len(drained) - 1) + 1
+        if received:
+            self.assertEqual(positionOf(before, len(drained)), drainedEnd,
+                             "the vanished client's bytes do not follow the drained ones")
+        vanishedEnd = drainedEnd + len(received)
+        readerStart = positionOf(after, 0)
         inFlight = readerStart - vanishedEnd
         print(f"\ndrained {len(drained)} bytes; the vanished client got {len(received)} "
               f"bytes; the next reader starts {inFlight} bytes after them")
@@ -366,7 +353,7 @@ class BadInputTests(_EGDDaemonMixin, TestCase):
         being served meanwhile.
         """
         daemon = self.startDaemon(rate=500, readyBits=8 * 8192)
-        before = residentKilobytes(daemon.pid)
+        before = memoryKilobytes(daemon.pid)["rss"]
         hog = EGDSocket(daemon.egdHost, daemon.egdPort, timeout=2)
         self.addCleanup(hog.close)
         hog.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -383,7 +370,7 @@ class BadInputTests(_EGDDaemonMixin, TestCase):
         start = time.monotonic()
         for _ in range(20):
             served += len(other.get(255))
-        after = residentKilobytes(daemon.pid)
+        after = memoryKilobytes(daemon.pid)["rss"]
         print(f"\nnon-reading client sent {sent}+ requests; another client got {served} "
               f"bytes in {time.monotonic() - start:.2f} s; daemon VmRSS {before} kB -> "
               f"{after} kB")
@@ -505,3 +492,71 @@ class EkeyEGDCommandTests(_EGDDaemonMixin, TestCase):
         port = freeTCPPort()
         result = self.ekeyEGD("--connect", f"tcp:127.0.0.1:{port}", "--timeout", "5", "level")
         self.assertOneLineError(result)
+
+
+class SocatTests(_EGDDaemonMixin, TestCase):
+    """
+    C{socat}, the generic relay scripts and C{EGD}-speaking tools are
+    built on, against the daemon: as an EGD client piping requests, and as
+    a plain TCP to Unix socket forwarder in front of it.
+    """
+
+    def socat(self, *addresses: str, data: bytes = b"", linger: float = 10.0,
+              timeout: float = REPLY_TIMEOUT):
+        """
+        Run C{socat -t LINGER ADDRESSES} with C{data} on its standard input.
+
+        @param linger: how long socat waits for replies after its input ends.
+        @return: the finished process.
+        """
+        socat = findPeer("socat")
+        try:
+            return subprocess.run([socat, "-t", f"{linger:g}"] + list(addresses), input=data,
+                                  capture_output=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.fail(f"socat {' '.join(addresses)} still running after {timeout:g} s")
+
+    def test_socatClient(self):
+        """
+        C{printf '\\x02\\x20\\x02\\x20' | socat -t 3 - TCP:HOST:PORT,shut-none}:
+        two blocking reads of 32 bytes are answered in full: 64 bytes, the
+        key's first two blocks.
+
+        (C{shut-none}: socat keeps its side of the connection open after its
+        input ends, for the three seconds it waits for replies, which are
+        hundreds of times what the replies take.  Without it socat shuts its
+        side down at once, and the daemon, which takes the end of a
+        client's requests for the end of the connection, answers nothing.)
+        """
+        daemon = self.startDaemon(rate=0, readyBits=8 * 64)
+        result = self.socat("-", f"TCP:{daemon.egdHost}:{daemon.egdPort},shut-none",
+                            data=b"\x02\x20\x02\x20", linger=3)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(len(result.stdout), 64, result.stderr)
+        [pieces] = traceServed([result.stdout], [SEED])
+        self.assertEqual([(piece.index, piece.whole) for piece in pieces],
+                         [(0, True), (1, True)])
+        self.assertDaemonHealthy()
+
+    def test_socatForwarder(self):
+        """
+        Our daemon on a Unix socket, and C{socat TCP-LISTEN:PORT,fork
+        UNIX-CONNECT:SOCKET} in front of it: an EGD client over TCP is
+        served through the forwarder (level, pid, blocking and
+        non-blocking reads), the bytes the key's blocks, in order, once.
+        """
+        egd = socketPath(self, self.directory, "egd.sock")
+        self.startDaemon(rate=0, extra=["--port", f"unix:{egd}"], readyBits=8 * 1024)
+        port = freeTCPPort()
+        forwarder = RunningProcess(
+            self, "socat", [findPeer("socat"), f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork",
+                            f"UNIX-CONNECT:{egd}"], self.directory)
+        waitForListeningTCP(port, process=forwarder)
+        with EGDSocket("127.0.0.1", port, timeout=REPLY_TIMEOUT) as client:
+            self.assertGreaterEqual(client.level(), 8 * 1024)
+            self.assertEqual(client.pid(), str(self.daemon.pid))
+            data = client.get(1000) + client.read(64)
+        self.assertEqual(len(data), 1064)
+        [pieces] = traceServed([data], [SEED])
+        self.assertEqual(positionOf(pieces, 0), 0, "the first byte is not the key's first")
+        self.assertIsNone(forwarder.poll(), forwarder.describe())

@@ -15,18 +15,13 @@ import os
 
 from twisted.trial.unittest import TestCase
 
-from tests.interop import (
-    BLOCK,
+from ekey.core.units import BLOCK_SIZE
+from tests.interop.processes import (
+    SERIAL,
     assertNoTraceback,
     daemonLog,
-    SERIAL,
-    describeMismatch,
     ekeydControl,
-    findPeer,
     makeTempDir,
-    requireSimulator,
-    seededIndices,
-    seededPlaintext,
     socketPath,
     startDaemon,
     startEkeyd,
@@ -34,6 +29,8 @@ from tests.interop import (
     waitForSize,
     writeKeyring,
 )
+from tests.interop.requirements import findPeer
+from tests.interop.seeded import describeMismatch, indicesOf, seededPlaintext, traceServed
 
 SEED = b"ekey-interop-acceptance"
 
@@ -48,7 +45,6 @@ class EkeydInteropTests(TestCase):
 
     def setUp(self):
         findPeer("ekeyd")
-        requireSimulator()
         self.directory = makeTempDir(self)
         self.keyring = writeKeyring(os.path.join(self.directory, "keyring"))
         self.keySocket = socketPath(self, self.directory)
@@ -70,7 +66,7 @@ class EkeydInteropTests(TestCase):
         startSimulator(self, self.directory, listen=self.keySocket, seed=SEED, rate=0)
         output = os.path.join(self.directory, "ekeyd.out")
         ekeyd = startEkeyd(self, self.directory, [self.keySocket], self.keyring, output)
-        data = waitForSize(output, BLOCKS * BLOCK, timeout=40, process=ekeyd)
+        data = waitForSize(output, BLOCKS * BLOCK_SIZE, timeout=40, process=ekeyd)
         self.assertSeededOutput(data, BLOCKS, "ekeyd")
         # ekeyd's own view, over its control socket: the key is trusted.
         reply = ekeydControl(ekeyd, "ListEntropyKeys")
@@ -86,7 +82,7 @@ class EkeydInteropTests(TestCase):
         startSimulator(self, self.directory, listen=self.keySocket, seed=SEED, rate=0)
         output = os.path.join(self.directory, "ekey.out")
         daemon = startDaemon(self, self.directory, [self.keySocket], self.keyring, output)
-        data = waitForSize(output, BLOCKS * BLOCK, timeout=40, process=daemon)
+        data = waitForSize(output, BLOCKS * BLOCK_SIZE, timeout=40, process=daemon)
         self.assertSeededOutput(data, BLOCKS, "ekey")
         daemon.terminate()
         assertNoTraceback(self, daemon.stderr(), daemonLog(daemon))
@@ -105,9 +101,10 @@ class EkeydInteropTests(TestCase):
         output = os.path.join(self.directory, "ekeyd.out")
         ekeyd = startEkeyd(self, self.directory, [self.keySocket], self.keyring, output)
         wanted = 400
-        data = waitForSize(output, wanted * BLOCK, timeout=30, process=ekeyd)
-        data = data[: len(data) - len(data) % BLOCK]
-        indices = seededIndices(SEED, data, limit=1 << 16)
+        data = waitForSize(output, wanted * BLOCK_SIZE, timeout=30, process=ekeyd)
+        data = data[: len(data) - len(data) % BLOCK_SIZE]
+        [pieces] = traceServed([data], [SEED])
+        indices = indicesOf(pieces)
         self.assertNotIn(bad, indices, f"ekeyd output the block with the bad MAC ({bad})")
         self.assertTrue(indices[-1] > bad, "no output after the bad MAC: ekeyd never recovered")
         # Everything before the bad frame arrived intact.

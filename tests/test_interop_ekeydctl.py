@@ -30,16 +30,13 @@ from typing import Dict, List, Optional, Sequence
 from twisted.trial.unittest import FailTest, SkipTest, TestCase
 
 from ekey.core.ekeydcontrol import EKEYD_STATISTICS
-from tests.interop import (
-    SERIAL,
+from tests.interop.processes import (
     RunningProcess,
+    SERIAL,
     assertNoTraceback,
     ekeydControl,
-    findPeer,
-    interopRequired,
     makeTempDir,
     pythonEnvironment,
-    requireSimulator,
     socketPath,
     startEkeyd,
     startSimulator,
@@ -47,6 +44,7 @@ from tests.interop import (
     waitForListening,
     writeKeyring,
 )
+from tests.interop.requirements import findPeer, interopRequired
 
 #: Where ekeydctl reads its configuration (written into the script).
 SYSTEM_CONF = "/etc/entropykey/ekeyd.conf"
@@ -116,7 +114,6 @@ class _Mixin:
 
     def setUp(self):
         self.requirePeers()
-        requireSimulator()
         self.directory = makeTempDir(self)
         os.chmod(self.directory, 0o755)
         self.keyring = writeKeyring(os.path.join(self.directory, "keyring"))

@@ -28,44 +28,39 @@ from typing import List, Sequence, Tuple
 
 from twisted.trial.unittest import TestCase
 
-from tests.interop import (
-    BLOCK,
-    EGDUnixSocket,
+from ekey.core.units import BLOCK_SIZE
+from tests.interop.egdsockets import EGDUnixSocket
+from tests.interop.processes import (
     RunningProcess,
     assertNoTraceback,
     daemonLog,
-    describeMismatch,
-    findPeer,
     freeTCPPort,
     makeTempDir,
-    mtlsServerEndpoint,
     pythonEnvironment,
-    requireSimulator,
-    seededIndices,
     restartProcess,
-    runOpenSSLClient,
-    seededPlaintext,
     socketPath,
     startDaemon,
     startEkeydEGD,
     startRelay,
     startSimulator,
-    startStunnel,
-    tlsClientEndpoint,
     waitFor,
     waitForListening,
     waitForListeningTCP,
     waitForLog,
+    writeKeyring,
+)
+from tests.interop.requirements import findPeer
+from tests.interop.seeded import describeMismatch, seededPlaintext, traceServed
+from tests.interop.tlspeers import (
+    mtlsServerEndpoint,
+    runOpenSSLClient,
+    startStunnel,
+    tlsClientEndpoint,
     writeCertificateAuthority,
     writeHostCertificate,
-    writeKeyring,
 )
 
 SEED = b"ekey-interop-relay"
-
-# The seeded stream searched for what clients receive: far more than any
-# test here draws from the key (32 bytes a block).
-STREAM_BLOCKS = 1 << 15
 
 # Key daemon A's pool: small, so that it is full (and the simulator's
 # output is being refused) long before anything here reaches its end.
@@ -74,41 +69,6 @@ KEY_POOL_SIZE = 256 * 1024
 # Refusals by the mtls: listener as OpenSSL reports them.
 ALERTS = ("alert", "certificate required", "unknown ca", "certificate expired",
           "handshake failure", "bad certificate")
-
-
-def matchFragments(stream: bytes, data: bytes) -> List[Tuple[int, int]]:
-    """
-    Find C{data} in C{stream} as a sequence of fragments, each of them
-    later in C{stream} than the one before and not overlapping it: the
-    shape of what one client of a first-in first-out pool receives when
-    others (or a lost relay) take bytes in between.
-
-    @return: the C{(start, end)} offsets in C{stream} of each fragment.
-    @raise AssertionError: if some of C{data} is not in C{stream} after the
-        fragment before it.
-    """
-    spans: List[Tuple[int, int]] = []
-    position = 0
-    searchFrom = 0
-    while position < len(data):
-        for needleLength in (16, 4, 1):
-            needle = data[position:position + needleLength]
-            start = stream.find(needle, searchFrom)
-            if start >= 0:
-                break
-        else:
-            raise AssertionError(
-                f"byte {position} of {len(data)} received ({data[position:position + 32].hex()}) "
-                f"is not in the seeded stream after offset {searchFrom}: it is not from the "
-                "key, or it was served out of order or twice")
-        length = len(needle)
-        limit = min(len(stream) - start, len(data) - position)
-        while length < limit and stream[start + length] == data[position + length]:
-            length += 1
-        spans.append((start, start + length))
-        position += length
-        searchFrom = start + length
-    return spans
 
 
 def egdClient(endpoint: str, verb: str, *arguments: str,
@@ -146,7 +106,6 @@ class _RelayFixture:
     """
 
     def setUp(self):
-        requireSimulator()
         self.directory = makeTempDir(self)
         self.pki = os.path.join(self.directory, "pki")
         self.ca = writeCertificateAuthority(self.pki)
@@ -236,9 +195,6 @@ class _RelayFixture:
         with EGDUnixSocket(self.socketC, timeout=5.0) as client:
             return client.level() // 8
 
-    def seededStream(self) -> bytes:
-        return seededPlaintext(SEED, STREAM_BLOCKS)
-
 
 class RelayChainTests(_RelayFixture, TestCase):
     """
@@ -256,7 +212,7 @@ class RelayChainTests(_RelayFixture, TestCase):
         size = 64 * 1024
         with EGDUnixSocket(self.socketC, timeout=40.0) as client:
             data = client.get(size)
-        expected = seededPlaintext(SEED, size // BLOCK)
+        expected = seededPlaintext(SEED, size // BLOCK_SIZE)
         if data != expected:
             self.fail("the chain's output is not the seeded stream: "
                       + describeMismatch(expected, data))
@@ -275,17 +231,21 @@ class RelayChainTests(_RelayFixture, TestCase):
         clients = [EGDUnixSocket(self.socketC, timeout=40.0) for _ in range(3)]
         for client in clients:
             self.addCleanup(client.close)
-        read = 7 * BLOCK
+        read = 7 * BLOCK_SIZE
         for client in clients:
             client.send(b"".join(bytes((0x02, min(read, size - offset)))
                                  for offset in range(0, size, read)))
         received = [client.recvExactly(size, "a client's blocking reads") for client in clients]
-        indices = [seededIndices(SEED, data, limit=STREAM_BLOCKS) for data in received]
-        for each in indices:
-            self.assertGreater(len(each), 0)
-        everything = sorted(i for each in indices for i in each)
-        self.assertEqual(everything, list(range(3 * size // BLOCK)),
-                         "the clients did not get the key's first blocks, each once")
+        # Each client's blocks in the key's order, no byte to two clients...
+        traced = traceServed(received, [SEED])
+        for pieces in traced:
+            self.assertGreater(len(pieces), 0)
+        # ...and together every byte of the key's first blocks.
+        everything = {piece.index for pieces in traced for piece in pieces}
+        self.assertEqual(sorted(everything), list(range(3 * size // BLOCK_SIZE)),
+                         "the clients did not get the key's first blocks")
+        self.assertEqual(sum(piece.end - piece.start for pieces in traced for piece in pieces),
+                         3 * size)
 
 
 class RelayFaultTests(_RelayFixture, TestCase):
@@ -324,9 +284,11 @@ class RelayFaultTests(_RelayFixture, TestCase):
             waitForListeningTCP(self.portB, process=self.relayB)
             rest = client.recvExactly(more, "the rest, once B is back")
         waitForLog(self.relayC, "An upstream is back", 10.0, start=logStart)
-        data = first + rest
-        spans = matchFragments(self.seededStream(), data)
-        self.assertEqual(spans[0][0], 0, "the client's first bytes are not the key's first")
+        # The key's blocks from its first, in order, each once, across the
+        # outage.
+        [pieces] = traceServed([first + rest], [SEED])
+        self.assertEqual((pieces[0].index, pieces[0].start), (0, 0),
+                         "the client's first bytes are not the key's first")
         self.assertIn(self.upstreamC, lost)
 
     def test_upstreamKilled(self):
@@ -435,10 +397,10 @@ class MutualTLSListenerTests(_RelayFixture, TestCase):
         returnCode, data, sErr = runOpenSSLClient(
             self, self.portA, ["-CAfile", self.caFile, "-cert", self.cCertificate[0],
                                "-key", self.cCertificate[1]], b"\x02\x40", 64)
+        self.assertEqual(len(out), 64)
         self.assertEqual(len(data), 64, f"s_client: exit {returnCode}: {sErr}")
-        stream = self.seededStream()
-        matchFragments(stream, out)
-        matchFragments(stream, data)
+        # Seeded blocks of the key, none to both clients.
+        traceServed([out, data], [SEED])
 
     def test_ourClientRefused(self):
         """
@@ -495,51 +457,11 @@ class EkeydUpstreamTests(_RelayFixture, TestCase):
         size = 8192
         with EGDUnixSocket(socketB, timeout=30.0) as client:
             # Block-aligned reads: 7 blocks each.
-            data = b"".join(client.get(7 * BLOCK) for _ in range(0, size, 7 * BLOCK))
-        seeded = {}
-        limit = 0
-
-        def knownBlock(block: bytes) -> bool:
-            nonlocal limit
-            if block in seeded:
-                return True
-            # The simulator may have run far ahead; look further, bounded.
-            while limit < 1 << 19:
-                blocks = seededPlaintext(SEED, 4096, limit)
-                for i in range(4096):
-                    seeded[blocks[i * BLOCK:(i + 1) * BLOCK]] = limit + i
-                limit += 4096
-                if block in seeded:
-                    return True
-            return False
-
-        indices = []
-        for n in range(0, len(data), BLOCK):
-            block = data[n:n + BLOCK]
-            if not knownBlock(block):
-                self.fail(f"block {n // BLOCK} of {len(data) // BLOCK} the relay served "
-                          f"({block.hex()}) is not a seeded block"
-                          f"{self.describeSplice(block, limit)}\n{self.relayB.describe()}")
-            indices.append(seeded[block])
-        self.assertEqual(len(set(indices)), len(indices), "a block was served twice")
-
-    def describeSplice(self, block: bytes, blocks: int) -> str:
-        """
-        @return: for a failure message, whether C{block} is the end of one
-            seeded block followed by the start of another (what a relay
-            gets when its reads from a newest-first server are not whole
-            blocks), or C{""}.
-        """
-        stream = seededPlaintext(SEED, blocks)
-        for split in range(4, BLOCK - 3):
-            first = stream.find(block[:split])
-            second = stream.find(block[split:])
-            if first >= 0 and second >= 0:
-                return (f": it is bytes {first % BLOCK}..{first % BLOCK + split - 1} of seeded "
-                        f"block {first // BLOCK} followed by bytes {second % BLOCK}.."
-                        f"{second % BLOCK + BLOCK - split - 1} of block {second // BLOCK}, so "
-                        "the relay's reads from the upstream were not whole blocks")
-        return ""
+            data = b"".join(client.get(7 * BLOCK_SIZE) for _ in range(0, size, 7 * BLOCK_SIZE))
+        # Whole seeded blocks, each once; ekeyd serves the newest first, so
+        # in no particular order.  The simulator runs far ahead of what
+        # ekeyd keeps: look far into its stream.
+        traceServed([data], [SEED], ordered=False, limit=1 << 19)
 
     def test_relayFromEkeyd(self):
         """

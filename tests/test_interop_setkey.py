@@ -23,18 +23,16 @@ import sys
 from twisted.trial.unittest import FailTest, SkipTest, TestCase
 
 from ekey.core.keyring import Keyring, formatSerial, parseSerial
+from ekey.core.units import BLOCK_SIZE
 from ekey.core.rekey import deriveLongTermKey, formatMasterKey
-from tests.interop import (
-    BLOCK,
+from tests.interop.processes import (
     LONG_TERM_KEY_HEX,
     MASTER_KEY_HEX,
-    SERIAL,
     RunningProcess,
+    SERIAL,
     assertNoTraceback,
     daemonLog,
     fileSize,
-    findPeer,
-    interopRequired,
     makeTempDir,
     pythonEnvironment,
     socketPath,
@@ -46,6 +44,7 @@ from tests.interop import (
     waitForSize,
     writeKeyring,
 )
+from tests.interop.requirements import findPeer, interopRequired
 
 #: The simulated key's entropy in every re-key (its os.urandom).
 DEVICE_BYTE = 0x42
@@ -208,7 +207,7 @@ class SetKeyInteropTests(TestCase):
                             bytes.fromhex(LONG_TERM_KEY_HEX))
         output = os.path.join(self.directory, "ekeyd.out")
         ekeyd = startEkeyd(self, self.directory, [keySocket], keyring, output)
-        waitForSize(output, 64 * BLOCK, timeout=30, process=ekeyd)
+        waitForSize(output, 64 * BLOCK_SIZE, timeout=30, process=ekeyd)
 
 
 class RekeyDaemonInteropTests(TestCase):
@@ -245,7 +244,7 @@ class RekeyDaemonInteropTests(TestCase):
         startSimulator(self, self.directory, listen=self.keySocket, seed=SEED, rate=200,
                        masterKey=MASTER_KEY_HEX)
         daemon = startDaemon(self, self.directory, [self.keySocket], self.keyring, self.output)
-        waitForSize(self.output, 16 * BLOCK, timeout=30, process=daemon)
+        waitForSize(self.output, 16 * BLOCK_SIZE, timeout=30, process=daemon)
         # Relative to the directory both run in: the absolute path may be
         # too long for a Unix socket.
         control = "unix:ekey.control"
@@ -261,7 +260,7 @@ class RekeyDaemonInteropTests(TestCase):
         self.assertNotEqual(newKey, bytes.fromhex(LONG_TERM_KEY_HEX))
         waitForLog(daemon, "reloaded the keyring", timeout=20)
         size = fileSize(self.output)
-        waitForSize(self.output, size + 64 * BLOCK, timeout=30, process=daemon)
+        waitForSize(self.output, size + 64 * BLOCK_SIZE, timeout=30, process=daemon)
         log = daemonLog(daemon)
         self.assertIn("removed", log)
         self.assertIn("added", log)
@@ -274,7 +273,7 @@ class RekeyDaemonInteropTests(TestCase):
         startSimulator(self, self.directory, listen=self.keySocket, seed=SEED, rate=200,
                        masterKey=MASTER_KEY_HEX)
         daemon = startDaemon(self, self.directory, [self.keySocket], self.keyring, self.output)
-        waitForSize(self.output, 16 * BLOCK, timeout=30, process=daemon)
+        waitForSize(self.output, 16 * BLOCK_SIZE, timeout=30, process=daemon)
         with open(self.masterKeyFile, "w") as f:
             f.write(formatMasterKey(bytes(32)) + "\n")
         # Relative to the directory both run in: the absolute path may be
@@ -287,7 +286,7 @@ class RekeyDaemonInteropTests(TestCase):
         self.assertEqual(Keyring.load(self.keyring).get(parseSerial(SERIAL)),
                          bytes.fromhex(LONG_TERM_KEY_HEX))
         size = fileSize(self.output)
-        waitForSize(self.output, size + 64 * BLOCK, timeout=30, process=daemon)
+        waitForSize(self.output, size + 64 * BLOCK_SIZE, timeout=30, process=daemon)
 
     def test_noDaemon(self):
         """

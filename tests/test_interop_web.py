@@ -27,15 +27,13 @@ from typing import Dict, List, Optional, Tuple
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.trial.unittest import FailTest, TestCase
 
-from tests.interop import (
+from tests.interop.egdsockets import EGDSocket
+from tests.interop.processes import (
     SERIAL,
-    EGDSocket,
     assertNoTraceback,
     daemonLog,
-    findPeer,
     freeTCPPort,
     makeTempDir,
-    requireSimulator,
     socketPath,
     mtlsServerEndpoint,
     startDaemon,
@@ -46,6 +44,7 @@ from tests.interop import (
     writeHostCertificate,
     writeKeyring,
 )
+from tests.interop.requirements import findPeer
 
 #: Serials of the simulated keys that misbehave (16 base64 characters).
 FAIL_MODE_SERIAL = "FailMode9AAAAAAA"
@@ -182,7 +181,6 @@ class _WebInteropMixin:
     """
 
     def setUp(self):
-        requireSimulator()
         self.directory = makeTempDir(self)
         self.keyring = writeKeyring(
             os.path.join(self.directory, "keyring"),

@@ -15,7 +15,7 @@ from typing import Dict, List
 
 from twisted.trial.unittest import TestCase
 
-from tests.interop import findPeer
+from tests.interop.requirements import findPeer
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UNITS = sorted(glob.glob(os.path.join(REPO_ROOT, "examples", "*", "*.service"))

@@ -1,0 +1,517 @@
+"""
+Tracing served bytes back to simulated keys' seeded streams, block by
+block.
+
+A simulated key started with C{--seed S} produces the plaintext blocks
+C{seededBlock(S, 0)}, C{seededBlock(S, 1)}, ... (32 bytes each, numbered
+over the key's whole life: a block the host dropped or a fault corrupted
+is never produced again).  The daemon moves entropy in whole blocks
+(L{ekey.core.units.BLOCK_SIZE}): the health monitor releases them whole,
+relays ask their upstreams for whole blocks, and the pool hands out its
+bytes first in, first out.  So every byte a client is served belongs to
+exactly one block of one key's stream, and a client of a first-in
+first-out pool gets each key's blocks in increasing order.
+
+L{traceServed} checks that, whole block by whole block, for what one or
+more clients were served: every whole block is traced exactly, and
+nothing may be in no stream, twice, or (for first-in first-out servers)
+out of order.  A client's reads need not end on block boundaries (an EGD
+read is up to 255 bytes; the pool's turns may split a block between two
+readers): the bytes between a client's whole blocks must then be runs of
+the blocks between those two, in order, that no other client got.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from twisted.trial.unittest import FailTest
+
+from ekey.core.units import BLOCK_SIZE
+from ekey.services.simulator import seededBlock
+
+#: How far into each seeded stream L{traceServed} looks by default: far more
+#: blocks than any interop test draws from a key.
+DEFAULT_LIMIT = 1 << 16
+
+#: How many blocks before a client's first whole block, or after its last,
+#: the bytes it got before or after them may come from (the blocks between
+#: went to other readers).
+TAIL_WINDOW = 1024
+
+
+def seededPlaintext(seed: bytes, count: int, start: int = 0) -> bytes:
+    """
+    @return: the simulator's plaintext blocks C{start} .. C{start+count-1}
+        for C{--seed}, concatenated.
+    """
+    return b"".join(seededBlock(seed, i) for i in range(start, start + count))
+
+
+def describeMismatch(expected: bytes, actual: bytes) -> str:
+    """
+    @return: where two byte strings first differ, in blocks, for a failure
+        message.
+    """
+    for n in range(0, min(len(expected), len(actual)), BLOCK_SIZE):
+        if expected[n:n + BLOCK_SIZE] != actual[n:n + BLOCK_SIZE]:
+            return (f"first difference at block {n // BLOCK_SIZE}: expected "
+                    f"{expected[n:n + BLOCK_SIZE].hex()}, got "
+                    f"{actual[n:n + BLOCK_SIZE].hex()}")
+    return f"lengths differ: expected {len(expected)} bytes, got {len(actual)}"
+
+
+@dataclass(frozen=True)
+class Piece:
+    """
+    Bytes C{start} to C{end} (exclusive) of one seeded block, as one client
+    was served them.
+
+    @ivar seed: the key's seed.
+    @ivar index: the block's number in that key's stream.
+    @ivar start: the first byte of the block served (0 unless the client's
+        read began inside the block).
+    @ivar end: one past the last byte served (32 unless the client's read
+        ended inside the block).
+    @ivar stream: which of the streams given to L{traceServed} it is in.
+    @ivar offset: where in that stream it begins.
+    """
+
+    seed: bytes
+    index: int
+    start: int
+    end: int
+    stream: int
+    offset: int
+
+    @property
+    def whole(self) -> bool:
+        """
+        Whether the client got the whole block in one piece.
+        """
+        return self.start == 0 and self.end == BLOCK_SIZE
+
+    def describe(self) -> str:
+        """
+        @return: the piece, for a failure message.
+        """
+        part = "" if self.whole else f" bytes {self.start}..{self.end - 1}"
+        return (f"block {self.index} of seed {self.seed!r}{part} (client {self.stream}, "
+                f"offset {self.offset})")
+
+
+class SeededStreams:
+    """
+    The seeded streams of some simulated keys, their blocks looked up by
+    content.  The table grows as far as C{limit} blocks of each seed only
+    when a block is not found in what it holds.
+    """
+
+    def __init__(self, seeds: Sequence[bytes], limit: int = DEFAULT_LIMIT):
+        """
+        @param seeds: the keys' seeds (distinct).
+        @param limit: how many blocks of each stream to look at, at most.
+        @raise ValueError: if a seed is given twice.
+        """
+        if len(set(seeds)) != len(seeds):
+            raise ValueError("a seed is given twice")
+        self.seeds = list(seeds)
+        self.limit = limit
+        self._known: Dict[bytes, Tuple[bytes, int]] = {}
+        self._built = 0
+
+    def _grow(self) -> bool:
+        if self._built >= self.limit:
+            return False
+        upTo = min(self.limit, max(4096, self._built * 2))
+        for seed in self.seeds:
+            for index in range(self._built, upTo):
+                self._known[seededBlock(seed, index)] = (seed, index)
+        self._built = upTo
+        return True
+
+    def find(self, block: bytes) -> Optional[Tuple[bytes, int]]:
+        """
+        @param block: 32 bytes.
+        @return: the C{(seed, index)} of the seeded block C{block} is, or
+            C{None} if it is none of the first C{limit} of any stream.
+        """
+        if len(block) != BLOCK_SIZE:
+            return None
+        while block not in self._known:
+            if not self._grow():
+                return None
+        return self._known[block]
+
+
+def traceServed(served: Sequence[bytes], seeds: Sequence[bytes], ordered: bool = True,
+                limit: int = DEFAULT_LIMIT) -> List[List[Piece]]:
+    """
+    Attribute every byte some clients were served to exactly one block of
+    one key's seeded stream.
+
+    Each client's bytes are read as whole 32-byte blocks wherever they
+    are.  Without C{ordered} (a server that hands out the newest blocks
+    first, such as C{ekeyd}), that is all: every client's bytes must be
+    whole blocks from its first byte.
+
+    With C{ordered} (first-in first-out pools), a client's bytes may stop
+    being whole blocks where its reads began or ended inside blocks (an
+    EGD read is up to 255 bytes; the pool's turns may split blocks among
+    readers).  Each read took a run of the pool's bytes, so the bytes
+    between two whole blocks must be runs of bytes of the blocks between
+    those two, in order: first a run going on from the earlier block,
+    last a run running into the later one, and between them runs of
+    bytes no other client got.  Before a client's first whole block and
+    after its last, they must be runs of the L{TAIL_WINDOW} blocks before
+    or after it.  A client's bytes must hold a whole block.
+
+    Whole blocks are attributed first, then the runs next to them, then
+    the others, each to bytes nobody else got: a run of a few bytes could
+    match in several places, and it is attributed to the one consistent
+    with the rest.  So part-blocks are traced as well as so few bytes can
+    be; whole blocks are traced exactly.
+
+    @param served: what each client received, in the order received.
+    @param seeds: the seeds of every key whose bytes may have been served.
+    @param ordered: whether each client must get each key's blocks in
+        increasing order.
+    @param limit: how many blocks of each stream to look at.
+    @return: for each client, the pieces of blocks it got, in order.
+    @raise FailTest: if any bytes are in no seeded stream, or come out of
+        order (with C{ordered}), or if any byte of a block was served
+        twice (to one client or to two).
+    """
+    streams = SeededStreams(seeds, limit)
+    claims = _Claims()
+    layouts = [_layOut(streams, n, data, ordered) for n, data in enumerate(served)]
+    for layout in layouts:
+        for item in layout:
+            if isinstance(item, Piece):
+                claims.claim(item)
+    gaps = [item for layout in layouts for item in layout if isinstance(item, _Gap)]
+    for gap in gaps:
+        gap.traceEnds(claims)
+    for gap in gaps:
+        gap.traceSplits(claims)
+    for gap in gaps:
+        gap.traceMiddle(claims)
+    traced = []
+    for n, layout in enumerate(layouts):
+        pieces: List[Piece] = []
+        for item in layout:
+            pieces.extend([item] if isinstance(item, Piece) else item.pieces())
+        if ordered:
+            _checkOrder(n, pieces)
+        traced.append(pieces)
+    return traced
+
+
+def indicesOf(pieces: Sequence[Piece]) -> List[int]:
+    """
+    @return: the block numbers of C{pieces} (of one client, from
+        L{traceServed}), each block once, in order.
+    """
+    indices: List[int] = []
+    for piece in pieces:
+        if not indices or indices[-1] != piece.index or piece.start == 0:
+            indices.append(piece.index)
+    return indices
+
+
+class _Claims:
+    """
+    Which bytes of which blocks have been attributed to some client.
+    """
+
+    def __init__(self):
+        self._blocks: Dict[Tuple[bytes, int], List[Piece]] = {}
+        self._masks: Dict[Tuple[bytes, int], int] = {}
+
+    def claim(self, piece: Piece) -> None:
+        """
+        Attribute C{piece}'s bytes to its client.
+
+        @raise FailTest: if another piece holds any of them.
+        """
+        key = (piece.seed, piece.index)
+        mask = ((1 << piece.end) - 1) ^ ((1 << piece.start) - 1)
+        if self._masks.get(key, 0) & mask:
+            other = next(o for o in self._blocks[key]
+                         if piece.start < o.end and o.start < piece.end)
+            raise FailTest(f"served twice: {other.describe()} and {piece.describe()}")
+        self._masks[key] = self._masks.get(key, 0) | mask
+        self._blocks.setdefault(key, []).append(piece)
+
+    def free(self, seed: bytes, position: int) -> bool:
+        """
+        @return: whether byte C{position} of C{seed}'s stream is unclaimed.
+        """
+        index, bit = divmod(position, BLOCK_SIZE)
+        return not (self._masks.get((seed, index), 0) >> bit) & 1
+
+
+class _Gap:
+    """
+    Bytes of one client between its whole blocks (or before its first, or
+    after its last), to be traced as runs of the blocks between.
+
+    @ivar runs: C{(seed, stream position, length, offset in the gap)} of
+        each run traced so far.
+    """
+
+    def __init__(self, stream: int, offset: int, data: bytes, last: Dict[bytes, int],
+                 previous: Optional[Tuple[bytes, int]],
+                 following: Optional[Tuple[bytes, int]]):
+        """
+        @param stream: the client's number.
+        @param offset: where the bytes begin in the client's bytes.
+        @param data: the bytes.
+        @param last: the client's last whole block of each seed before them.
+        @param previous: the C{(seed, index)} of the whole block just before
+            them, or C{None}.
+        @param following: the C{(seed, index)} of the whole block just after
+            them, or C{None}.
+        """
+        self.stream = stream
+        self.offset = offset
+        self.data = data
+        self.previous = previous
+        self.following = following
+        self.runs: List[Tuple[bytes, int, int, int]] = []
+        # The stream positions each seed's runs may take: after the client's
+        # last block of the seed and before its next whole block (if of
+        # that seed), or at most TAIL_WINDOW blocks either way.
+        self.windows: Dict[bytes, Tuple[int, int]] = {}
+        for seed in set(last) | ({following[0]} if following else set()):
+            first = last[seed] + 1 if seed in last else None
+            stop = following[1] if following and following[0] == seed else None
+            if first is None:
+                first = max(0, stop - TAIL_WINDOW)
+            if stop is None:
+                stop = first + TAIL_WINDOW
+            if stop > first:
+                self.windows[seed] = (first * BLOCK_SIZE, stop * BLOCK_SIZE)
+        # What is left to trace: data[self._start:self._end].
+        self._start = 0
+        self._end = len(data)
+
+    def _byte(self, seed: bytes, position: int) -> int:
+        return seededBlock(seed, position // BLOCK_SIZE)[position % BLOCK_SIZE]
+
+    def _take(self, claims: _Claims, seed: bytes, position: int, length: int,
+              offset: int) -> None:
+        self.runs.append((seed, position, length, offset))
+        for piece in self._split(seed, position, length, offset):
+            claims.claim(piece)
+
+    def _split(self, seed: bytes, position: int, length: int, offset: int) -> List[Piece]:
+        pieces = []
+        for runStart in range(position, position + length):
+            if runStart == position or runStart % BLOCK_SIZE == 0:
+                index, start = divmod(runStart, BLOCK_SIZE)
+                end = min(BLOCK_SIZE, start + position + length - runStart)
+                pieces.append(Piece(seed, index, start, end, self.stream,
+                                    self.offset + offset + runStart - position))
+        return pieces
+
+    def traceEnds(self, claims: _Claims) -> None:
+        """
+        Trace the run going on from the previous whole block and the one
+        running into the following: the likeliest runs, traced first (the
+        longer first, where both would take the same bytes).
+        """
+        ends = []
+        if self.previous is not None and self.previous[0] in self.windows:
+            seed = self.previous[0]
+            low, high = self.windows[seed]
+            length = 0
+            while (length < len(self.data) and low + length < high
+                   and claims.free(seed, low + length)
+                   and self.data[length] == self._byte(seed, low + length)):
+                length += 1
+            ends.append((length, "head", seed))
+        if self.following is not None and self.following[0] in self.windows:
+            seed = self.following[0]
+            low, high = self.windows[seed]
+            length = 0
+            while (length < len(self.data) and high - length - 1 >= low
+                   and claims.free(seed, high - length - 1)
+                   and self.data[-length - 1] == self._byte(seed, high - length - 1)):
+                length += 1
+            ends.append((length, "tail", seed))
+        lengths = {end: (length, seed) for length, end, seed in ends}
+        head, headSeed = lengths.get("head", (0, None))
+        tail, tailSeed = lengths.get("tail", (0, None))
+        size = len(self.data)
+        # Where both could take some bytes, one of them went on by chance:
+        # take only what is certain now, and split the rest once every
+        # client's certain bytes are known (L{traceSplits}).
+        self._undecided = None
+        if head + tail > size:
+            self._undecided = (headSeed, tailSeed, size - tail, head)
+            head, tail = size - tail, size - head
+        self._takeHead(claims, headSeed, head)
+        self._takeTail(claims, tailSeed, tail)
+
+    def _takeHead(self, claims: _Claims, seed: Optional[bytes], length: int) -> None:
+        if length:
+            low, high = self.windows[seed]
+            self._take(claims, seed, low, length, self._start)
+            self._start += length
+            self.windows[seed] = (low + length, high)
+
+    def _takeTail(self, claims: _Claims, seed: Optional[bytes], length: int) -> None:
+        if length:
+            low, high = self.windows[seed]
+            self._end -= length
+            self._take(claims, seed, high - length, length, self._end)
+            self.windows[seed] = (low, high - length)
+
+    def traceSplits(self, claims: _Claims) -> None:
+        """
+        Share the bytes both the run from the previous whole block and the
+        run into the following one could take: at the first place where
+        each takes only bytes nobody else got.
+        """
+        if self._undecided is None:
+            return
+        headSeed, tailSeed, first, last = self._undecided
+        for split in range(last, first - 1, -1):
+            # The head would take data[first:split], the tail data[split:last].
+            headLow = self.windows[headSeed][0]
+            tailHigh = self.windows[tailSeed][1]
+            if (all(claims.free(headSeed, headLow + i) for i in range(split - first))
+                    and all(claims.free(tailSeed, tailHigh - (last - split) + i)
+                            for i in range(last - split))):
+                self._takeHead(claims, headSeed, split - first)
+                self._takeTail(claims, tailSeed, last - split)
+                return
+
+    def traceMiddle(self, claims: _Claims) -> None:
+        """
+        Trace the rest, in order, as the longest runs of unclaimed bytes of
+        the windows.
+
+        @raise FailTest: if some bytes fit nowhere.
+        """
+        # Each window's bytes, from the start of its first block.
+        windows = {}
+        for seed, (low, high) in self.windows.items():
+            base = low - low % BLOCK_SIZE
+            text = seededPlaintext(seed, (high - base + BLOCK_SIZE - 1) // BLOCK_SIZE,
+                                   base // BLOCK_SIZE)
+            windows[seed] = [base, low, high, text]
+        offset = self._start
+        while offset < self._end:
+            best = None
+            for seed, (base, low, high, text) in windows.items():
+                at = low - base
+                while True:
+                    at = text.find(self.data[offset:offset + 1], at, high - base)
+                    if at < 0:
+                        break
+                    length = 0
+                    while (offset + length < self._end and base + at + length < high
+                           and text[at + length] == self.data[offset + length]
+                           and claims.free(seed, base + at + length)):
+                        length += 1
+                    if length and (best is None or length > best[2]):
+                        best = (seed, base + at, length)
+                    at += 1
+            if best is None:
+                raise FailTest(
+                    f"client {self.stream}: {self._end - offset} bytes at offset "
+                    f"{self.offset + offset} ({self.data[offset:offset + BLOCK_SIZE].hex()}...) "
+                    "are not whole seeded blocks, nor parts of the blocks between the client's "
+                    "neighbouring whole blocks that nobody else got, in order")
+            seed, position, length = best
+            self._take(claims, seed, position, length, offset)
+            # The next run of this seed comes later in its stream.
+            windows[seed][1] = position + length
+            offset += length
+
+    def pieces(self) -> List[Piece]:
+        """
+        @return: the pieces traced, in the client's order.
+        """
+        runs: List[list] = []
+        for seed, position, length, offset in sorted(self.runs, key=lambda run: run[3]):
+            if runs and runs[-1][0] == seed and sum(runs[-1][1:3]) == position \
+                    and runs[-1][3] + runs[-1][2] == offset:
+                runs[-1][2] += length  # one run, traced in two steps
+            else:
+                runs.append([seed, position, length, offset])
+        pieces = []
+        for seed, position, length, offset in runs:
+            pieces.extend(self._split(seed, position, length, offset))
+        return pieces
+
+
+def _layOut(streams: SeededStreams, number: int, data: bytes, ordered: bool) -> list:
+    """
+    Find one client's whole blocks, and the gaps between them.
+
+    @return: L{Piece}s (whole blocks) and L{_Gap}s, in order.
+    @raise FailTest: for bytes that are not whole blocks, without
+        C{ordered}; for bytes holding no whole block, with it.
+    """
+    items: list = []
+    last: Dict[bytes, int] = {}
+    position = 0
+    while position < len(data):
+        found = streams.find(data[position:position + BLOCK_SIZE])
+        if found is not None:
+            items.append(Piece(*found, 0, BLOCK_SIZE, number, position))
+            last[found[0]] = found[1]
+            position += BLOCK_SIZE
+            continue
+        if not ordered:
+            raise FailTest(
+                f"client {number}: the {min(BLOCK_SIZE, len(data) - position)} bytes at offset "
+                f"{position} ({data[position:position + BLOCK_SIZE].hex()}) are not a seeded "
+                f"block (searched {streams.limit} blocks of each of {len(streams.seeds)} "
+                "streams)")
+        resume, following = len(data), None
+        for candidate in range(position + 1, len(data) - BLOCK_SIZE + 1):
+            following = streams.find(data[candidate:candidate + BLOCK_SIZE])
+            if following is not None:
+                resume = candidate
+                break
+        previous = (items[-1].seed, items[-1].index) if items else None
+        items.append(_Gap(number, position, data[position:resume], dict(last), previous,
+                          following))
+        position = resume
+    if data and not any(isinstance(item, Piece) for item in items):
+        raise FailTest(f"client {number}: no whole seeded block in its {len(data)} bytes "
+                       f"({data[:BLOCK_SIZE].hex()}...), so they cannot be traced")
+    return items
+
+
+def _checkOrder(number: int, pieces: Sequence[Piece]) -> None:
+    """
+    @raise FailTest: if one client's pieces of some seed's blocks are not
+        in increasing order.
+    """
+    last: Dict[bytes, Piece] = {}
+    for piece in pieces:
+        before = last.get(piece.seed)
+        if before is not None and (piece.index, piece.start) < (before.index, before.end):
+            raise FailTest(f"client {number}: {piece.describe()} comes after "
+                           f"{before.describe()}: out of order, or served twice")
+        last[piece.seed] = piece
+
+
+def positionOf(pieces: Sequence[Piece], offset: int) -> int:
+    """
+    @param pieces: one client's pieces, from L{traceServed}.
+    @param offset: a byte's offset in that client's bytes.
+    @return: that byte's offset in its key's seeded stream (block number
+        times 32, plus its place in the block).
+    @raise FailTest: if no piece holds the offset.
+    """
+    for piece in pieces:
+        if piece.offset <= offset < piece.offset + piece.end - piece.start:
+            return piece.index * BLOCK_SIZE + piece.start + offset - piece.offset
+    raise FailTest(f"no byte at offset {offset} of client {pieces[0].stream if pieces else '?'}")
