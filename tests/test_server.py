@@ -245,35 +245,6 @@ class ServerTests(unittest.TestCase):
         self.assertGreater(secondServer.bytesServed, 0)
         self.assertEqual(firstServer.bytesServed + secondServer.bytesServed, 200)
 
-    def test_halfClosedClientAnswered(self):
-        """
-        A client that sends its requests and shuts down its sending side
-        (C{printf '\\x02\\x20' | socat - TCP:...}) still gets every answer,
-        a blocking read included once the bytes arrive; then the server
-        closes the connection.
-        """
-        server = self.factory.buildProtocol(None)
-        transport = StringTransport()
-        server.makeConnection(transport)
-        self.pool.add(b"a" * 10)
-        server.dataReceived(b"\x00\x02\x20")
-        server.readConnectionLost()
-        self.assertFalse(transport.disconnecting)
-        self.assertEqual(transport.value(), struct.pack(">I", 80) + b"a" * 10)
-        self.pool.add(b"b" * 22)
-        self.assertEqual(transport.value(), struct.pack(">I", 80) + b"a" * 10 + b"b" * 22)
-        self.assertTrue(transport.disconnecting)
-
-    def test_halfClosedIdleClientClosed(self):
-        """
-        A half-closed client with nothing left to answer is closed at once.
-        """
-        server = self.factory.buildProtocol(None)
-        transport = StringTransport()
-        server.makeConnection(transport)
-        server.readConnectionLost()
-        self.assertTrue(transport.disconnecting)
-
     def test_unknownCommand(self):
         """
         An unknown command closes that connection at once (the stream

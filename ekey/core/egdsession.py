@@ -96,13 +96,10 @@ class CloseReason(enum.Enum):
 
     @cvar IDLE: the client asked for nothing for the idle time-out.
     @cvar PROTOCOL_ERROR: the client broke the protocol (a remote error).
-    @cvar FINISHED: the client said it would send nothing more (a
-        half-close), and everything it asked for has been answered.
     """
 
     IDLE = "idle"
     PROTOCOL_ERROR = "protocol error"
-    FINISHED = "finished"
 
 
 @dataclass
@@ -208,7 +205,6 @@ class EGDServerSession:
         self._idleDeadline: Optional[float] = now + idleTimeout if idleTimeout else None
         self._reading = True
         self._offered = False
-        self._inputEnded = False
         # The time of the input being handled, else None (inputs nest when a
         # transport calls back from inside a write).
         self._now: Optional[float] = None
@@ -317,22 +313,6 @@ class EGDServerSession:
         finally:
             self._now = outer
 
-    def endOfInput(self, now: float) -> None:
-        """
-        The client will send nothing more (it shut down its side of the
-        connection): answer everything it asked, then close the session
-        (L{CloseReason.FINISHED}).
-        """
-        if self.state is SessionState.CLOSED:
-            return
-        outer, self._now = self._now, now
-        try:
-            self._inputEnded = True
-            self._idleDeadline = None
-            self._advance()
-        finally:
-            self._now = outer
-
     def close(self, now: float) -> None:
         """
         The connection is gone: bytes not yet delivered stay in the pool
@@ -368,10 +348,6 @@ class EGDServerSession:
                 self._work()
         finally:
             self._advancing = False
-        if (self._inputEnded and self.state is SessionState.IDLE and not self._queue
-                and not self._remaining):
-            self._closeFor(CloseReason.FINISHED, "sent its last request and was answered")
-            return
         if self.state is not SessionState.CLOSED:
             self._setReading(self.state is not SessionState.PAUSED
                              and len(self._queue) < MAX_QUEUED_COMMANDS

@@ -28,8 +28,7 @@ from dataclasses import dataclass
 from typing import Optional, Set
 
 from twisted.internet.address import UNIXAddress
-from twisted.internet.interfaces import (IHalfCloseableProtocol, IHandshakeListener,
-                                         IPushProducer, ISSLTransport)
+from twisted.internet.interfaces import IHandshakeListener, IPushProducer, ISSLTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -104,7 +103,7 @@ def certificateIdentity(certificate) -> ClientIdentity:
     return ClientIdentity("sha256:" + fingerprint, f"{shown} sha256:{fingerprint[:16]}")
 
 
-@implementer(IPushProducer, IHandshakeListener, IHalfCloseableProtocol)
+@implementer(IPushProducer, IHandshakeListener)
 class EGDServerProtocol(Protocol):
     """
     One EGD client: carries out what its L{EGDServerSession} asks (the
@@ -175,17 +174,6 @@ class EGDServerProtocol(Protocol):
             self.session.receiveData(data, self.factory.clock.seconds())
             self._schedule()
 
-    def readConnectionLost(self):
-        # The client shut down its sending side (printf ... | socat, a
-        # shell's nc -N): answer what it asked, then close.
-        if self.session is not None:
-            self.session.endOfInput(self.factory.clock.seconds())
-            if self.session.state is not SessionState.CLOSED:
-                self._schedule()
-
-    def writeConnectionLost(self):
-        pass
-
     def connectionLost(self, reason):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
@@ -246,12 +234,6 @@ class EGDServerProtocol(Protocol):
             self.transport.pauseProducing()
 
     def closeSession(self, reason: CloseReason, detail: str):
-        if reason is CloseReason.FINISHED:
-            held, self._outbox = self._outbox, None
-            if held:
-                self.transport.write(b"".join(held))
-            self.transport.loseConnection()
-            return
         if reason is CloseReason.IDLE:
             self.factory.idleClosed += 1
             self.log.info("EGD client {peer} {detail}; closing", peer=self.peer, detail=detail)
