@@ -30,14 +30,35 @@ class PoolTests(unittest.TestCase):
 
     def test_bounded(self):
         """
-        A full pool refuses what does not fit and counts it.
+        A full pool refuses what does not fit and counts it.  What it takes
+        of an offer too big for it is whole 32-byte blocks, so that no
+        reader gets the end of a block without its beginning.
         """
         pool = EntropyPool(10)
         self.assertEqual(pool.add(b"x" * 8), 8)
-        self.assertEqual(pool.add(b"y" * 8), 2)
-        self.assertEqual(pool.level, 10)
-        self.assertEqual(pool.bytesRefused, 6)
+        self.assertEqual(pool.add(b"y" * 8), 0)
+        self.assertEqual(pool.level, 8)
+        self.assertEqual(pool.bytesRefused, 8)
         self.assertRaises(ValueError, EntropyPool, 0)
+        pool = EntropyPool(100)
+        self.assertEqual(pool.add(bytes(range(40))), 40)
+        self.assertEqual(pool.add(bytes(range(96))), 32)
+        self.assertEqual(pool.take(100)[40:], bytes(range(32)))
+
+    def test_turnsInWholeBlocks(self):
+        """
+        Readers waiting beside each other are given turns in whole 32-byte
+        blocks, however the bytes present divide among them.
+        """
+        pool = EntropyPool(4096)
+        got = {name: [] for name in "abc"}
+        for name in "abc":
+            pool.request(None, got[name].append)
+        pool.add(bytes(224))
+        pool.add(bytes(992))
+        sizes = [len(chunk) for chunks in got.values() for chunk in chunks]
+        self.assertTrue(sizes)
+        self.assertEqual([size % 32 for size in sizes], [0] * len(sizes), sizes)
 
     def test_compaction(self):
         """

@@ -40,8 +40,11 @@ from __future__ import annotations
 from collections import deque
 from typing import Callable, Deque, Dict, Hashable, List, Optional
 
+from ekey.core.units import BLOCK_SIZE
+
 DEFAULT_POOL_SIZE = 1 << 20
-DEFAULT_QUANTUM = 32
+#: The least a reader's turn gives, and the unit its turns are rounded to.
+DEFAULT_QUANTUM = BLOCK_SIZE
 POLLING_RESERVE = 256
 
 
@@ -281,7 +284,11 @@ class EntropyPool:
         @return: how many bytes were accepted (fewer than offered only when
             the pool is full).
         """
-        accepted = min(len(data), self.space)
+        accepted = len(data)
+        if accepted > self.space:
+            # Whole blocks only: the rest of a block would reach a reader
+            # without its beginning.
+            accepted = self.space - self.space % BLOCK_SIZE
         if accepted < len(data):
             self.bytesRefused += len(data) - accepted
         if accepted:
@@ -432,8 +439,10 @@ class EntropyPool:
                     size = own
                 else:
                     # An equal split among the owners waiting, this one
-                    # included.
-                    size = min(max(pending.quantum, free // (len(turns) + 1)), free)
+                    # included, in whole quanta (blocks stay whole).
+                    split = free // (len(turns) + 1)
+                    split -= split % pending.quantum
+                    size = min(max(pending.quantum, split), free)
                 if pending.remaining is not None:
                     size = min(size, pending.remaining)
                 skipped = 0
