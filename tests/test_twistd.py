@@ -1,5 +1,6 @@
 """
-Tests for L{ekey.services.tap}: the C{twistd ekey} options and service.
+Tests for L{ekey.cli.twistd} and L{ekey.services.assembly}: the C{twistd
+ekey} options, the configuration they build and the daemon built from it.
 """
 
 import os
@@ -11,7 +12,8 @@ from twisted.python.usage import UsageError
 from twisted.trial import unittest
 
 from ekey.services.device import KeyService
-from ekey.services.tap import Options, makeService
+from ekey.cli.twistd import Options
+from ekey.services.assembly import makeService as assemble
 from tests.vectors import VECTORS
 
 
@@ -39,6 +41,13 @@ class OptionsTests(unittest.TestCase):
         options.parseOptions(list(args))
         return options
 
+    def build(self, options, reactor=None):
+        """
+        Build the daemon from parsed options, as C{twistd}'s makeService
+        does (without disabling core dumps in the test process).
+        """
+        return assemble(options.config, options.resources, reactor=reactor or MemoryReactorClock())
+
     def test_good(self):
         """
         Devices, a keyring, ports and an output file make a service with one
@@ -49,7 +58,7 @@ class OptionsTests(unittest.TestCase):
                              "--keyring", self.keyring, "--output-file", self.output,
                              "--port", "tcp:0:interface=127.0.0.1", "--pool-size", "4096")
         reactor = MemoryReactorClock()
-        service = makeService(options, reactor=reactor)
+        service = self.build(options, reactor)
         self.assertTrue(IServiceCollection.providedBy(service))
         keys = [s for s in service.keys if isinstance(s, KeyService)]
         self.assertEqual(len(keys), 2)
@@ -70,7 +79,7 @@ class OptionsTests(unittest.TestCase):
         """
         options = self.parse("--device", self.device, "--keyring", self.keyring,
                              "--port", "unix:" + self.mktemp() + ":mode=600")
-        service = makeService(options, reactor=MemoryReactorClock())
+        service = self.build(options)
         [(description, factory)] = service.daemon.listeners
         self.assertIs(factory.pool, service.pool)
 
@@ -90,7 +99,8 @@ class OptionsTests(unittest.TestCase):
         os.mkdir(directory)
         options = self.parse("--device-dir", directory, "--keyring", self.keyring,
                              "--port", "tcp:0")
-        self.assertEqual(options["devices"], [])
+        self.assertEqual(options.config.devices, ())
+        self.assertEqual(options.config.deviceDirs, (directory,))
         self.assertUsage("not a directory", "--device-dir", self.output,
                          "--keyring", self.keyring, "--port", "tcp:0")
 
