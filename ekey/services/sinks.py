@@ -79,6 +79,7 @@ class FileSink:
         self._pending = None
         self._retry = None
         self._writing = False
+        self._requesting = False
         self.held = b""
         self.bytesWritten = 0
         self.full = False
@@ -159,27 +160,39 @@ class FileSink:
 
     def _proceed(self) -> None:
         """
-        Write what is held, then ask the pool for more if the sink can take
-        it, or wait until it can.
+        Write what is held, then ask the pool for chunks while the sink
+        takes them whole, or wait until it can take more.
         """
-        if self._pool is None or self._pending is not None:
-            return
-        if not self._ready():
-            self._retryLater()
-            return
-        if self.held and not self._flush():
-            return
-        room = self._room()
-        if room <= 0:
-            if not self.full:
-                self.full = True
-                self.log.warn(
-                    "Output {path} reached its cap of {cap} bytes: taking no more entropy "
-                    "for it until it shrinks (--output-max-bytes)", path=self.path, cap=self.maxBytes)
-            self._retryLater()
-            return
-        self.full = False
-        self._pending = self._pool.request(min(CHUNK, room), self._deliver)
+        while self._pool is not None and self._pending is None and not self._requesting:
+            if not self._ready():
+                self._retryLater()
+                return
+            if self.held and not self._flush():
+                return
+            room = self._room()
+            if room <= 0:
+                if not self.full:
+                    self.full = True
+                    self.log.warn(
+                        "Output {path} reached its cap of {cap} bytes: taking no more entropy "
+                        "for it until it shrinks (--output-max-bytes)",
+                        path=self.path, cap=self.maxBytes)
+                self._retryLater()
+                return
+            self.full = False
+            # The pool may deliver at once, before it returns the request.
+            self._requesting = True
+            try:
+                pending = self._pool.request(min(CHUNK, room), self._deliver)
+            finally:
+                self._requesting = False
+            if pending.active:
+                self._pending = pending
+                if self.held:
+                    pending.pause()
+                return
+            if self.held:
+                return
 
     def _ready(self) -> bool:
         """
@@ -213,14 +226,14 @@ class FileSink:
 
     def _deliver(self, data: bytes) -> None:
         self.held += data
-        pending = self._pending
-        if pending is not None and not pending.active:
-            self._pending = None
-        if not self._flush():
+        if not self._flush() or self._requesting:
+            # Blocked (the writer or a retry resumes), or called from
+            # within _proceed, which carries on.
             if self._pending is not None:
                 self._pending.pause()
             return
-        if self._pending is None:
+        if self._pending is not None and not self._pending.active:
+            self._pending = None
             self._proceed()
 
     def _flush(self) -> bool:
@@ -230,6 +243,9 @@ class FileSink:
         @return: whether all of it was written; if not, the sink waits for
             writability (a FIFO) or a retry.
         """
+        if not self._ready():
+            self._retryLater()
+            return False
         while self.held:
             try:
                 written = os.write(self._fd, self.held)
@@ -259,12 +275,16 @@ class FileSink:
         self._resume()
 
     def _resume(self) -> None:
-        if self._pending is not None:
-            if not self._ready():
-                self._retryLater()
-            elif self._flush():
-                self._pending.resume()
+        if not self._ready():
+            self._retryLater()
+            return
+        if not self._flush():
+            return
+        pending = self._pending
+        if pending is not None and pending.active:
+            pending.resume()
         else:
+            self._pending = None
             self._proceed()
 
     # IWriteDescriptor, while a FIFO is full -------------------------------------------------
