@@ -8,12 +8,16 @@ import socket
 
 from twisted.application.service import IServiceCollection
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import capturedLogs, formatEvent
 from twisted.python.usage import UsageError
 from twisted.trial import unittest
 
 from ekey.services.device import KeyService
 from ekey.cli.twistd import Options
+from ekey.services.assembly import Resources, prepare
 from ekey.services.assembly import makeService as assemble
+from ekey.services.config import DaemonConfig
+from ekey.services.limits import LimitedFactory
 from tests.vectors import VECTORS
 
 
@@ -157,3 +161,133 @@ class OptionsTests(unittest.TestCase):
         bad = self.mktemp() + "/missing/out"
         self.assertUsage(bad, "--device", self.device, "--keyring", self.keyring,
                          "--output-file", bad)
+
+
+class FakeKernel:
+    """
+    A kernel that opens and records what it is fed.
+    """
+
+    version = (6, 1)
+
+    def __init__(self):
+        self.added = []
+
+    def open(self):
+        pass
+
+    def state(self):
+        from ekey.core.kernel import KernelState
+
+        return KernelState(True, 256, 256)
+
+    def addEntropy(self, data, bits):
+        self.added.append((data, bits))
+
+
+class AssemblyTests(unittest.TestCase):
+    """
+    The assembly applies the trust rules and limits the configuration
+    carries.
+    """
+
+    def test_unixListenerPrivate(self):
+        """
+        An EGD Unix socket without mode= is made mode 0600, as ekeyd's are;
+        one with a mode keeps it.
+        """
+        config = DaemonConfig(upstreams=("unix:/nonexistent/up",), control=None,
+                              ports=("unix:/tmp/a.sock", "unix:/tmp/b.sock:mode=660"))
+        reactor = MemoryReactorClock()
+        service = assemble(config, Resources(), reactor=reactor)
+        service.privilegedStartService()
+        service.startService()
+        self.addCleanup(service.stopService)
+        modes = {address: mode for address, factory, backlog, mode, wantPID
+                 in reactor.unixServers}
+        self.assertEqual(modes, {"/tmp/a.sock": 0o600, "/tmp/b.sock": 0o660})
+
+    def test_listenersLimited(self):
+        """
+        Every EGD listener's factory is wrapped by the one connection
+        limiter, with the configured handshake time-out and cap.
+        """
+        config = DaemonConfig(upstreams=("unix:/u",), control=None, ports=("tcp:0", "tcp:1"),
+                              tlsHandshakeTimeout=3, maxConnections=50)
+        reactor = MemoryReactorClock()
+        service = assemble(config, Resources(), reactor=reactor)
+        service.startService()
+        self.addCleanup(service.stopService)
+        factories = [factory for port, factory, backlog, interface in reactor.tcpServers]
+        self.assertEqual(len(factories), 2)
+        for factory in factories:
+            self.assertIsInstance(factory, LimitedFactory)
+            self.assertIs(factory.limiter, service.limiter)
+        self.assertEqual((service.limiter.handshakeTimeout, service.limiter.maxConnections),
+                         (3, 50))
+
+    def kernelDaemon(self, **fields):
+        config = DaemonConfig(kernel=True, control=None, **fields)
+        reactor = MemoryReactorClock()
+        with capturedLogs() as events:
+            service = assemble(config, prepare(config, reactor, kernel=FakeKernel()),
+                               reactor=reactor)
+        [start] = [e for e in events if "ekey starting" in e["log_format"]]
+        return service, formatEvent(start)
+
+    def test_kernelCreditUnverified(self):
+        """
+        A remote plain-TCP upstream is credited 0 by default, and the start
+        line says so and why.
+        """
+        service, line = self.kernelDaemon(upstreams=("tcp:192.0.2.1:8888",))
+        self.assertEqual(service.kernelFeeder.shannonsPerByte, 0)
+        self.assertIn("crediting 0 bits a byte", line)
+        self.assertIn("tcp:192.0.2.1:8888 is not verified", line)
+
+    def test_kernelCreditVerified(self):
+        """
+        A local upstream is credited the default, and the start line says
+        every source is verified; an explicit credit is used as given.
+        """
+        service, line = self.kernelDaemon(upstreams=("unix:/run/ekey/egd",))
+        self.assertEqual(service.kernelFeeder.shannonsPerByte, 7)
+        self.assertIn("every source is verified", line)
+        service, line = self.kernelDaemon(upstreams=("tcp:192.0.2.1:8888",), shannonsPerByte=6)
+        self.assertEqual(service.kernelFeeder.shannonsPerByte, 6)
+
+    def test_kernelWithUID(self):
+        """
+        C{twistd --uid} with --kernel is refused in one line pointing at
+        the capability-based unit, before the kernel device is touched.
+        """
+        parent = {"uid": os.geteuid() + 1000}
+        options = Options()
+        options.parent = parent
+        error = self.assertRaises(UsageError, options.parseOptions,
+                                  ["--upstream", "unix:/u", "--kernel"])
+        self.assertIn("ekey-feed-kernel.service", str(error))
+        self.assertNotIn("\n", str(error))
+
+    def test_portWithoutType(self):
+        """
+        A bare port number suggests its tcp: form.
+        """
+        options = Options()
+        error = self.assertRaises(UsageError, options.parseOptions,
+                                  ["--upstream", "unix:/u", "--port", "8888"])
+        self.assertIn("tcp:8888", str(error))
+
+    def test_twistdMakeService(self):
+        """
+        The plugin's module exports Options and makeService, which builds
+        the daemon from the parsed options.
+        """
+        from ekey.cli import twistd
+
+        self.patch(twistd, "disableCoreDumps", lambda: None)
+        options = Options()
+        options.parseOptions(["--upstream", "unix:/u", "--port", "tcp:0", "--control", "none"])
+        service = twistd.makeService(options, reactor=MemoryReactorClock())
+        self.assertTrue(IServiceCollection.providedBy(service))
+        self.assertEqual(service.daemon.listeners[0][0], "tcp:0")

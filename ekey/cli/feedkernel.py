@@ -12,6 +12,7 @@ loopback address, C{tls:}); from any other the default credit is 0.
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 from twisted.internet import endpoints
@@ -27,6 +28,19 @@ from ekey.services.process import disableCoreDumps
 PROG = "ekey-feed-kernel"
 
 
+def _positive(kind):
+    def convert(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = 0
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number above 0")
+        return value
+
+    return convert
+
+
 def _parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog=PROG,
@@ -37,9 +51,9 @@ def _parser() -> ArgumentParser:
                         help="EGD server: a client endpoint such as tcp:host:8888, "
                         "unix:/run/ekey/egd or tls:host:8888:trustRoots=DIR:certificate=F:"
                         "privateKey=F (repeatable: several servers are used together)")
-    parser.add_argument("--interval", type=float, default=DEFAULT_INTERVAL,
+    parser.add_argument("--interval", type=_positive(float), default=DEFAULT_INTERVAL,
                         help=f"seconds between top-ups (default {DEFAULT_INTERVAL:g})")
-    parser.add_argument("--bytes", type=int, default=DEFAULT_BYTES,
+    parser.add_argument("--bytes", type=_positive(int), default=DEFAULT_BYTES,
                         help=f"bytes per top-up (default {DEFAULT_BYTES})")
     parser.add_argument("--shannons-per-byte", type=int, default=None,
                         choices=range(0, 9), metavar="0-8",
