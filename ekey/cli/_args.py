@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_cli_egd -*-
 """
 What every ekey command line shares.
 """

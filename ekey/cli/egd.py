@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_cli_egd -*-
 """
 C{ekey-egd}: talk EGD to a server; entropy is written raw to standard
 output.

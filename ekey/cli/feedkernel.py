@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_feedkernel -*-
 """
 C{ekey-feed-kernel}: feed the Linux kernel's random pool from EGD servers.
 

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_sim -*-
 """
 C{ekey-sim}: serve a simulated Entropy Key (L{ekey.services.simulator}) on
 a listening endpoint or a pseudo-terminal, until killed.

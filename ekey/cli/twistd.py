@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_twistd -*-
 """
 C{twistd ekey}: the command line of the daemon.
 

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_twistd -*-
 """
 The daemon, assembled from one L{DaemonConfig} into services under one
 L{MultiService}.

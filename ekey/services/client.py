@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_client -*-
+# -*- test-case-name: tests.test_server -*-
 """
 The EGD client: L{EGDClientProtocol} with a L{Deferred} for every request,
 pipelined.  The C{ekey-egd} command is L{ekey.cli.egd}.

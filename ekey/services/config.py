@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_config -*-
 """
 The daemon's configuration as one typed value.
 

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_limits -*-
 """
 Limits that are on by default: a TLS handshake time-out on every TLS
 listener, and one cap on client connections over all listeners, derived

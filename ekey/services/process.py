@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_process -*-
 """
 The daemon process's own hardening: no core dumps, and whether the
 capabilities it needs survive C{twistd --uid}.

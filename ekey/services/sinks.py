@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_sinks -*-
 """
 Places verified entropy goes to other than EGD clients.
 
