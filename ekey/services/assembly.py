@@ -146,7 +146,9 @@ def makeService(config: DaemonConfig, resources: Optional[Resources] = None,
     keys.setServiceParent(top)
     daemon = top.daemon = Daemon(keys, pool, reactor, reactor.stop)
     daemon.setServiceParent(top)
-    keys.ownSockets = [path for path in map(unixPath, config.ports + (config.control or "",))
+    # Sockets of our own, which must never be taken for keys.
+    keys.ownSockets = [path for path in map(unixPath, config.ports + (config.control or "",
+                                                                       config.metrics or ""))
                        if path]
     for path in config.devices:
         keys.add(path)

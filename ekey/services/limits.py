@@ -149,6 +149,7 @@ class LimitedFactory(WrappingFactory):
     """
 
     protocol = LimitedProtocol
+    noisy = False
 
     def __init__(self, wrappedFactory, limiter: "ConnectionLimiter"):
         WrappingFactory.__init__(self, wrappedFactory)
