@@ -291,3 +291,31 @@ class AssemblyTests(unittest.TestCase):
         service = twistd.makeService(options, reactor=MemoryReactorClock())
         self.assertTrue(IServiceCollection.providedBy(service))
         self.assertEqual(service.daemon.listeners[0][0], "tcp:0")
+
+
+class TwistdTests(unittest.TestCase):
+    """
+    Under C{twistd}, a refusal is one line on standard error, without
+    twistd's usage dump.
+    """
+
+    def test_oneLine(self):
+        """
+        C{twistd ekey --port 8888} exits 1 after one line naming the fix.
+        """
+        import io
+        import sys
+
+        from twisted.scripts.twistd import ServerOptions
+
+        stderr, stdout = io.StringIO(), io.StringIO()
+        self.patch(sys, "stderr", stderr)
+        self.patch(sys, "stdout", stdout)
+        config = ServerOptions()
+        error = self.assertRaises(SystemExit, config.parseOptions,
+                                  ["ekey", "--upstream", "unix:/u", "--port", "8888"])
+        self.assertEqual(error.code, 1)
+        self.assertEqual(stderr.getvalue(),
+                         "twistd ekey: bad --port '8888': an endpoint needs its type, "
+                         "such as tcp:8888\n")
+        self.assertEqual(stdout.getvalue(), "")

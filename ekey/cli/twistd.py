@@ -13,6 +13,8 @@ to the assembly.
 
 from __future__ import annotations
 
+import sys
+
 from twisted.python import usage
 
 from ekey.core.kernel import DEFAULT_BYTES, DEFAULT_INTERVAL, DEFAULT_SHANNONS_PER_BYTE
@@ -191,6 +193,24 @@ class Options(usage.Options):
             switchUID=uid,
             keepsCapabilities=uid is None or capabilitiesSurvive(uid),
         )
+
+    def parseOptions(self, options=None):
+        """
+        Parse the options.  Under C{twistd}, a refusal is one line on
+        standard error and exit status 1: C{twistd} would print its whole
+        usage before the message.
+
+        @raise usage.UsageError: outside C{twistd} (tests, embedding).
+        @raise SystemExit: under C{twistd}, after the one line.
+        """
+        try:
+            usage.Options.parseOptions(self, options)
+        except usage.UsageError as e:
+            if not isinstance(getattr(self, "parent", None), usage.Options):
+                raise
+            sys.stderr.write(f"twistd ekey: {e}\n")
+            sys.stderr.flush()
+            raise SystemExit(1) from None
 
     def postOptions(self):
         """
