@@ -63,7 +63,7 @@ class KernelFeeder(Service):
         self.kernel = kernel
         self.policy = policy
         self.shannonsPerByte = shannonsPerByte
-        self._clock = default(reactor)
+        self._reactor = default(reactor)
         self._call = None
         self._fetching = None
         self._waitLogged = False
@@ -86,12 +86,12 @@ class KernelFeeder(Service):
 
     def _schedule(self, delay: float):
         if self.running:
-            self._call = self._clock.callLater(delay, self._check)
+            self._call = self._reactor.callLater(delay, self._check)
 
     def _check(self):
         self._call = None
         state = self.kernel.state()
-        now = self._clock.seconds()
+        now = self._reactor.seconds()
         n, reason = self.policy.due(now, state)
         if not n:
             self._schedule(self.policy.nextCheck(now, state))
@@ -107,7 +107,7 @@ class KernelFeeder(Service):
     def _feed(self, data: bytes, reason: str):
         self._fetching = None
         self._waitLogged = False
-        now = self._clock.seconds()
+        now = self._reactor.seconds()
         bits = len(data) * self.shannonsPerByte
         try:
             self.kernel.addEntropy(data, bits)

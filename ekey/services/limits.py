@@ -95,7 +95,7 @@ class LimitedProtocol(ProtocolWrapper):
         ProtocolWrapper.makeConnection(self, transport)
         limiter = self.factory.limiter
         if ISSLTransport.providedBy(transport):
-            self._timer = limiter.clock.callLater(limiter.handshakeTimeout, self._timedOut)
+            self._timer = limiter.reactor.callLater(limiter.handshakeTimeout, self._timedOut)
         else:
             self.handshaken = True
         limiter.opened(self)
@@ -192,7 +192,7 @@ class ConnectionLimiter:
             raise ValueError("the TLS handshake time-out must be more than 0 seconds")
         self.maxConnections = maxConnections
         self.handshakeTimeout = handshakeTimeout
-        self.clock = default(reactor)
+        self.reactor = default(reactor)
         self.count = 0
         self.evicted = 0
         self.timedOut = 0
