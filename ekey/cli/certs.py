@@ -20,7 +20,6 @@ C{service_identity} checks.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import ipaddress
 import os
@@ -31,6 +30,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from ekey.cli._args import ArgumentParser
 
 DEFAULT_DAYS = 825
 
@@ -163,7 +164,7 @@ def main(argv=None) -> int:
     """
     The C{python3 -m ekey.cli.certs} command.
     """
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python3 -m ekey.cli.certs",
         description="Make a CA and host certificates for ekey relays (mutual TLS).")
     parser.add_argument("--out", "-o", default=".", help="directory of the CA and certificates")

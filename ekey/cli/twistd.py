@@ -1,7 +1,235 @@
+# -*- test-case-name: tests.test_twistd -*-
 """
-twistd ekey: the command line (Options) and the daemon it builds.
+C{twistd ekey}: the command line of the daemon.
+
+    twistd -n ekey --device /dev/entropykey/XXXX --port tcp:8888:interface=127.0.0.1
+
+L{Options} turns the command line into one L{DaemonConfig} and, in
+L{Options.postOptions}, has it checked and its files opened
+(L{ekey.services.assembly.prepare}), so that bad configuration stops
+C{twistd} at start-up with a one-line message; L{makeService} hands both
+to the assembly.
 """
 
-from ekey.services.tap import Options, makeService
+from __future__ import annotations
+
+import sys
+
+from twisted.python import usage
+
+from ekey.core.kernel import DEFAULT_BYTES, DEFAULT_INTERVAL, DEFAULT_SHANNONS_PER_BYTE
+from ekey.core.keyring import DEFAULT_KEYRING
+from ekey.core.pool import DEFAULT_POOL_SIZE
+from ekey.services import assembly
+from ekey.services.config import (
+    DEFAULT_CONTROL,
+    DEFAULT_OUTPUT_MAX_BYTES,
+    DEFAULT_TLS_HANDSHAKE_TIMEOUT,
+    DEFAULT_UPSTREAM_STALL_TIMEOUT,
+    LOG_LEVELS,
+    DaemonConfig,
+)
+from ekey.services.process import capabilitiesSurvive, disableCoreDumps
+from ekey.services.server import DEFAULT_MAX_PENDING
+from ekey.services.upstream import DEFAULT_HIGH_WATER, DEFAULT_LOW_WATER
 
 __all__ = ["Options", "makeService"]
+
+
+class Options(usage.Options):
+    """
+    Command-line options of C{twistd ekey}.
+
+    @ivar config: the L{DaemonConfig}, after parsing.
+    @ivar resources: what L{assembly.prepare} opened, after parsing.
+    """
+
+    synopsis = "[options]"
+    longdesc = (
+        "Read verified entropy from Entropy Keys and serve it over EGD "
+        "(--port) or write it to a file or FIFO (--output-file). Every key "
+        "must be in the keyring. Nothing is ever served that did not come "
+        "from a verified source."
+    )
+
+    optParameters = [
+        ["keyring", "k", DEFAULT_KEYRING, "The keyring of long-term keys (ekeyd's format)."],
+        ["output-file", "o", None, "Append verified entropy to this file or FIFO."],
+        ["output-max-bytes", None, DEFAULT_OUTPUT_MAX_BYTES,
+         "The most bytes a regular --output-file grows to; at the cap no more entropy "
+         "is taken for it until it shrinks.", int],
+        ["pool-size", None, DEFAULT_POOL_SIZE, "Bytes of entropy the pool holds.", int],
+        ["low-water", None, DEFAULT_LOW_WATER,
+         "Pull from upstreams when the pool holds fewer bytes than this.", int],
+        ["high-water", None, DEFAULT_HIGH_WATER,
+         "Stop pulling from upstreams when the pool holds this many bytes.", int],
+        ["shannons-per-byte", None, None,
+         f"Entropy credited to the kernel per byte (0 to 8). Default: "
+         f"{DEFAULT_SHANNONS_PER_BYTE} when every source is verified (keys, unix:, "
+         f"loopback tcp:, tls:), else 0.", int],
+        ["kernel-interval", None, DEFAULT_INTERVAL,
+         "Seconds between top-ups of the kernel's pool.", float],
+        ["kernel-bytes", None, DEFAULT_BYTES, "Bytes per top-up of the kernel's pool.", int],
+        ["control", None, DEFAULT_CONTROL,
+         "The control channel (ekeyctl) endpoint; 'none' for no control channel. The default "
+         "is a Unix socket, mode 0600, in the run directory (twistd --rundir)."],
+        ["control-group", None, None,
+         "A group whose members may use the control channel."],
+        ["client-rate", None, 0.0,
+         "Bytes per second each EGD client may draw (keyed by certificate identity, else "
+         "address); 0 for no limit. A client over its share waits.", float],
+        ["client-burst", None, 65536, "Bytes a client may draw at once after a rest.", int],
+        ["max-clients", None, 0,
+         "The most EGD clients at once on each --port (0: no limit).", int],
+        ["max-connections", None, None,
+         "The most client connections over all listeners; over it, the oldest that never "
+         "sent a request is closed. Default: the file-descriptor limit less a reserve.", int],
+        ["idle-timeout", None, 0.0,
+         "Close EGD connections that send no request for this many seconds (0: never).",
+         float],
+        ["max-pending", None, DEFAULT_MAX_PENDING,
+         "Bytes an EGD connection may have asked for and not yet received before its "
+         "requests stop being read.", int],
+        ["tls-handshake-timeout", None, DEFAULT_TLS_HANDSHAKE_TIMEOUT,
+         "Seconds a client of a TLS listener has to complete its handshake.", float],
+        ["upstream-stall-timeout", None, DEFAULT_UPSTREAM_STALL_TIMEOUT,
+         "Seconds an upstream may leave requests unanswered before it is dropped.", float],
+        ["metrics", None, None,
+         "Serve Prometheus metrics (/metrics) and the status page (/) on this endpoint, "
+         "such as tcp:9110:interface=127.0.0.1."],
+        ["log-level", None, "info", f"The lowest level logged: {', '.join(LOG_LEVELS)}."],
+    ]
+    optFlags = [
+        ["kernel", None, "Feed the Linux kernel's random pool (RNDADDENTROPY; needs "
+         "CAP_SYS_ADMIN), on old kernels and new."],
+    ]
+
+    def __init__(self):
+        usage.Options.__init__(self)
+        self["devices"] = []
+        self["ports"] = []
+        self["upstreams"] = []
+        self["device-dirs"] = []
+
+    def opt_device(self, path):
+        """
+        A key: a serial device (such as /dev/entropykey/...) or a Unix
+        socket path. Repeatable.
+        """
+        self["devices"].append(path)
+
+    opt_d = opt_device
+
+    def opt_device_dir(self, directory):
+        """
+        Serve every key that appears in this directory (such as
+        /dev/entropykey). Repeatable.
+        """
+        self["device-dirs"].append(directory)
+
+    def opt_port(self, description):
+        """
+        Serve EGD on this endpoint, such as tcp:8888,
+        tcp:8888:interface=127.0.0.1 or unix:/run/ekey/egd (mode 0600 unless
+        it says mode=). Repeatable.
+        """
+        self["ports"].append(description)
+
+    opt_p = opt_port
+
+    def opt_upstream(self, description):
+        """
+        Pull entropy from this EGD server: a client endpoint such as
+        tcp:host:8888, unix:/run/ekey/egd or
+        tls:host:8888:trustRoots=DIR:certificate=FILE:privateKey=FILE.
+        Repeatable.
+        """
+        self["upstreams"].append(description)
+
+    opt_u = opt_upstream
+
+    def _switchUID(self):
+        parent = getattr(self, "parent", None)
+        if parent is None:
+            return None
+        try:
+            return parent["uid"]
+        except KeyError:
+            return None
+
+    def toConfig(self) -> DaemonConfig:
+        """
+        @return: the parsed options as a L{DaemonConfig}.
+        """
+        uid = self._switchUID()
+        control = self["control"]
+        return DaemonConfig(
+            devices=tuple(self["devices"]),
+            deviceDirs=tuple(self["device-dirs"]),
+            keyring=self["keyring"],
+            ports=tuple(self["ports"]),
+            upstreams=tuple(self["upstreams"]),
+            outputFile=self["output-file"],
+            outputMaxBytes=self["output-max-bytes"],
+            poolSize=self["pool-size"],
+            lowWater=self["low-water"],
+            highWater=self["high-water"],
+            kernel=bool(self["kernel"]),
+            shannonsPerByte=self["shannons-per-byte"],
+            kernelInterval=self["kernel-interval"],
+            kernelBytes=self["kernel-bytes"],
+            control=None if control in (None, "none") else control,
+            controlGroup=self["control-group"],
+            clientRate=self["client-rate"],
+            clientBurst=self["client-burst"],
+            maxClients=self["max-clients"],
+            maxConnections=self["max-connections"],
+            idleTimeout=self["idle-timeout"],
+            maxPending=self["max-pending"],
+            tlsHandshakeTimeout=self["tls-handshake-timeout"],
+            upstreamStallTimeout=self["upstream-stall-timeout"],
+            metrics=self["metrics"],
+            logLevel=self["log-level"],
+            switchUID=uid,
+            keepsCapabilities=uid is None or capabilitiesSurvive(uid),
+        )
+
+    def parseOptions(self, options=None):
+        """
+        Parse the options.  Under C{twistd}, a refusal is one line on
+        standard error and exit status 1: C{twistd} would print its whole
+        usage before the message.
+
+        @raise usage.UsageError: outside C{twistd} (tests, embedding).
+        @raise SystemExit: under C{twistd}, after the one line.
+        """
+        try:
+            usage.Options.parseOptions(self, options)
+        except usage.UsageError as e:
+            if not isinstance(getattr(self, "parent", None), usage.Options):
+                raise
+            sys.stderr.write(f"twistd ekey: {e}\n")
+            sys.stderr.flush()
+            raise SystemExit(1) from None
+
+    def postOptions(self):
+        """
+        Build the configuration, check it and open its files.
+
+        @raise usage.UsageError: with one line, if anything is wrong.
+        """
+        self.config = self.toConfig()
+        try:
+            self.resources = assembly.prepare(self.config)
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+
+
+def makeService(options: Options, reactor=None):
+    """
+    Build the daemon from parsed L{Options}, with core dumps disabled.
+
+    @return: the daemon's L{MultiService}.
+    """
+    disableCoreDumps()
+    return assembly.makeService(options.config, options.resources, reactor=reactor)

@@ -13,7 +13,8 @@ C{certKey} is the server's certificate (with any intermediates after it),
 C{privateKey} its key (it may be the same file), C{caCerts} one or more CA
 certificates in PEM; a client completes the handshake only with a
 certificate that chains to one of them and is within its validity period.
-TLS 1.2 is the minimum.
+TLS 1.2 is the minimum, and TLS 1.2 is limited to forward-secret AEAD
+suites (L{AEAD_CIPHERS}); TLS 1.3's suites are all AEAD.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import re
 from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.interfaces import IStreamServerEndpointStringParser
 from twisted.internet.ssl import (
+    AcceptableCiphers,
     Certificate,
     CertificateOptions,
     PrivateCertificate,
@@ -36,6 +38,19 @@ from zope.interface import implementer
 _PEM_CERTIFICATE = re.compile(
     rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL
 )
+
+#: The TLS 1.2 suites accepted: ECDHE key exchange with AES-GCM or
+#: ChaCha20-Poly1305, no CBC, no SHA-1 MAC, no static RSA.
+AEAD_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+
+
+def aeadCiphers() -> AcceptableCiphers:
+    """
+    @return: L{AEAD_CIPHERS} as Twisted's C{acceptableCiphers}, for
+        L{CertificateOptions} (servers) and C{optionsForClientTLS}'s
+        C{extraCertificateOptions} (clients).
+    """
+    return AcceptableCiphers.fromOpenSSLCipherString(AEAD_CIPHERS)
 
 
 def loadCertificates(path: str):
@@ -72,6 +87,7 @@ def mutualTLSOptions(certKey: str, privateKey: str, caCerts: str) -> Certificate
         extraCertChain=[c.original for c in chain[1:]],
         trustRoot=trustRootFromCertificates(loadCertificates(caCerts)),
         raiseMinimumTo=TLSVersion.TLSv1_2,
+        acceptableCiphers=aeadCiphers(),
     )
 
 

@@ -16,8 +16,8 @@ Three layers, as everywhere in ekey:
     purpose: see L{Fault}.
   - L{SimulatedKeyProtocol} and L{SimulatedKeyFactory} put it on a Twisted
     transport, pacing entropy frames with an injected clock.
-  - L{main} is the C{ekey-sim} command: a key on a listening endpoint (such
-    as C{unix:/tmp/key.sock}) or on a pseudo-terminal.
+  - L{ekey.cli.sim} is the C{ekey-sim} command: a key on a listening
+    endpoint (such as C{unix:/tmp/key.sock}) or on a pseudo-terminal.
 
 Choices the real key's documentation leaves open, made here:
 
@@ -35,19 +35,15 @@ Choices the real key's documentation leaves open, made here:
 
 from __future__ import annotations
 
-import argparse
 import enum
 import hashlib
 import os
-import sys
 from dataclasses import dataclass
 from typing import Callable, Iterable, List, Optional
 
-from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import LoopingCall, react
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -62,14 +58,9 @@ from ekey.core.frames import (
     pemDecode,
     pemEncode,
 )
-from ekey.core.keyring import (
-    Keyring,
-    KeyringError,
-    formatSerial,
-    parseSecret,
-    parseSerial,
-)
+from ekey.core.keyring import formatSerial
 from ekey.core.skein import prepared
+from ekey.services._reactor import default
 
 #: The serial number C{ekey-sim} uses unless told otherwise: the twelve ASCII
 #: bytes C{SIMULATOR-01}, C{U0lNVUxBVE9SLTAx} in PEM, so that it is
@@ -606,12 +597,10 @@ class SimulatedKeyProtocol(Protocol):
         """
         if rate < 0:
             raise ValueError("rate must not be negative")
-        if reactor is None:
-            from twisted.internet import reactor
         self.key = key
         self.rate = rate
         self.paused = False
-        self._reactor = reactor
+        self._reactor = default(reactor)
         self._stopped = False
         self._loop = None
         self._pump = None
@@ -767,269 +756,3 @@ class SimulatedKeyFactory(Factory):
                 "Host disconnected after {frames} entropy frames in all",
                 frames=self.key.entropyFrames,
             )
-
-
-# The ekey-sim command ----------------------------------------------------------
-
-BANNER = (
-    "*** ekey-sim is a SIMULATOR of an Entropy Key. It is NOT a hardware entropy "
-    "source: never use its output where real randomness is needed. ***"
-)
-
-
-class _ArgumentParser(argparse.ArgumentParser):
-    """
-    An argument parser whose errors are one line on standard error and exit
-    status 2.
-    """
-
-    def error(self, message: str):
-        _fail(message, self.prog)
-
-
-def _fail(message: str, prog: str = "ekey-sim"):
-    sys.stderr.write(f"{prog}: error: {message}\n")
-    sys.stderr.flush()
-    raise SystemExit(2)
-
-
-def _faultArgument(text: str) -> Fault:
-    try:
-        return Fault.parse(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _nonNegative(kind):
-    def convert(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            value = -1
-        if value < 0:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number from 0")
-        return value
-
-    return convert
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = _ArgumentParser(
-        prog="ekey-sim",
-        description=(
-            "Simulate an Entropy Key for testing ekey or ekeyd. "
-            "THIS IS NOT A SOURCE OF ENTROPY."
-        ),
-    )
-    where = parser.add_mutually_exclusive_group(required=True)
-    where.add_argument(
-        "--listen",
-        metavar="ENDPOINT",
-        help="serve the key on a Twisted server endpoint, such as unix:/tmp/key.sock "
-        "(one host at a time)",
-    )
-    where.add_argument(
-        "--pty",
-        action="store_true",
-        help="serve the key on a new pseudo-terminal; its path is printed on standard output",
-    )
-    parser.add_argument(
-        "--serial",
-        metavar="PEM",
-        default=formatSerial(DEFAULT_SERIAL),
-        help="serial number, 16 base64 characters (default %(default)s, 'SIMULATOR-01')",
-    )
-    parser.add_argument(
-        "--long-term-key",
-        metavar="KEY",
-        help="long-term key, 44 base64 characters or 64 hex digits (default: the one "
-        "--keyring holds for the serial, else a random one)",
-    )
-    parser.add_argument(
-        "--master-key",
-        metavar="KEY",
-        help="master key that allows long-term re-keys (default: none, refuse them)",
-    )
-    parser.add_argument(
-        "--rate",
-        metavar="FRAMES_PER_SECOND",
-        type=_nonNegative(float),
-        default=DEFAULT_RATE,
-        help="entropy frames per second, 0 for as fast as possible (default %(default)s)",
-    )
-    parser.add_argument(
-        "--info-every",
-        metavar="N",
-        type=_nonNegative(int),
-        default=DEFAULT_INFO_EVERY,
-        help="send information frames every N entropy frames, 0 for never "
-        "(default %(default)s)",
-    )
-    parser.add_argument(
-        "--fault",
-        metavar="SPEC",
-        type=_faultArgument,
-        action="append",
-        default=[],
-        help="misbehave once: bad-mac:N, garbage:N, reset:N, stuck:N or fail-mode:C@N, "
-        "N counting entropy frames from 1 (repeatable)",
-    )
-    parser.add_argument(
-        "--seed",
-        metavar="TEXT",
-        help="make the plaintext predictable: block i is SHA-256(TEXT + i as 8 bytes)",
-    )
-    parser.add_argument(
-        "--keyring",
-        metavar="FILE",
-        help="add the key's serial and long-term key to this ekeyd keyring file "
-        "(created if missing, written atomically with mode 0600)",
-    )
-    return parser
-
-
-def _buildKey(args: argparse.Namespace) -> SimulatedKey:
-    """
-    Make the key the arguments describe, and write the keyring if asked.
-
-    @raise ValueError: with a message for the user, if an argument is bad.
-    @raise KeyringError: if the keyring cannot be read or written.
-    """
-    serial = parseSerial(args.serial)
-    masterKey = None if args.master_key is None else parseSecret(args.master_key, "master key")
-    keyring = None
-    if args.keyring is not None:
-        if os.path.exists(args.keyring):
-            keyring = Keyring.load(args.keyring)
-        else:
-            keyring = Keyring(args.keyring)
-    if args.long_term_key is not None:
-        longTermKey = parseSecret(args.long_term_key, "long-term key")
-    elif keyring is not None and keyring.get(serial) is not None:
-        longTermKey = keyring.get(serial)
-        sys.stderr.write(
-            f"ekey-sim: using the long-term key {args.keyring} holds for {args.serial}\n"
-        )
-    else:
-        longTermKey = os.urandom(32)
-        if keyring is None:
-            sys.stderr.write(
-                "ekey-sim: warning: neither --long-term-key nor --keyring given: the "
-                "random long-term key is known to no host, which cannot use this key\n"
-            )
-    if keyring is not None:
-        keyring.set(serial, longTermKey)
-        keyring.save()
-    seed = None if args.seed is None else args.seed.encode("utf-8")
-    return SimulatedKey(
-        serial,
-        longTermKey,
-        masterKey=masterKey,
-        seed=seed,
-        infoEvery=args.info_every,
-        faults=args.fault,
-    )
-
-
-def _openPTY() -> tuple:
-    """
-    Open a pseudo-terminal, its terminal side in raw mode.
-
-    @return: C{(readFD, writeFD, slaveFD, path)}: two descriptors of the
-        master side (the reactor tracks each descriptor with one reader or
-        writer object, so reading and writing need their own), the open
-        terminal side and its path.  The terminal side stays open for as
-        long as the simulator runs, so that the master side never reads
-        end-of-file while no host has the terminal open.
-    """
-    import tty
-
-    master, slave = os.openpty()
-    tty.setraw(slave)
-    return master, os.dup(master), slave, os.ttyname(slave)
-
-
-def _serve(reactor, args: argparse.Namespace, key: SimulatedKey, endpoint):
-    """
-    The body of C{ekey-sim} under L{twisted.internet.task.react}.
-
-    @return: a L{Deferred} that fails with C{SystemExit(2)} if the key
-        cannot be served, and otherwise never fires.
-    """
-    log = Logger(namespace="ekey.services.simulator")
-    log.warn("This key is SIMULATED: it is not a source of entropy")
-    log.info(
-        "Simulated key {serial}, {rate} entropy frames/s, faults: {faults}",
-        serial=formatSerial(key.serial),
-        rate=args.rate or "unlimited",
-        faults=", ".join(str(fault) for fault in key.faults) or "none",
-    )
-    if args.seed is not None:
-        log.warn("Seeded: every byte this key produces is predictable")
-    forever = Deferred()
-    if args.pty:
-        from twisted.internet.stdio import StandardIO
-
-        readFD, writeFD, slaveFD, path = _openPTY()
-        StandardIO(
-            SimulatedKeyProtocol(key, args.rate, reactor),
-            stdin=readFD,
-            stdout=writeFD,
-            reactor=reactor,
-        )
-        sys.stdout.write(path + "\n")
-        sys.stdout.flush()
-        log.info("Simulated key on {path}", path=path)
-        return forever
-
-    def listening(port):
-        log.info("Simulated key listening on {address}", address=port.getHost())
-        return forever
-
-    def failed(failure):
-        _fail(f"cannot listen on {args.listen}: {failure.getErrorMessage()}")
-
-    d = endpoint.listen(SimulatedKeyFactory(key, args.rate, reactor))
-    d.addCallbacks(listening, failed)
-    return d
-
-
-def main(argv: Optional[List[str]] = None, _reactor=None) -> None:
-    """
-    The C{ekey-sim} command: serve a simulated Entropy Key until killed.
-
-    @param argv: the arguments, without the program name; C{sys.argv[1:]}
-        if C{None}.
-    @param _reactor: the reactor to use, for tests; the global one if
-        C{None} (only then does the command log to standard error).
-    @raise SystemExit: always: status 2 with a one-line message on standard
-        error for bad arguments or a failure to start, else the reactor's
-        exit status.
-    """
-    args = _parser().parse_args(argv)
-    logToStandardError = _reactor is None
-    if _reactor is None:
-        from twisted.internet import reactor as _reactor
-    endpoint = None
-    if args.listen is not None:
-        try:
-            endpoint = serverFromString(_reactor, args.listen)
-        except Exception as e:
-            _fail(f"bad endpoint {args.listen!r}: {e}")
-    try:
-        key = _buildKey(args)
-    except (ValueError, KeyringError) as e:
-        _fail(str(e))
-    sys.stderr.write(BANNER + "\n")
-    sys.stderr.flush()
-    if logToStandardError:
-        from twisted.logger import globalLogBeginner, textFileLogObserver
-
-        globalLogBeginner.beginLoggingTo(
-            [textFileLogObserver(sys.stderr)], redirectStandardIO=False
-        )
-    react(_serve, (args, key, endpoint), _reactor=_reactor)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,216 @@
+# -*- test-case-name: tests.test_twistd -*-
+"""
+The daemon, assembled from one L{DaemonConfig} into services under one
+L{MultiService}.
+
+Keys feed one L{EntropyPool}; EGD listeners, the output file and the kernel
+feeder draw from it, each byte going to exactly one of them.  Front ends
+(C{twistd ekey}, C{ekey-feed-kernel}) make the configuration and call
+L{prepare}, which opens what must be opened before privileges are dropped
+and checks everything that needs the system, then L{makeService}.  Every
+listener is a C{strports} service, so that a failed bind stops the start;
+every client listener's factory is wrapped by one L{ConnectionLimiter}
+(TLS handshake time-out, a cap on connections over all listeners).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+from twisted.application import strports
+from twisted.application.service import MultiService
+from twisted.internet import endpoints
+from twisted.logger import Logger
+
+from ekey.core.keyring import Keyring, KeyringError
+from ekey.core.kernel import FeedPolicy, KernelError
+from ekey.core.pool import EntropyPool
+from ekey.core.ratelimit import RateLimiter
+from ekey.services._reactor import default
+from ekey.services.config import DaemonConfig, privateUnixListener, unixPath
+from ekey.services.daemon import Daemon
+from ekey.services.device import KeyDirectoryService, KeyPathError, checkKeyPath
+from ekey.services.feeder import KernelFeeder, openKernel
+from ekey.services.keys import KeyManager
+from ekey.services.limits import ConnectionLimiter
+from ekey.services.server import EGDServerFactory
+from ekey.services.sinks import FileSink, SinkError, SinkService
+from ekey.services.upstream import PullPolicy, UpstreamService
+
+log = Logger()
+
+
+class ConfigError(ValueError):
+    """
+    The configuration cannot be used on this system; the message is one
+    line naming the option and the fix.
+    """
+
+
+@dataclass
+class Resources:
+    """
+    What L{prepare} opened for L{makeService}.
+
+    @ivar keyring: the loaded keyring, or C{None} without keys.
+    @ivar kernel: C{(kernel, policy)} from L{openKernel}, or C{None}.
+    @ivar sink: the L{FileSink}, or C{None}.
+    """
+
+    keyring: Optional[Keyring] = None
+    kernel: Optional[Tuple[object, FeedPolicy]] = None
+    sink: Optional[FileSink] = None
+
+
+def _checkEndpoints(config: DaemonConfig, reactor) -> None:
+    listeners = [("--port", d) for d in config.ports]
+    listeners += [(f"--{name}", d) for name, d in
+                  (("control", config.control), ("metrics", config.metrics),
+                   ("ekeyd-control", config.ekeydControl)) if d]
+    for option, description in listeners:
+        if description.isdigit():
+            raise ConfigError(f"bad {option} {description!r}: an endpoint needs its type, "
+                              f"such as tcp:{description}")
+        try:
+            endpoints.serverFromString(reactor, description)
+        except (ValueError, KeyError, TypeError, IndexError) as e:
+            raise ConfigError(f"bad {option} {description!r}: {e}") from None
+    for description in config.upstreams:
+        try:
+            endpoints.clientFromString(reactor, description)
+        except (ValueError, KeyError, TypeError, IndexError, OSError) as e:
+            raise ConfigError(f"bad --upstream {description!r}: {e}") from None
+
+
+def prepare(config: DaemonConfig, reactor=None, kernel=None) -> Resources:
+    """
+    Check what needs the system and open what must be opened while the
+    process still has its privileges: the keyring, the kernel device, the
+    output file.
+
+    @param kernel: a kernel for L{openKernel}, for tests.
+    @raise ValueError: from L{DaemonConfig.check}.
+    @raise ConfigError: with one line naming the option and the fix.
+    """
+    reactor = default(reactor)
+    config.check()
+    for path in config.devices:
+        try:
+            checkKeyPath(path)
+        except KeyPathError as e:
+            raise ConfigError(str(e)) from None
+    for directory in config.deviceDirs:
+        if not os.path.isdir(directory):
+            raise ConfigError(f"--device-dir {directory} is not a directory")
+    _checkEndpoints(config, reactor)
+    resources = Resources()
+    if config.devices or config.deviceDirs:
+        try:
+            resources.keyring = Keyring.load(config.keyring)
+        except KeyringError as e:
+            raise ConfigError(str(e)) from None
+    if config.kernel:
+        try:
+            resources.kernel = openKernel(config.kernelInterval, config.kernelBytes, kernel)
+        except KernelError as e:
+            raise ConfigError(f"--kernel: {e}") from None
+    if config.outputFile:
+        try:
+            resources.sink = FileSink(config.outputFile, config.outputMaxBytes, reactor=reactor)
+        except SinkError as e:
+            raise ConfigError(str(e)) from None
+    return resources
+
+
+def makeService(config: DaemonConfig, resources: Optional[Resources] = None,
+                reactor=None) -> MultiService:
+    """
+    Build the daemon's services.
+
+    @param resources: what L{prepare} opened; L{prepare} is called if
+        C{None}.
+    @raise ValueError: if C{resources} is C{None} and L{prepare} refuses.
+    @return: a L{MultiService} with attributes C{pool}, C{keys} (the
+        L{KeyManager}), C{daemon} (the L{Daemon}) and C{limiter} (the
+        L{ConnectionLimiter}).
+    """
+    reactor = default(reactor)
+    if resources is None:
+        resources = prepare(config, reactor)
+    top = MultiService()
+    pool = top.pool = EntropyPool(config.poolSize)
+
+    keys = top.keys = KeyManager(resources.keyring, pool, reactor=reactor)
+    keys.setServiceParent(top)
+    daemon = top.daemon = Daemon(keys, pool, reactor, reactor.stop)
+    daemon.setServiceParent(top)
+    # Sockets of our own, which must never be taken for keys.
+    keys.ownSockets = [path for path in map(unixPath, config.ports + (config.control or "",
+                                                                       config.metrics or ""))
+                       if path]
+    for path in config.devices:
+        keys.add(path)
+    for directory in config.deviceDirs:
+
+        def appeared(path):
+            try:
+                keys.add(path)
+            except KeyPathError as e:
+                log.warn("Not serving {path}: {reason}", path=path, reason=str(e))
+
+        KeyDirectoryService(directory, appeared, keys.removePath,
+                            exclude=list(config.devices), reactor=reactor).setServiceParent(top)
+    if config.upstreams:
+        policy = PullPolicy(pool, config.lowWater, config.highWater)
+        top.pullPolicy = daemon.pullPolicy = policy
+        for description in config.upstreams:
+            UpstreamService(description, policy, reactor=reactor).setServiceParent(top)
+    limiter = top.limiter = ConnectionLimiter(config.maxConnections, config.tlsHandshakeTimeout,
+                                              reactor=reactor)
+    # One factory per listener, so that each has its own clients and
+    # counters; they share the pool, the per-client rate limits and the
+    # connection cap.
+    rates = RateLimiter(config.clientRate, config.clientBurst)
+    for description in config.ports:
+        factory = EGDServerFactory(
+            pool, name=description, clock=reactor, limiter=rates,
+            maxClients=config.maxClients, idleTimeout=config.idleTimeout,
+            maxPendingBytes=config.maxPending)
+        strports.service(privateUnixListener(description), limiter.wrap(factory),
+                         reactor=reactor).setServiceParent(top)
+        daemon.listeners.append((description, factory))
+    if resources.sink is not None:
+        SinkService(pool, resources.sink).setServiceParent(top)
+        daemon.sinks.append(resources.sink)
+    credit, creditReason = config.kernelCredit()
+    if resources.kernel is not None:
+        kernel, policy = resources.kernel
+        top.kernelFeeder = daemon.kernelFeeder = KernelFeeder(
+            pool, kernel, policy, credit, reactor=reactor)
+        top.kernelFeeder.setServiceParent(top)
+    if config.control:
+        from ekey.services.control import ControlFactory
+
+        strports.service(config.control, ControlFactory(daemon),
+                         reactor=reactor).setServiceParent(top)
+    if config.metrics:
+        from ekey.services.web import makeSite
+
+        strports.service(privateUnixListener(config.metrics), limiter.wrap(makeSite(daemon)),
+                         reactor=reactor).setServiceParent(top)
+    log.info(
+        "ekey starting: {keys} key(s){directory}, {upstreams} upstream(s), keyring {keyring}, "
+        "pool of {size} bytes, EGD on {ports}{kernel}; at most {cap} client connections",
+        keys=len(config.devices),
+        upstreams=len(config.upstreams),
+        directory=(f" and keys in {', '.join(config.deviceDirs)}" if config.deviceDirs else ""),
+        keyring=config.keyring,
+        size=config.poolSize,
+        ports=", ".join(config.ports) or "no port",
+        kernel=(f"; feeding the kernel, crediting {credit} bits a byte ({creditReason})"
+                if resources.kernel is not None else ""),
+        cap=limiter.maxConnections,
+    )
+    return top
