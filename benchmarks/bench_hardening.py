@@ -116,7 +116,7 @@ class Daemon:
                         f"{base64.b64encode(bytes.fromhex(LONG_TERM_KEY_HEX)).decode()}\n")
             os.chmod(keyring, 0o600)
         self.sim = procs.start(f"{name}-sim", [
-            sys.executable, "-c", "from ekey.services.simulator import main; main()",
+            sys.executable, "-c", "from ekey.cli.sim import main; main()",
             "--listen", f"unix:{self.keySocket}", "--serial", SERIAL,
             "--long-term-key", LONG_TERM_KEY_HEX, "--rate", f"{keyRate:g}"])
         waitUntil(lambda: os.path.exists(self.keySocket), "the simulated key", self.sim, procs)

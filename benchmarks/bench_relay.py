@@ -543,7 +543,7 @@ def keyRate(bench: Bench, args) -> List[dict]:
     """
     keySock = os.path.join(bench.dir, "key.sock")
     keyring = os.path.join(bench.dir, "keyring")
-    sim = bench.procs.start("sim", [sys.executable, "-m", "ekey.services.simulator", "--listen",
+    sim = bench.procs.start("sim", [sys.executable, "-m", "ekey.cli.sim", "--listen",
                                     f"unix:{keySock}", "--rate", "0", "--keyring", keyring,
                                     "--info-every", "0"])
     waitPath(keySock, sim, bench.procs)

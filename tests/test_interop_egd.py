@@ -425,9 +425,9 @@ class EkeyEGDCommandTests(_EGDDaemonMixin, TestCase):
 
     def ekeyEGD(self, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess:
         """
-        Run C{ekey-egd} (its entry point, C{ekey.services.client:main}).
+        Run C{ekey-egd} (its entry point, C{ekey.cli.egd:main}).
         """
-        argv = [sys.executable, "-c", "from ekey.services.client import main; main()"] + list(args)
+        argv = [sys.executable, "-c", "from ekey.cli.egd import main; main()"] + list(args)
         try:
             return subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
                                   env=pythonEnvironment(), timeout=timeout)

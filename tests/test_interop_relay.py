@@ -77,7 +77,7 @@ def egdClient(endpoint: str, verb: str, *arguments: str,
     Start our EGD client (C{ekey-egd}, from the source tree) on
     C{endpoint}; the caller waits for it with L{finishClient}.
     """
-    argv = [sys.executable, "-c", "from ekey.services.client import main; main()",
+    argv = [sys.executable, "-c", "from ekey.cli.egd import main; main()",
             "--timeout", f"{timeout:g}", "--connect", endpoint, verb] + list(arguments)
     return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=pythonEnvironment(),

@@ -70,7 +70,7 @@ def startFixedKey(testCase, directory: str) -> RunningProcess:
     """
     argv = [sys.executable, "-c",
             _patchedRandom(bytes([DEVICE_BYTE]))
-            + "from ekey.services.simulator import main; main()",
+            + "from ekey.cli.sim import main; main()",
             "--pty", "--serial", SERIAL, "--long-term-key", LONG_TERM_KEY_HEX,
             "--master-key", MASTER_KEY_HEX, "--seed", SEED.decode(), "--rate", "200"]
     process = RunningProcess(testCase, "ekey-sim", argv, directory, env=pythonEnvironment())

@@ -21,9 +21,10 @@ from ekey.services.limits import LimitedFactory
 from tests.vectors import VECTORS
 
 
-class OptionsTests(unittest.TestCase):
+class OptionsFixture:
     """
-    Bad configuration stops start-up with a clear message.
+    A keyring, two socket keys and an output path, and ways to parse
+    options and build the daemon from them.
     """
 
     def setUp(self):
@@ -51,6 +52,18 @@ class OptionsTests(unittest.TestCase):
         does (without disabling core dumps in the test process).
         """
         return assemble(options.config, options.resources, reactor=reactor or MemoryReactorClock())
+
+    def assertUsage(self, expected, *args):
+        error = self.assertRaises(UsageError, self.parse, *args)
+        self.assertIn(expected, str(error))
+        self.assertNotIn("\n", str(error))
+
+
+
+class OptionsTests(OptionsFixture, unittest.TestCase):
+    """
+    Bad configuration stops start-up with a clear message.
+    """
 
     def test_good(self):
         """
@@ -107,11 +120,6 @@ class OptionsTests(unittest.TestCase):
         self.assertEqual(options.config.deviceDirs, (directory,))
         self.assertUsage("not a directory", "--device-dir", self.output,
                          "--keyring", self.keyring, "--port", "tcp:0")
-
-    def assertUsage(self, expected, *args):
-        error = self.assertRaises(UsageError, self.parse, *args)
-        self.assertIn(expected, str(error))
-        self.assertNotIn("\n", str(error))
 
     def test_noDevice(self):
         """
@@ -232,7 +240,7 @@ class AssemblyTests(unittest.TestCase):
         with capturedLogs() as events:
             service = assemble(config, prepare(config, reactor, kernel=FakeKernel()),
                                reactor=reactor)
-        [start] = [e for e in events if "ekey starting" in e["log_format"]]
+        [start] = [e for e in events if " starting: " in e["log_format"]]
         return service, formatEvent(start)
 
     def test_kernelCreditUnverified(self):
@@ -319,3 +327,110 @@ class TwistdTests(unittest.TestCase):
                          "twistd ekey: bad --port '8888': an endpoint needs its type, "
                          "such as tcp:8888\n")
         self.assertEqual(stdout.getvalue(), "")
+
+
+class WiringTests(OptionsFixture, unittest.TestCase):
+    """
+    The options that reach services beyond the pool: the control channels'
+    owner-only rule, ekeyd's control protocol, the upstreams' checks and
+    stall time-out, systemd's notification, the version and the log level.
+    """
+
+    def base(self):
+        return ("--device", self.device, "--keyring", self.keyring, "--port", "tcp:0",
+                "--control", "none")
+
+    def test_controlChannelsLocalOnly(self):
+        """
+        Neither control channel may be anything but a Unix socket, nor have
+        a mode that lets others in; a control group must exist.
+        """
+        self.assertUsage("must be a local Unix socket", *self.base(), "--control", "tcp:7000")
+        self.assertUsage("--ekeyd-control tcp:7001: the control channel must be a local Unix",
+                         *self.base(), "--ekeyd-control", "tcp:7001")
+        self.assertUsage("would let other users reach", *self.base(),
+                         "--ekeyd-control", f"unix:{self.mktemp()}:mode=666")
+        self.assertUsage("no such group", *self.base(), "--control-group", "no-such-group-x")
+
+    def test_ekeydControlServed(self):
+        """
+        C{--ekeyd-control} serves ekeyd's protocol beside the AMP channel,
+        on a socket made owner-only, never taken for a key.
+        """
+        from ekey.services.ekeydcontrol import EkeydControlFactory
+
+        path = self.mktemp()
+        options = self.parse(*self.base(), "--ekeyd-control", f"unix:{path}")
+        reactor = MemoryReactorClock()
+        service = self.build(options, reactor)
+        service.startService()
+        self.addCleanup(service.stopService)
+        factories = [args[1] for args in reactor.unixServers]
+        self.assertEqual([type(f) for f in factories], [EkeydControlFactory])
+        self.assertEqual(reactor.unixServers[0][0], path)
+        self.assertEqual(reactor.unixServers[0][3], 0o600)
+        self.assertIn(path, service.keys.ownSockets)
+
+    def test_upstreams(self):
+        """
+        An C{ssl:} upstream is refused with a hint; C{priority=} is taken
+        off before Twisted reads the endpoint; the stall time-out reaches
+        the pull policy.
+        """
+        self.assertUsage("use tls:", *self.base(), "--upstream", "ssl:example.net:8888")
+        options = self.parse(*self.base(), "--upstream", "unix:/run/a:priority=1",
+                             "--upstream-stall-timeout", "7.5")
+        service = self.build(options)
+        self.assertEqual(service.pullPolicy.stallTimeout, 7.5)
+
+    def test_systemdNotified(self):
+        """
+        The daemon has a systemd notifier, waiting for each key's first
+        attempt.
+        """
+        from ekey.services.notify import SystemdNotifier
+
+        service = self.build(self.parse(*self.base()))
+        notifiers = [s for s in service if isinstance(s, SystemdNotifier)]
+        self.assertEqual(len(notifiers), 1)
+        self.assertEqual(len(notifiers[0]._ready), 1)
+
+    def test_version(self):
+        """
+        C{--version} prints the version and exits 0.
+        """
+        import io
+        from contextlib import redirect_stdout
+
+        from ekey import __version__
+
+        out = io.StringIO()
+        with redirect_stdout(out):
+            error = self.assertRaises(SystemExit, self.parse, "--version")
+        self.assertEqual((error.code, out.getvalue()), (0, f"twistd ekey {__version__}\n"))
+
+    def test_logLevel(self):
+        """
+        C{--log-level warn} drops info events from what twistd logs to; the
+        default logs them.
+        """
+        from twisted.logger import Logger, LogLevel
+
+        from ekey.cli.twistd import filterLogging
+
+        class Beginner:
+            def beginLoggingTo(self, observers):
+                self.observers = observers
+
+        seen = []
+        beginner = Beginner()
+        filterLogging("warn", beginner)
+        beginner.beginLoggingTo([seen.append])
+        log = Logger(observer=beginner.observers[0])
+        log.info("routine")
+        log.warn("attention")
+        self.assertEqual([e["log_level"] for e in seen], [LogLevel.warn])
+        untouched = Beginner()
+        filterLogging("info", untouched)
+        untouched.beginLoggingTo([seen.append])
+        self.assertEqual(untouched.observers, [seen.append])

@@ -17,6 +17,8 @@ import sys
 
 from twisted.python import usage
 
+from ekey import __version__
+
 from ekey.core.kernel import DEFAULT_BYTES, DEFAULT_INTERVAL, DEFAULT_SHANNONS_PER_BYTE
 from ekey.core.keyring import DEFAULT_KEYRING
 from ekey.core.pool import DEFAULT_POOL_SIZE
@@ -74,10 +76,15 @@ class Options(usage.Options):
          "The control channel (ekeyctl) endpoint; 'none' for no control channel. The default "
          "is a Unix socket, mode 0600, in the run directory (twistd --rundir)."],
         ["control-group", None, None,
-         "A group whose members may use the control channel."],
+         "A group whose members may use the control channels (their sockets are then "
+         "mode 0660, that group's). Without it only root and the daemon's user may."],
+        ["ekeyd-control", None, None,
+         "Also serve ekeyd's own control protocol on this Unix socket (unix:PATH), for "
+         "ekeydctl, ekeyd's munin plugin and udev script; the same owner-only rule."],
         ["client-rate", None, 0.0,
-         "Bytes per second each EGD client may draw (keyed by certificate identity, else "
-         "address); 0 for no limit. A client over its share waits.", float],
+         "Bytes per second each EGD client may draw, keyed by identity (Unix user, "
+         "certificate fingerprint, else address); 0 for no limit. A client over its share "
+         "waits.", float],
         ["client-burst", None, 65536, "Bytes a client may draw at once after a rest.", int],
         ["max-clients", None, 0,
          "The most EGD clients at once on each --port (0: no limit).", int],
@@ -93,10 +100,12 @@ class Options(usage.Options):
         ["tls-handshake-timeout", None, DEFAULT_TLS_HANDSHAKE_TIMEOUT,
          "Seconds a client of a TLS listener has to complete its handshake.", float],
         ["upstream-stall-timeout", None, DEFAULT_UPSTREAM_STALL_TIMEOUT,
-         "Seconds an upstream may leave requests unanswered before it is dropped.", float],
+         "Seconds an upstream may deliver nothing of what it was asked before its demand "
+         "is asked of the other upstreams.", float],
         ["metrics", None, None,
-         "Serve Prometheus metrics (/metrics) and the status page (/) on this endpoint, "
-         "such as tcp:9110:interface=127.0.0.1."],
+         "Serve Prometheus metrics (/metrics) and the status page (/) on this endpoint: "
+         "plain on loopback only (tcp:9110:interface=127.0.0.1), or mtls:... for other "
+         "hosts."],
         ["log-level", None, "info", f"The lowest level logged: {', '.join(LOG_LEVELS)}."],
     ]
     optFlags = [
@@ -148,6 +157,13 @@ class Options(usage.Options):
 
     opt_u = opt_upstream
 
+    def opt_version(self):
+        """
+        Print the version and exit.
+        """
+        print(f"twistd ekey {__version__}")
+        sys.exit(0)
+
     def _switchUID(self):
         parent = getattr(self, "parent", None)
         if parent is None:
@@ -180,6 +196,7 @@ class Options(usage.Options):
             kernelBytes=self["kernel-bytes"],
             control=None if control in (None, "none") else control,
             controlGroup=self["control-group"],
+            ekeydControl=self["ekeyd-control"],
             clientRate=self["client-rate"],
             clientBurst=self["client-burst"],
             maxClients=self["max-clients"],
@@ -227,9 +244,37 @@ class Options(usage.Options):
 
 def makeService(options: Options, reactor=None):
     """
-    Build the daemon from parsed L{Options}, with core dumps disabled.
+    Build the daemon from parsed L{Options}, with core dumps disabled and
+    logging filtered to C{--log-level}.
 
     @return: the daemon's L{MultiService}.
     """
     disableCoreDumps()
+    filterLogging(options.config.logLevel)
     return assembly.makeService(options.config, options.resources, reactor=reactor)
+
+
+def filterLogging(level: str, beginner=None) -> None:
+    """
+    Log only events at C{level} or above: wrap the observers that twistd
+    starts logging to (after L{makeService}) in a level filter.
+
+    @param level: a name from L{LOG_LEVELS}.
+    @param beginner: the L{twisted.logger.LogBeginner} (default the global
+        one).
+    """
+    from twisted.logger import (FilteringLogObserver, LogLevel, LogLevelFilterPredicate,
+                                globalLogBeginner)
+
+    beginner = beginner or globalLogBeginner
+    if level == "info" or getattr(beginner, "_ekeyFiltered", False):
+        return
+    predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.levelWithName(level))
+    begin = beginner.beginLoggingTo
+
+    def beginLoggingTo(observers, *args, **kwargs):
+        return begin([FilteringLogObserver(o, [predicate]) for o in observers],
+                     *args, **kwargs)
+
+    beginner.beginLoggingTo = beginLoggingTo
+    beginner._ekeyFiltered = True

@@ -24,17 +24,22 @@ from twisted.application.service import MultiService
 from twisted.internet import endpoints
 from twisted.logger import Logger
 
+from ekey import __version__
 from ekey.core.keyring import Keyring, KeyringError
 from ekey.core.kernel import FeedPolicy, KernelError
 from ekey.core.pool import EntropyPool
 from ekey.core.ratelimit import RateLimiter
+from ekey.core.upstreamconfig import checkUpstreamDescription, splitPriority
 from ekey.services._reactor import default
 from ekey.services.config import DaemonConfig, privateUnixListener, unixPath
+from ekey.services.control import checkControlEndpoint, controlService, resolveGroup
 from ekey.services.daemon import Daemon
 from ekey.services.device import KeyDirectoryService, KeyPathError, checkKeyPath
 from ekey.services.feeder import KernelFeeder, openKernel
 from ekey.services.keys import KeyManager
+from ekey.services.ekeydcontrol import ekeydControlService, targetFromDaemon
 from ekey.services.limits import ConnectionLimiter
+from ekey.services.notify import SystemdNotifier
 from ekey.services.server import EGDServerFactory
 from ekey.services.sinks import FileSink, SinkError, SinkService
 from ekey.services.upstream import PullPolicy, UpstreamService
@@ -57,11 +62,13 @@ class Resources:
     @ivar keyring: the loaded keyring, or C{None} without keys.
     @ivar kernel: C{(kernel, policy)} from L{openKernel}, or C{None}.
     @ivar sink: the L{FileSink}, or C{None}.
+    @ivar controlGroup: the control group's id, or C{None}.
     """
 
     keyring: Optional[Keyring] = None
     kernel: Optional[Tuple[object, FeedPolicy]] = None
     sink: Optional[FileSink] = None
+    controlGroup: Optional[int] = None
 
 
 def _checkEndpoints(config: DaemonConfig, reactor) -> None:
@@ -79,9 +86,30 @@ def _checkEndpoints(config: DaemonConfig, reactor) -> None:
             raise ConfigError(f"bad {option} {description!r}: {e}") from None
     for description in config.upstreams:
         try:
-            endpoints.clientFromString(reactor, description)
+            checkUpstreamDescription(description)
+            endpoints.clientFromString(reactor, splitPriority(description)[0])
         except (ValueError, KeyError, TypeError, IndexError, OSError) as e:
             raise ConfigError(f"bad --upstream {description!r}: {e}") from None
+
+
+def _checkControl(config: DaemonConfig) -> Optional[int]:
+    """
+    Check the control channels' endpoints (Unix sockets only, owner-only
+    modes) and find the control group.
+
+    @return: the control group's id, or C{None}.
+    """
+    group = None
+    try:
+        if config.controlGroup is not None:
+            group = resolveGroup(config.controlGroup)
+        if config.control:
+            checkControlEndpoint(config.control, group)
+        if config.ekeydControl:
+            checkControlEndpoint(config.ekeydControl, group, "--ekeyd-control")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return group
 
 
 def prepare(config: DaemonConfig, reactor=None, kernel=None) -> Resources:
@@ -105,7 +133,7 @@ def prepare(config: DaemonConfig, reactor=None, kernel=None) -> Resources:
         if not os.path.isdir(directory):
             raise ConfigError(f"--device-dir {directory} is not a directory")
     _checkEndpoints(config, reactor)
-    resources = Resources()
+    resources = Resources(controlGroup=_checkControl(config))
     if config.devices or config.deviceDirs:
         try:
             resources.keyring = Keyring.load(config.keyring)
@@ -142,13 +170,14 @@ def makeService(config: DaemonConfig, resources: Optional[Resources] = None,
     top = MultiService()
     pool = top.pool = EntropyPool(config.poolSize)
 
-    keys = top.keys = KeyManager(resources.keyring, pool, reactor=reactor)
+    keys = top.keys = KeyManager(resources.keyring, pool, reactor=reactor,
+                                 keyringPath=config.keyring)
     keys.setServiceParent(top)
     daemon = top.daemon = Daemon(keys, pool, reactor, reactor.stop)
     daemon.setServiceParent(top)
     # Sockets of our own, which must never be taken for keys.
-    keys.ownSockets = [path for path in map(unixPath, config.ports + (config.control or "",
-                                                                       config.metrics or ""))
+    keys.ownSockets = [path for path in map(unixPath, config.ports + (
+                           config.control or "", config.metrics or "", config.ekeydControl or ""))
                        if path]
     for path in config.devices:
         keys.add(path)
@@ -163,7 +192,8 @@ def makeService(config: DaemonConfig, resources: Optional[Resources] = None,
         KeyDirectoryService(directory, appeared, keys.removePath,
                             exclude=list(config.devices), reactor=reactor).setServiceParent(top)
     if config.upstreams:
-        policy = PullPolicy(pool, config.lowWater, config.highWater)
+        policy = PullPolicy(pool, config.lowWater, config.highWater,
+                            stallTimeout=config.upstreamStallTimeout, reactor=reactor)
         top.pullPolicy = daemon.pullPolicy = policy
         for description in config.upstreams:
             UpstreamService(description, policy, reactor=reactor).setServiceParent(top)
@@ -191,18 +221,24 @@ def makeService(config: DaemonConfig, resources: Optional[Resources] = None,
             pool, kernel, policy, credit, reactor=reactor)
         top.kernelFeeder.setServiceParent(top)
     if config.control:
-        from ekey.services.control import ControlFactory
-
-        strports.service(config.control, ControlFactory(daemon),
-                         reactor=reactor).setServiceParent(top)
+        controlService(config.control, daemon, controlGroup=resources.controlGroup,
+                       deviceDirs=config.deviceDirs, reactor=reactor).setServiceParent(top)
+    if config.ekeydControl:
+        ekeydControlService(config.ekeydControl, targetFromDaemon(daemon, config.deviceDirs),
+                            reactor=reactor,
+                            controlGroup=resources.controlGroup).setServiceParent(top)
     if config.metrics:
         from ekey.services.web import makeSite
 
         strports.service(privateUnixListener(config.metrics), limiter.wrap(makeSite(daemon)),
                          reactor=reactor).setServiceParent(top)
+    # Ready for systemd (Type=notify) once the reactor runs and every key
+    # given at start has been tried once.
+    SystemdNotifier(keys.firstAttempts(), reactor=reactor).setServiceParent(top)
     log.info(
-        "ekey starting: {keys} key(s){directory}, {upstreams} upstream(s), keyring {keyring}, "
+        "ekey {version} starting: {keys} key(s){directory}, {upstreams} upstream(s), keyring {keyring}, "
         "pool of {size} bytes, EGD on {ports}{kernel}; at most {cap} client connections",
+        version=__version__,
         keys=len(config.devices),
         upstreams=len(config.upstreams),
         directory=(f" and keys in {', '.join(config.deviceDirs)}" if config.deviceDirs else ""),

@@ -27,6 +27,7 @@ from typing import List, Optional, Tuple
 from ekey.core.kernel import DEFAULT_BYTES, DEFAULT_INTERVAL, DEFAULT_SHANNONS_PER_BYTE
 from ekey.core.keyring import DEFAULT_KEYRING
 from ekey.core.pool import DEFAULT_POOL_SIZE
+from ekey.core.pull import DEFAULT_STALL_TIMEOUT
 from ekey.services.server import DEFAULT_MAX_PENDING
 from ekey.services.upstream import DEFAULT_HIGH_WATER, DEFAULT_LOW_WATER
 
@@ -40,8 +41,9 @@ DEFAULT_OUTPUT_MAX_BYTES = 1 << 20
 #: Seconds a TLS client has to complete its handshake.
 DEFAULT_TLS_HANDSHAKE_TIMEOUT = 10.0
 
-#: Seconds an upstream may hold requests unanswered before it is dropped.
-DEFAULT_UPSTREAM_STALL_TIMEOUT = 60.0
+#: Seconds an upstream may deliver nothing of what it was asked before its
+#: demand is asked of the others (L{ekey.core.pull.PullPolicy}).
+DEFAULT_UPSTREAM_STALL_TIMEOUT = DEFAULT_STALL_TIMEOUT
 
 #: The log levels C{--log-level} accepts, as L{twisted.logger.LogLevel} names.
 LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
@@ -161,8 +163,8 @@ class DaemonConfig:
     @ivar maxPending: bytes a connection may have asked for and not received.
     @ivar tlsHandshakeTimeout: seconds a TLS client has to finish its
         handshake.
-    @ivar upstreamStallTimeout: seconds an upstream may leave requests
-        unanswered.
+    @ivar upstreamStallTimeout: seconds an upstream may deliver nothing of
+        what it was asked before its demand moves to the others.
     @ivar metrics: the metrics and status page endpoint, or C{None}.
     @ivar logLevel: the lowest level logged, a name from L{LOG_LEVELS}.
     @ivar switchUID: the user id twistd switches to after start-up

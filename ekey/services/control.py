@@ -454,7 +454,7 @@ def _unescape(field: str) -> str:
     return "".join(out)
 
 
-def controlSocketPath(description: str) -> str:
+def controlSocketPath(description: str, option: str = "--control") -> str:
     """
     @return: the socket path of a C{unix:} endpoint description.
     @raise ValueError: if it has none.
@@ -465,14 +465,16 @@ def controlSocketPath(description: str) -> str:
             return _unescape(field)
         if key == "address":
             return _unescape(value)
-    raise ValueError(f"--control {description}: no socket path (unix:PATH)")
+    raise ValueError(f"{option} {description}: no socket path (unix:PATH)")
 
 
-def checkControlEndpoint(description: str, group: Optional[int] = None) -> str:
+def checkControlEndpoint(description: str, group: Optional[int] = None,
+                         option: str = "--control") -> str:
     """
-    Check the control channel's endpoint at start-up, and force its mode.
+    Check a control channel's endpoint at start-up, and force its mode.
 
     @param group: the control group's id, or C{None}.
+    @param option: the option that gave it, for messages.
     @return: the description with C{mode=600} (C{mode=660} with a group)
         when it gave none.
     @raise ValueError: with one line naming the fix, if it is not a Unix
@@ -482,9 +484,9 @@ def checkControlEndpoint(description: str, group: Optional[int] = None) -> str:
     kind = fields[0].lower()
     if kind != "unix":
         raise ValueError(
-            f"--control {description}: the control channel must be a local Unix socket "
+            f"{option} {description}: the control channel must be a local Unix socket "
             "(unix:PATH), since anyone who can connect to it controls the daemon")
-    controlSocketPath(description)
+    controlSocketPath(description, option)
     allowed = 0o660 if group is not None else 0o600
     for index, field in enumerate(fields[1:], 1):
         key, equals, value = field.partition("=")
@@ -492,13 +494,13 @@ def checkControlEndpoint(description: str, group: Optional[int] = None) -> str:
             try:
                 mode = int(value, 8)
             except ValueError:
-                raise ValueError(f"--control {description}: mode={value} is not an octal "
+                raise ValueError(f"{option} {description}: mode={value} is not an octal "
                                  "mode such as 600") from None
             if mode & ~allowed:
                 hint = ("" if group is not None else
                         ", or give --control-group GROUP to let a group in (0660)")
                 raise ValueError(
-                    f"--control {description}: mode={value} would let other users reach the "
+                    f"{option} {description}: mode={value} would let other users reach the "
                     f"control socket; leave mode= out (0{allowed:o}){hint}")
             return description
     return f"{description}:mode={allowed:o}"
@@ -563,16 +565,27 @@ class _ControlGroupService(Service):
 def controlService(description: str, daemon, controlGroup: Optional[int] = None,
                    deviceDirs: Sequence[str] = (), reactor=None) -> MultiService:
     """
-    The control channel as a service: checked with L{checkControlEndpoint},
-    listening with C{strports} (so that a failed bind stops the daemon),
-    then given to the control group.
+    The AMP control channel as a service (see L{listenControl}).
 
     @param daemon: the L{ekey.services.daemon.Daemon}.
     @raise ValueError: with one line, if the endpoint is refused.
     """
-    description = checkControlEndpoint(description, controlGroup)
-    top = MultiService()
     factory = ControlFactory(daemon, controlGroup=controlGroup, deviceDirs=deviceDirs)
+    return listenControl(description, factory, controlGroup, reactor)
+
+
+def listenControl(description: str, factory, controlGroup: Optional[int] = None,
+                  reactor=None, option: str = "--control") -> MultiService:
+    """
+    A control channel (the AMP one, or ekeyd's text protocol) as a service:
+    checked with L{checkControlEndpoint}, listening with C{strports} (so
+    that a failed bind stops the daemon), then given to the control group.
+
+    @param factory: the channel's protocol factory, which checks each peer.
+    @raise ValueError: with one line, if the endpoint is refused.
+    """
+    description = checkControlEndpoint(description, controlGroup, option)
+    top = MultiService()
     strports.service(description, factory, reactor=reactor).setServiceParent(top)
     if controlGroup is not None:
         _ControlGroupService(description, controlGroup).setServiceParent(top)

@@ -17,7 +17,6 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Iterable, Optional, Sequence, Tuple
 
-from twisted.application import strports
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
@@ -28,7 +27,8 @@ from ekey.core.keyring import KeyringError
 from ekey.core.status import KeyStatus
 from ekey.services.device import KeyPathError
 from ekey.services.keys import KeyNotFound
-from ekey.services.control import ControlAccess, Controller
+from ekey.services._reactor import default
+from ekey.services.control import ControlAccess, Controller, listenControl
 from ekey.services.controlschema import ControlError
 from ekey.services.peers import describePeer, peerCredentials, peerGroups
 
@@ -141,9 +141,7 @@ class EkeydControlFactory(Factory):
         @param groups: gives a peer's groups (for tests).
         """
         self.target = target
-        if clock is None:
-            from twisted.internet import reactor as clock
-        self.clock = clock
+        self.clock = default(clock)
         self.access = access if access is not None else ControlAccess()
         self._credentials = credentials
         self._groups = groups
@@ -158,15 +156,16 @@ class EkeydControlFactory(Factory):
 def ekeydControlService(description: str, target: EkeydControlTarget, reactor=None,
                         controlGroup: Optional[int] = None):
     """
-    @param description: a server endpoint string, C{unix:PATH} (with
-        C{mode=} as the AMP control socket has it).
-    @return: a service listening with an L{EkeydControlFactory}.
+    ekeyd's control socket as a service, under the same rules as the AMP
+    channel (L{listenControl}: a Unix socket only, mode 0600, or 0660 with
+    a control group, which it is then given).
+
+    @param description: a server endpoint string, C{unix:PATH}.
+    @raise ValueError: with one line, if the endpoint is refused.
     """
-    if reactor is None:
-        from twisted.internet import reactor
-    return strports.service(description,
-                            EkeydControlFactory(target, reactor, ControlAccess(controlGroup)),
-                            reactor=reactor)
+    reactor = default(reactor)
+    factory = EkeydControlFactory(target, reactor, ControlAccess(controlGroup))
+    return listenControl(description, factory, controlGroup, reactor, option="--ekeyd-control")
 
 
 # Today's daemon as a target --------------------------------------------------------

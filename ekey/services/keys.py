@@ -18,6 +18,7 @@ from collections import OrderedDict
 from typing import Callable, List, Optional, Sequence, Tuple
 
 from twisted.application.service import MultiService
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from ekey.services.device import KeyPathError, KeyService, checkKeyPath
@@ -234,6 +235,13 @@ class KeyManager(MultiService):
         @return: the keys' numbers, in order.
         """
         return list(self._keys)
+
+    def firstAttempts(self) -> List[defer.Deferred]:
+        """
+        @return: for each key, a L{defer.Deferred} that fires (or fails) when
+            its first attempt to open it has ended either way.
+        """
+        return [service.whenConnected(failAfterFailures=1) for service in self._keys.values()]
 
     def status(self) -> Tuple[NumberedKey, ...]:
         """

@@ -87,7 +87,9 @@ class SystemdNotifier(Service):
         self._reactor = reactor
         self._environ = os.environ if environ is None else environ
         self._send = send
-        self._ready = list(ready)
+        # Only that each has ended matters (a key that cannot be opened
+        # does not keep the daemon from being ready), never how.
+        self._ready = [d.addErrback(lambda failure: None) for d in ready]
         self._pid = pid
         self._watchdog: Optional[LoopingCall] = None
         self.sent: list = []
@@ -112,7 +114,7 @@ class SystemdNotifier(Service):
         self._reactor.callWhenRunning(self._whenRunning)
 
     def _whenRunning(self):
-        waiting = defer.DeferredList(self._ready, consumeErrors=True)
+        waiting = defer.DeferredList(self._ready)
         waiting.addCallback(lambda _: self._notify(f"READY=1\nMAINPID={os.getpid()}"))
 
     def stopService(self):

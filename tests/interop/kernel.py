@@ -232,9 +232,9 @@ def asNobody(argv: Sequence[str], uid: int = 65534, gid: int = 65534) -> List[st
 
 def feedKernelCommand(*arguments: str) -> List[str]:
     """
-    @return: the command that runs C{ekey-feed-kernel} (C{ekey.services.feeder:main})
+    @return: the command that runs C{ekey-feed-kernel} (C{ekey.cli.feedkernel:main})
         with this interpreter, from the source tree (with
         L{pythonEnvironment}).
     """
-    return [sys.executable, "-m", "ekey.services.feeder"] + list(arguments)
+    return [sys.executable, "-m", "ekey.cli.feedkernel"] + list(arguments)
 

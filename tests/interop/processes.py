@@ -296,7 +296,7 @@ def startSimulator(testCase, directory: str, listen: Optional[str] = None, pty: 
                    extra: Sequence[str] = (), name: str = "ekey-sim",
                    timeout: float = DEFAULT_TIMEOUT) -> RunningProcess:
     """
-    Start C{ekey-sim} (its entry point, C{ekey.services.simulator:main}) and wait until it is
+    Start C{ekey-sim} (its entry point, C{ekey.cli.sim:main}) and wait until it is
     ready: its Unix socket listening, or its pty path printed.
 
     @param listen: a Unix socket path to listen on.
@@ -306,8 +306,8 @@ def startSimulator(testCase, directory: str, listen: Optional[str] = None, pty: 
         simulator's default).
     @return: the running simulator.
     """
-    # What the ekey-sim console script runs (ekey.services.simulator:main).
-    argv = [sys.executable, "-c", "from ekey.services.simulator import main; main()"]
+    # What the ekey-sim console script runs (ekey.cli.sim:main).
+    argv = [sys.executable, "-c", "from ekey.cli.sim import main; main()"]
     if listen is not None:
         argv += ["--listen", f"unix:{listen}"]
     if pty:
