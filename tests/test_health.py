@@ -8,7 +8,7 @@ from itertools import groupby
 
 from twisted.trial import unittest
 
-from ekey.core import health
+from ekey.core import stattests
 from ekey.core.health import (
     FIPS_BLOCK_BYTES,
     HealthMonitor,
@@ -61,12 +61,11 @@ class FIPSTests(unittest.TestCase):
         for block in [os.urandom(FIPS_BLOCK_BYTES) for _ in range(20)] + [
                 bytes(3) + os.urandom(FIPS_BLOCK_BYTES - 6) + bytes(3)]:
             x = int.from_bytes(block, "big")
-            counts = health._runCounts(x) + health._runCounts(~x & health._BLOCK_MASK)
+            ones, longOnes = stattests._runCounts(x)
+            zeros, longZeros = stattests._runCounts(x ^ ((1 << 8 * FIPS_BLOCK_BYTES) - 1))
             expected, longest = naiveRuns(block)
-            self.assertEqual(counts, expected)
-            self.assertEqual(
-                health._hasRun(x, 26) or health._hasRun(~x & health._BLOCK_MASK, 26),
-                longest >= 26)
+            self.assertEqual(ones + zeros, expected)
+            self.assertEqual(longOnes or longZeros, longest >= 26)
 
     def test_badBlocks(self):
         """
@@ -179,3 +178,41 @@ class MonitorTests(unittest.TestCase):
         self.assertEqual(monitor.feed(good), [])
         self.assertIn("FIPS 140-2", monitor.failure)
         self.assertEqual(monitor.feed(good), [])
+
+
+class RepeatedBlockTests(unittest.TestCase):
+    """
+    A repeated 32-byte block stops the stream however the bytes are fed:
+    inside one large feed (an upstream's 224-byte replies), and across the
+    boundary of two feeds.
+    """
+
+    def test_insideOneFeed(self):
+        """
+        Seven blocks in one feed, the fifth equal to the fourth.
+        """
+        blocks = [os.urandom(32) for _ in range(7)]
+        blocks[4] = blocks[3]
+        monitor = HealthMonitor()
+        self.assertEqual(monitor.feed(b"".join(blocks)), [])
+        self.assertIn("32-byte block repeated", monitor.failure)
+
+    def test_acrossFeeds(self):
+        """
+        A block repeated at the start of the next feed, split unevenly.
+        """
+        block = os.urandom(32)
+        monitor = HealthMonitor()
+        monitor.feed(os.urandom(100) + block[:20])
+        self.assertIsNone(monitor.failure)
+        monitor.feed(block[20:] + block + os.urandom(50))
+        self.assertIn("32-byte block repeated", monitor.failure)
+
+    def test_randomPasses(self):
+        """
+        Random bytes in feeds of any size do not trip it.
+        """
+        monitor = HealthMonitor()
+        for size in (1, 31, 32, 33, 224, 4096, 7):
+            monitor.feed(os.urandom(size))
+        self.assertIsNone(monitor.failure)

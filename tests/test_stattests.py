@@ -12,7 +12,8 @@ from typing import List, Optional
 
 from twisted.trial.unittest import TestCase
 
-from ekey.core.stattests import BLOCK_BYTES, LONG_RUN, MONOBIT, POKER, RUNS, fipsFailures, repeatedRun
+from ekey.core.stattests import (BLOCK_BYTES, LONG_RUN, MONOBIT, POKER, RUNS, fipsFailures,
+                                  repeatAtDistance, repeatedRun)
 
 
 def referenceFailures(block: bytes) -> List[str]:
@@ -174,3 +175,20 @@ class RepeatedRunTests(TestCase):
         self.assertEqual(repeatedRun(b"xyz\x07\x07\x07", 3), 3)
         self.assertIsNone(repeatedRun(b"\x07\x07", 3))
         self.assertRaises(ValueError, repeatedRun, b"abc", 1)
+
+    def test_distance(self):
+        """
+        A stretch equal to the one C{distance} bytes before it is found where
+        a plain search finds it.
+        """
+        rng = random.Random(11)
+        for _ in range(300):
+            data = bytearray(rng.getrandbits(8) for _ in range(rng.randrange(0, 200)))
+            if len(data) > 70 and rng.random() < 0.5:
+                start = rng.randrange(len(data) - 64)
+                data[start + 32:start + 64] = data[start:start + 32]
+            data = bytes(data)
+            expected = next((i for i in range(len(data) - 63)
+                             if data[i:i + 32] == data[i + 32:i + 64]), None)
+            self.assertEqual(repeatAtDistance(data, 32, 32), expected)
+        self.assertRaises(ValueError, repeatAtDistance, b"abc", 0, 1)

@@ -27,27 +27,20 @@ reach the pool whole.
 
 from __future__ import annotations
 
+import functools
 import math
-import re
-from collections import Counter, deque
+from collections import deque
 from typing import List, Optional
 
+from ekey.core.stattests import BLOCK_BYTES as FIPS_BLOCK_BYTES
+from ekey.core.stattests import fipsFailures, repeatAtDistance, repeatedRun
 from ekey.core.units import BLOCK_SIZE
 
-FIPS_BLOCK_BYTES = 2500
 FIPS_WINDOW = 100
 FIPS_FAILURE_LIMIT = 5
 DEFAULT_MIN_ENTROPY = 7.0
 ALPHA_EXPONENT = 40
 APT_WINDOW = 512
-
-# FIPS 140-2 (change notice 1) bounds, as rngd applies them.
-_MONOBIT = (9725, 10275)
-_POKER = (2.16, 46.17)
-_RUNS = {1: (2315, 2685), 2: (1114, 1386), 3: (527, 723), 4: (240, 384), 5: (103, 209),
-         6: (103, 209)}
-_LONG_RUN = 26
-
 
 def repetitionCutoff(minEntropy: float, alphaExponent: int = ALPHA_EXPONENT) -> int:
     """
@@ -56,6 +49,7 @@ def repetitionCutoff(minEntropy: float, alphaExponent: int = ALPHA_EXPONENT) -> 
     return 1 + math.ceil(alphaExponent / minEntropy)
 
 
+@functools.lru_cache(maxsize=None)
 def proportionCutoff(minEntropy: float, window: int = APT_WINDOW,
                      alphaExponent: int = ALPHA_EXPONENT) -> int:
     """
@@ -75,67 +69,6 @@ def proportionCutoff(minEntropy: float, window: int = APT_WINDOW,
     return 1
 
 
-def fipsFailures(block: bytes) -> List[str]:
-    """
-    Run the FIPS 140-2 tests on one 2,500-byte block.
-
-    @return: the names of the tests it failed (empty when it passed).
-    """
-    if len(block) != FIPS_BLOCK_BYTES:
-        raise ValueError("a FIPS 140-2 block is 2,500 bytes")
-    failed = []
-    number = int.from_bytes(block, "big")
-    if not _MONOBIT[0] < number.bit_count() < _MONOBIT[1]:
-        failed.append("monobit")
-    nibbles = [0] * 16
-    for value, count in Counter(block).items():
-        nibbles[value >> 4] += count
-        nibbles[value & 15] += count
-    poker = 16 / 5000 * sum(c * c for c in nibbles) - 5000
-    if not _POKER[0] < poker < _POKER[1]:
-        failed.append("poker")
-    runs = _runCounts(number) + _runCounts(~number & _BLOCK_MASK)
-    if any(not low <= count <= high for count, (low, high) in zip(runs, _RUN_BOUNDS * 2)):
-        failed.append("runs")
-    if _hasRun(number, _LONG_RUN) or _hasRun(~number & _BLOCK_MASK, _LONG_RUN):
-        failed.append("long run")
-    return failed
-
-
-_BLOCK_MASK = (1 << (8 * FIPS_BLOCK_BYTES)) - 1
-_RUN_BOUNDS = [_RUNS[n] for n in range(1, 7)]
-
-
-def _runsAtLeast(ones: int) -> int:
-    # A run of ones ends where the next higher bit is 0.
-    return (ones & ~(ones >> 1)).bit_count()
-
-
-def _runCounts(x: int) -> List[int]:
-    """
-    Count the runs of ones in C{x} of lengths 1 to 5 and of 6 or more, with
-    big-integer operations rather than a loop over 20,000 bits: the bits of
-    C{y_k = x & x>>1 & ... & x>>(k-1)} are the starts of k ones in a row, so
-    every run of length C{L >= k} in C{x} is one run in C{y_k}.
-    """
-    atLeast = []
-    y = x
-    for k in range(1, 7):
-        if k > 1:
-            y &= x >> (k - 1)
-        atLeast.append(_runsAtLeast(y))
-    return [atLeast[k] - atLeast[k + 1] for k in range(5)] + [atLeast[5]]
-
-
-def _hasRun(x: int, length: int) -> bool:
-    y = x
-    for k in range(1, length):
-        y &= x >> k
-        if not y:
-            return False
-    return bool(y)
-
-
 class HealthMonitor:
     """
     The health tests of one key's output.
@@ -148,7 +81,6 @@ class HealthMonitor:
     def __init__(self, minEntropy: float = DEFAULT_MIN_ENTROPY):
         self.repetitionCutoff = repetitionCutoff(minEntropy)
         self.proportionCutoff = proportionCutoff(minEntropy)
-        self._repeated = re.compile(rb"(.)\1{%d}" % (self.repetitionCutoff - 1), re.DOTALL)
         self.failure: Optional[str] = None
         self.fipsBlocks = 0
         self.fipsFailed = 0
@@ -157,8 +89,9 @@ class HealthMonitor:
         # adaptive proportion window not yet complete.
         self._held = bytearray()
         self._window = b""
+        # The end of what came before, so that runs and repeated blocks
+        # across the boundary of two feeds are seen.
         self._tail = b""
-        self._lastBlock = b""
         self._passed = b""
 
     def feed(self, data: bytes) -> List[bytes]:
@@ -171,16 +104,17 @@ class HealthMonitor:
         """
         if self.failure is not None:
             return []
-        if len(data) == BLOCK_SIZE:
-            if data == self._lastBlock:
-                return self._fail("a 32-byte block repeated: the generator is stuck")
-            self._lastBlock = data
+        stream = self._tail + data
         # Repetition count test, across the boundary with earlier data.
-        run = self._repeated.search(self._tail + data)
+        run = repeatedRun(stream, self.repetitionCutoff)
         if run is not None:
-            return self._fail(f"byte 0x{run.group(1)[0]:02x} repeated "
+            return self._fail(f"byte 0x{stream[run]:02x} repeated "
                               f"{self.repetitionCutoff} times (repetition count test)")
-        self._tail = (self._tail + data)[-(self.repetitionCutoff - 1):]
+        # A 256-bit stretch equal to the one before it: a stuck generator
+        # (random data does this with probability 2**-256).
+        if repeatAtDistance(stream, BLOCK_SIZE, BLOCK_SIZE) is not None:
+            return self._fail("a 32-byte block repeated: the generator is stuck")
+        self._tail = stream[-(2 * BLOCK_SIZE - 1):]
         # Adaptive proportion test, on whole windows.
         window = self._window + data
         while len(window) >= APT_WINDOW:
@@ -226,6 +160,7 @@ class HealthMonitor:
         self._held.clear()
         self._passed = b""
         self._window = b""
+        self._tail = b""
         return dropped
 
     def _fail(self, reason: str) -> List[bytes]:

@@ -105,25 +105,41 @@ def fipsFailures(block: bytes) -> List[str]:
     return failed
 
 
+def repeatAtDistance(data: bytes, distance: int, length: int) -> Optional[int]:
+    """
+    Find C{length} bytes in a row that equal the C{length} bytes
+    C{distance} before them: with C{distance} 1, a run of C{length + 1}
+    equal bytes (SP 800-90B's repetition count test); with C{distance} 32,
+    a 256-bit block repeated (a stuck generator, never chance).
+
+    The bytes equal to the ones C{distance} before them are the zero bytes
+    of C{data} XORed with itself shifted by C{distance}, so this is one XOR
+    of two big integers and one substring search, instead of a regular
+    expression or a loop stepping through every byte.
+
+    @return: the index where the first repeated stretch starts (counting
+        from the earlier copy), or C{None}.
+    @raise ValueError: unless C{distance} and C{length} are at least 1.
+    """
+    if distance < 1 or length < 1:
+        raise ValueError("a repeat needs a distance and a length of at least 1")
+    if len(data) < distance + length:
+        return None
+    size = len(data) - distance
+    difference = (int.from_bytes(data[:-distance], "big")
+                  ^ int.from_bytes(data[distance:], "big"))
+    index = difference.to_bytes(size, "big").find(bytes(length))
+    return None if index < 0 else index
+
+
 def repeatedRun(data: bytes, length: int) -> Optional[int]:
     """
     Find C{length} equal bytes in a row (SP 800-90B's repetition count
     test fails on a run of C{length}).
-
-    The bytes that equal the one before them are the zero bytes of C{data}
-    XORed with itself shifted by one byte, so a run of C{length} is
-    C{length - 1} zero bytes in a row there: one XOR of two big integers
-    and one substring search, instead of a regular expression stepping
-    through every byte.
 
     @param length: at least 2.
     @return: the index where the first such run starts, or C{None}.
     """
     if length < 2:
         raise ValueError("a repeated run is at least 2 bytes")
-    if len(data) < length:
-        return None
-    size = len(data) - 1
-    difference = (int.from_bytes(data[:-1], "big") ^ int.from_bytes(data[1:], "big"))
-    index = difference.to_bytes(size, "big").find(bytes(length - 1))
-    return None if index < 0 else index
+    return repeatAtDistance(data, 1, length - 1)
