@@ -263,6 +263,20 @@ class KeyCommandTests(_DaemonMixin, unittest.TestCase):
         self.assertEqual(self.call(AddAll, directory=elsewhere), [])
         self.assertEqual(self.keys.numbers(), [])
 
+    def test_addConfiguredSocketBack(self):
+        """
+        A socket key the daemon was started with may be added back at run
+        time (C{ekey-rekey} lets it go and gives it back); another socket
+        beside it may not.
+        """
+        elsewhere = self.mktemp()
+        os.makedirs(elsewhere)
+        path = self.socketPath(elsewhere)
+        self.keys.configuredPaths = [path]
+        self.assertEqual(self.call(AddKey, path=path)["path"], path)
+        other = self.socketPath(elsewhere)
+        self.assertIn("not added at run time", self.callFails(BadKeyPath, AddKey, path=other))
+
     def test_addKeyWithoutKeyring(self):
         """
         Without a keyring, adding a key is refused with L{BadKeyring}.

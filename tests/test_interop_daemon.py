@@ -211,10 +211,16 @@ class RekeyInteropTests(_DaemonTestMixin, TestCase):
     """
 
     def runRekey(self, keyring: str) -> RunningProcess:
+        from ekey.core.rekey import formatMasterKey
+
+        masterKeyFile = os.path.join(self.directory, "master-key")
+        with open(masterKeyFile, "w") as f:
+            f.write(formatMasterKey(bytes.fromhex(MASTER_KEY_HEX)) + "\n")
+        os.chmod(masterKeyFile, 0o600)
         argv = [
-            sys.executable, "-c", "import sys; from ekey.services.rekey import main; sys.exit(main())",
-            "--device", self.keySocket, "--master-key", MASTER_KEY_HEX, "--keyring", keyring,
-            "--timeout", "10",
+            sys.executable, "-c", "import sys; from ekey.cli.rekey import main; sys.exit(main())",
+            "--device", self.keySocket, "--master-key-file", masterKeyFile, "--keyring", keyring,
+            "--timeout", "10", "--control", "none",
         ]
         rekey = RunningProcess(self, "ekey-rekey", argv, self.directory, env=pythonEnvironment())
         rekey.wait(30)

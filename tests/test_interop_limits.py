@@ -18,26 +18,28 @@ import time
 
 from twisted.trial.unittest import TestCase
 
-from tests.interop import (
-    BLOCK,
-    SERIAL,
+from ekey.core.units import BLOCK_SIZE
+from tests.interop.load import raiseOpenFileLimit
+from tests.interop.processes import (
     RunningProcess,
+    SERIAL,
     assertNoTraceback,
     daemonLog,
-    findPeer,
     freeTCPPort,
     makeTempDir,
-    mtlsServerEndpoint,
     pythonEnvironment,
-    raiseOpenFileLimit,
     socketPath,
     startSimulator,
     twistdCommand,
     waitFor,
     waitForListeningTCP,
+    writeKeyring,
+)
+from tests.interop.requirements import findPeer
+from tests.interop.tlspeers import (
+    mtlsServerEndpoint,
     writeCertificateAuthority,
     writeHostCertificate,
-    writeKeyring,
 )
 
 #: The daemon's file-descriptor limit, and the idle connections made.
@@ -97,7 +99,7 @@ class DescriptorLimitTests(TestCase):
             sockets.append(socket.create_connection(("127.0.0.1", self.port), timeout=10))
         return sockets
 
-    def fetchOverMTLS(self, n=BLOCK):
+    def fetchOverMTLS(self, n=BLOCK_SIZE):
         """
         Connect with the client certificate, ask for C{n} bytes (EGD
         0x02) and read them.
@@ -139,7 +141,7 @@ class DescriptorLimitTests(TestCase):
         self.openIdle(IDLE)
         started = time.monotonic()
         data = self.fetchOverMTLS()
-        self.assertEqual(len(data), BLOCK, self.daemon.describe())
+        self.assertEqual(len(data), BLOCK_SIZE, self.daemon.describe())
         self.assertLess(time.monotonic() - started, SERVED_WITHIN)
         status, out, err = self.ekeyctlList()
         self.assertEqual(status, 0, err + self.daemon.describe())

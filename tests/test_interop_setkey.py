@@ -117,7 +117,7 @@ class SetKeyInteropTests(TestCase):
     """
 
     def setUp(self):
-        self.setkey = findPeer("ekey-setkey", "ekeyd")
+        self.setkey = findPeer("ekey-setkey", "ekeyd", system=True)
         self.unshare = requireUnshare()
         self.directory = makeTempDir(self)
         self.masterKeyFile = os.path.join(self.directory, "master-key")

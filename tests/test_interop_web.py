@@ -35,14 +35,16 @@ from tests.interop.processes import (
     freeTCPPort,
     makeTempDir,
     socketPath,
-    mtlsServerEndpoint,
     startDaemon,
     startSimulator,
     waitFor,
     waitForListeningTCP,
+    writeKeyring,
+)
+from tests.interop.tlspeers import (
+    mtlsServerEndpoint,
     writeCertificateAuthority,
     writeHostCertificate,
-    writeKeyring,
 )
 from tests.interop.requirements import findPeer
 

@@ -68,3 +68,21 @@ class SkipUnlessRequiredTests(TestCase):
         """
         self.setEnvironment("1")
         self.assertTrue(os.path.isabs(findPeer("sh")))
+
+    def test_systemPeerNotShadowed(self):
+        """
+        With C{system=True}, a command of the same name earlier on C{PATH}
+        (ekey's own C{ekey-setkey} beside ekeyd's) is not taken for the
+        system's.
+        """
+        directory = self.mktemp()
+        os.makedirs(directory)
+        shadow = os.path.join(directory, "sh")
+        with open(shadow, "w") as f:
+            f.write("#!/bin/sh\n")
+        os.chmod(shadow, 0o755)
+        old = os.environ["PATH"]
+        self.addCleanup(os.environ.__setitem__, "PATH", old)
+        os.environ["PATH"] = directory + os.pathsep + old
+        self.assertEqual(findPeer("sh"), shadow)
+        self.assertNotEqual(findPeer("sh", system=True), shadow)

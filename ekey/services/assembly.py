@@ -179,6 +179,7 @@ def makeService(config: DaemonConfig, resources: Optional[Resources] = None,
     keys.ownSockets = [path for path in map(unixPath, config.ports + (
                            config.control or "", config.metrics or "", config.ekeydControl or ""))
                        if path]
+    keys.configuredPaths = list(config.devices)
     for path in config.devices:
         keys.add(path)
     for directory in config.deviceDirs:

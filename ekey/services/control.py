@@ -136,7 +136,8 @@ class Controller:
 
         @raise KeyPathError: with one line, if it is refused.
         """
-        checkRunTimeKeyPath(path, self.deviceDirs)
+        checkRunTimeKeyPath(path, self.deviceDirs,
+                            configured=self.daemon.keys.configuredPaths)
 
     def listKeys(self, peer: str) -> List[Dict[str, object]]:
         """

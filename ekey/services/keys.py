@@ -44,7 +44,8 @@ def _inDirectories(path: str, directories: Sequence[str]) -> bool:
 
 
 def checkRunTimeKeyPath(path: str, deviceDirs: Sequence[str] = (),
-                        getuid: Callable[[], int] = os.getuid) -> None:
+                        getuid: Callable[[], int] = os.getuid,
+                        configured: Sequence[str] = ()) -> None:
     """
     Check a key path given at run time (C{ekeyctl add}, C{addall}): an
     entry of a configured device directory, or a serial port (a character
@@ -53,10 +54,14 @@ def checkRunTimeKeyPath(path: str, deviceDirs: Sequence[str] = (),
     that nobody can make the daemon read a key they simulate.
 
     @param deviceDirs: the daemon's device directories (C{--device-dir}).
+    @param configured: the keys the daemon was started with (C{--device}):
+        one of them given back (as C{ekey-rekey} does after re-keying it)
+        is the owner's own choice, whatever its kind.
     @raise KeyPathError: with one line for the user, if the path is refused.
     """
     kind = checkKeyPath(path)
-    if _inDirectories(path, deviceDirs):
+    if _inDirectories(path, deviceDirs) or os.path.realpath(path) in {
+            os.path.realpath(p) for p in configured}:
         return
     if kind == "socket":
         raise KeyPathError(
@@ -109,6 +114,9 @@ class KeyManager(MultiService):
         #: Paths of the daemon's own Unix sockets (EGD, control), which are
         #: never keys even though they are sockets.
         self.ownSockets: List[str] = []
+        #: The keys the daemon was started with (C{--device}), which may be
+        #: added back at run time whatever their kind.
+        self.configuredPaths: List[str] = []
 
     # Changes ---------------------------------------------------------------------
 

@@ -32,19 +32,27 @@ def interopRequired() -> bool:
     return os.environ.get("EKEY_REQUIRE_INTEROP") == "1"
 
 
-def findPeer(name: str, package: Optional[str] = None) -> str:
+#: Where Debian's packages install their commands.
+SYSTEM_DIRECTORIES = ("/usr/sbin", "/usr/bin", "/sbin", "/bin")
+
+
+def findPeer(name: str, package: Optional[str] = None, system: bool = False) -> str:
     """
     Find a real peer's executable on C{PATH}, C{/usr/sbin} or C{/sbin}.
 
     @param name: the executable's name.
     @param package: the Debian package providing it (guessed from
         L{PACKAGES} if not given).
+    @param system: look only where Debian's packages install commands
+        (for ekeyd's C{ekey-setkey} and C{ekey-rekey}, which ekey's own
+        commands of the same names shadow on C{PATH}).
     @return: its path.
     @raise SkipTest: if it is not installed.
     @raise FailTest: instead, if C{EKEY_REQUIRE_INTEROP=1}.
     """
     package = package or PACKAGES.get(name, name)
     searchPath = os.pathsep.join(
+        SYSTEM_DIRECTORIES if system else
         [os.environ.get("PATH", os.defpath), "/usr/local/sbin", "/usr/sbin", "/sbin"]
     )
     found = shutil.which(name, path=searchPath)
