@@ -130,7 +130,8 @@ def prepare(config: DaemonConfig, reactor=None, kernel=None) -> Resources:
         except KeyPathError as e:
             raise ConfigError(str(e)) from None
     for directory in config.deviceDirs:
-        if not os.path.isdir(directory):
+        # One that does not exist yet is watched until it appears.
+        if os.path.exists(directory) and not os.path.isdir(directory):
             raise ConfigError(f"--device-dir {directory} is not a directory")
     _checkEndpoints(config, reactor)
     resources = Resources(controlGroup=_checkControl(config))
@@ -241,7 +242,7 @@ def makeService(config: DaemonConfig, resources: Optional[Resources] = None,
         version=__version__,
         keys=len(config.devices),
         upstreams=len(config.upstreams),
-        directory=(f" and keys in {', '.join(config.deviceDirs)}" if config.deviceDirs else ""),
+        directory=_describeDirectories(config),
         keyring=config.keyring,
         size=config.poolSize,
         ports=", ".join(config.ports) or "no port",
@@ -250,3 +251,16 @@ def makeService(config: DaemonConfig, resources: Optional[Resources] = None,
         cap=limiter.maxConnections,
     )
     return top
+
+
+def _describeDirectories(config: DaemonConfig) -> str:
+    """
+    @return: the key directories, for the start line.
+    """
+    if not config.deviceDirs:
+        return ""
+    directories = ", ".join(config.deviceDirs)
+    if config.defaultSources:
+        return (f" and the keys that appear in {directories} (no --device, --device-dir or "
+                "--upstream given: ekeyd's stock directories)")
+    return f" and keys in {directories}"
