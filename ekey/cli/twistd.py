@@ -244,7 +244,8 @@ class Options(usage.Options):
     def opt_device_dir(self, directory):
         """
         Serve every key that appears in this directory (such as
-        /dev/entropykey). Repeatable.
+        /dev/entropykey); one that does not exist yet is watched until it
+        appears. Repeatable.
         """
         self["device-dirs"].append(directory)
 
