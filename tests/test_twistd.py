@@ -684,3 +684,32 @@ class HelpTests(unittest.TestCase):
         lines = Unfolded().getUsage().splitlines()
         self.assertTrue(any("  " in re.sub(r"^\s*(?:-\w,?\s+)?(?:--[\w-]+=?\s+)?", "", line)
                             for line in lines))
+
+
+class ExampleConfigTests(unittest.TestCase):
+    """
+    C{examples/ekey.toml} is a configuration the daemon reads.
+    """
+
+    def test_example(self):
+        """
+        The example's settings, and every setting it shows commented out,
+        are settings of the option table with values of the right type.
+        """
+        import re
+
+        from ekey.core.configfile import loadTOML
+
+        path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                            "examples", "ekey.toml")
+        known, repeatable = Options.fileSettings(), Options.repeatable
+        settings = loadTOML(path, known, repeatable)
+        self.assertEqual(settings["device-dir"], ["/dev/entropykey", "/var/run/entropykeys"])
+        with open(path) as f:
+            text = f.read()
+        uncommented = re.sub(r"(?m)^# ([a-z][a-z-]* = )", r"\1", text)
+        shown = self.mktemp()
+        with open(shown, "w") as f:
+            f.write(uncommented)
+        every = loadTOML(shown, known, repeatable)
+        self.assertGreater(len(every), len(settings) + 10)
