@@ -549,6 +549,27 @@ class ConfigFileTests(OptionsFixture, unittest.TestCase):
         self.assertUsage("give --config or --ekeyd-conf, not both", "--config",
                          self.toml(), "--ekeyd-conf", self.writeFile(""))
 
+    def test_refusalNamesFile(self):
+        """
+        A refused setting that came from the file says so; the same setting
+        from the command line does not.
+        """
+        path = self.toml(**{"port": ["nosuch:1"], "pool-size": 0})
+        self.assertUsage("bad --port 'nosuch:1': ",
+                         "--config", path, "--device", self.device, "--keyring", self.keyring,
+                         "--pool-size", "10")
+        error = self.assertRaises(UsageError, self.parse, "--config", path, "--device",
+                                  self.device, "--keyring", self.keyring, "--pool-size", "10")
+        self.assertTrue(str(error).endswith(f"(--port is from {path})"), str(error))
+        error = self.assertRaises(UsageError, self.parse, "--config", path, "--device",
+                                  self.device, "--keyring", self.keyring, "--port", "tcp:0")
+        self.assertTrue(str(error).endswith("--pool-size must be at least 1 byte "
+                                            f"(--pool-size is from {path})"), str(error))
+        error = self.assertRaises(UsageError, self.parse, "--config", path, "--device",
+                                  self.device, "--keyring", self.keyring, "--port", "nosuch:2",
+                                  "--pool-size", "10")
+        self.assertNotIn(path, str(error))
+
     def test_knownFromTable(self):
         """
         The settings a file may give are the option table's, typed by each

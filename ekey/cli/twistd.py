@@ -14,6 +14,7 @@ to the assembly.
 from __future__ import annotations
 
 import getopt
+import re
 import sys
 from typing import Dict, Optional, Set, Tuple
 
@@ -143,6 +144,7 @@ class Options(usage.Options):
                      for name, doc in self.docs.items()}
         #: The configuration file read, if any.
         self.configFile: Optional[str] = None
+        self._fromFile: Set[str] = set()
 
     @classmethod
     def fileSettings(cls) -> Dict[str, type]:
@@ -231,6 +233,17 @@ class Options(usage.Options):
             else:
                 raise usage.UsageError(f"{path}: --{name} cannot be set in a file")
         self.configFile = path
+        self._fromFile = set(settings) - given
+
+    def _located(self, message: str) -> str:
+        """
+        @return: C{message}, saying which file gave the option it names if
+            that option came from the configuration file.
+        """
+        for name in sorted(self._fromFile):
+            if re.search(rf"--{re.escape(name)}(?![\w-])", message):
+                return f"{message} (--{name} is from {self.configFile})"
+        return message
 
     def opt_device(self, path):
         """
@@ -358,7 +371,7 @@ class Options(usage.Options):
         try:
             self.resources = assembly.prepare(self.config)
         except ValueError as e:
-            raise usage.UsageError(str(e)) from None
+            raise usage.UsageError(self._located(str(e))) from None
 
 
 def makeService(options: Options, reactor=None):
