@@ -514,6 +514,11 @@ class ConfigFileTests(OptionsFixture, unittest.TestCase):
         self.assertEqual(config.devices, (self.device2,))
         self.assertEqual(config.ports, ("tcp:0",))
         self.assertEqual(options.configFile, path)
+        self.assertEqual(config.configFile, path)
+        with capturedLogs() as events:
+            self.build(options)
+        [line] = [formatEvent(e) for e in events if "starting" in formatEvent(e)]
+        self.assertTrue(line.endswith(f"; settings from {path}"), line)
 
     def test_flag(self):
         """

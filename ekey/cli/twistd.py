@@ -334,6 +334,7 @@ class Options(usage.Options):
             upstreamStallTimeout=self["upstream-stall-timeout"],
             metrics=self["metrics"],
             logLevel=self["log-level"],
+            configFile=self.configFile,
             switchUID=uid,
             keepsCapabilities=uid is None or capabilitiesSurvive(uid),
         ).withDefaultSources()

@@ -238,7 +238,7 @@ def makeService(config: DaemonConfig, resources: Optional[Resources] = None,
     SystemdNotifier(keys.firstAttempts(), reactor=reactor).setServiceParent(top)
     log.info(
         "ekey {version} starting: {keys} key(s){directory}, {upstreams} upstream(s), keyring {keyring}, "
-        "pool of {size} bytes, EGD on {ports}{kernel}; at most {cap} client connections",
+        "pool of {size} bytes, EGD on {ports}{kernel}; at most {cap} client connections{source}",
         version=__version__,
         keys=len(config.devices),
         upstreams=len(config.upstreams),
@@ -249,6 +249,7 @@ def makeService(config: DaemonConfig, resources: Optional[Resources] = None,
         kernel=(f"; feeding the kernel, crediting {credit} bits a byte ({creditReason})"
                 if resources.kernel is not None else ""),
         cap=limiter.maxConnections,
+        source=f"; settings from {config.configFile}" if config.configFile else "",
     )
     return top
 

@@ -172,6 +172,8 @@ class DaemonConfig:
         what it was asked before its demand moves to the others.
     @ivar metrics: the metrics and status page endpoint, or C{None}.
     @ivar logLevel: the lowest level logged, a name from L{LOG_LEVELS}.
+    @ivar configFile: the configuration file the settings were read
+        from (C{--config} or C{--ekeyd-conf}), if any, for the start line.
     @ivar defaultSources: whether C{deviceDirs} are L{DEFAULT_DEVICE_DIRS}
         because no source was given (L{withDefaultSources}).
     @ivar switchUID: the user id twistd switches to after start-up
@@ -206,6 +208,7 @@ class DaemonConfig:
     upstreamStallTimeout: float = DEFAULT_UPSTREAM_STALL_TIMEOUT
     metrics: Optional[str] = None
     logLevel: str = "info"
+    configFile: Optional[str] = None
     defaultSources: bool = False
     switchUID: Optional[int] = None
     keepsCapabilities: bool = False
