@@ -85,6 +85,38 @@ class CheckTests(unittest.TestCase):
         self.assertEqual(config.logLevel, "info")
 
 
+class DefaultSourcesTests(unittest.TestCase):
+    """
+    L{DaemonConfig.withDefaultSources} gives a configuration with no
+    source ekeyd's stock key directories.
+    """
+
+    def test_noSource(self):
+        """
+        With no source, the directories of L{DEFAULT_DEVICE_DIRS} (read when
+        called) are used and the configuration says they are the default.
+        """
+        from ekey.services import config as module
+
+        self.assertEqual(module.DEFAULT_DEVICE_DIRS, ("/dev/entropykey", "/var/run/entropykeys"))
+        self.patch(module, "DEFAULT_DEVICE_DIRS", ("/a", "/b"))
+        config = DaemonConfig(ports=("tcp:8888",)).withDefaultSources()
+        self.assertEqual((config.deviceDirs, config.defaultSources), (("/a", "/b"), True))
+        self.assertEqual(config.ports, ("tcp:8888",))
+        config.check()
+
+    def test_sourceGiven(self):
+        """
+        A key, a key directory or an upstream is a source: the
+        configuration is left as it is.
+        """
+        for fields in ({"devices": ("/k",)}, {"deviceDirs": ("/d",)},
+                       {"upstreams": ("unix:/u",)}):
+            config = DaemonConfig(ports=("tcp:1",), **fields)
+            self.assertIs(config.withDefaultSources(), config)
+            self.assertFalse(config.defaultSources)
+
+
 class TrustTests(unittest.TestCase):
     """
     Only verified sources are credited to the kernel by default.

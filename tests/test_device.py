@@ -10,7 +10,7 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor, MemoryReactorClock, StringTransport
-from twisted.logger import Logger
+from twisted.logger import Logger, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
@@ -613,3 +613,108 @@ class KeyDirectoryServiceTests(unittest.TestCase):
         reactor.advance(1)
         self.assertEqual(vanished, appeared)
         self.assertEqual(watcher.paths, [])
+
+    def test_missingDirectoryWaitedFor(self):
+        """
+        A directory that does not exist yet is waited for, as ekeyd does: it
+        is said once, at info level, however many looks find it missing;
+        keys are reported once it appears, and reported gone if it goes
+        away again.
+        """
+        from twisted.logger import LogLevel, capturedLogs
+
+        from ekey.services.device import KeyDirectoryService
+
+        directory = self.mktemp()
+        reactor = MemoryReactorClock()
+        appeared, vanished = [], []
+        watcher = KeyDirectoryService(directory, appeared.append, vanished.append,
+                                      reactor=reactor)
+        with capturedLogs() as events:
+            watcher.startService()
+            self.addCleanup(watcher.stopService)
+            reactor.advance(1)
+            reactor.advance(1)
+        waiting = [e for e in events if "waiting for it" in formatEvent(e)]
+        self.assertEqual(len(waiting), 1, [formatEvent(e) for e in events])
+        self.assertEqual(waiting[0]["log_level"], LogLevel.info)
+        self.assertIn(directory, formatEvent(waiting[0]))
+        self.assertEqual(appeared, [])
+
+        os.mkdir(directory)
+        key = os.path.join(directory, "a-key")
+        s = socket.socket(socket.AF_UNIX)
+        self.addCleanup(s.close)
+        s.bind(key)
+        reactor.advance(1)
+        self.assertEqual(appeared, [key])
+
+        os.unlink(key)
+        os.rmdir(directory)
+        with capturedLogs() as events:
+            reactor.advance(1)
+            reactor.advance(1)
+        self.assertEqual(vanished, [key])
+        self.assertEqual(len([e for e in events if "waiting for it" in formatEvent(e)]), 1)
+
+
+class RekeyLoggingTests(unittest.TestCase):
+    """
+    A key's routine session re-keys (every ~33 s on a real key) are logged
+    at debug level; its first keying and the changes that matter stay at
+    info or above.
+    """
+
+    def test_routineRekeysAtDebug(self):
+        """
+        Over a connection to a simulated key whose sessions last a few
+        frames, the first keying is logged at info, and the later re-keys
+        (several, each a step to re-keying and back) at debug only.
+        """
+        from twisted.logger import LogLevel, capturedLogs
+        from twisted.test import iosim
+
+        from ekey.core import session as sessionModule
+        from ekey.services import simulator
+
+        self.patch(simulator, "LAST_SEQUENCE", 20)
+        self.patch(sessionModule, "LAST_SEQUENCE", 20)
+        clock = Clock()
+        key = simulator.SimulatedKey(SERIAL, LONG_TERM_KEY, randomBytes=lambda n: b"\x42" * n)
+        server = simulator.SimulatedKeyProtocol(key, 0, clock)
+        factory = KeyProtocolFactory("/dev/test", ring, lambda b: None, clock=clock)
+        factory.health = PassThrough()
+        client = factory.buildProtocol(None)
+        with capturedLogs() as events:
+            pump = iosim.connect(server, iosim.FakeTransport(server, isServer=True),
+                                 client, iosim.FakeTransport(client, isServer=False),
+                                 greet=False, clock=clock)
+            for _ in range(200):
+                pump.pump()
+                clock.advance(0)
+            client.connectionLost(Failure(ConnectionDone()))
+        self.assertGreater(client.pipeline.session.statistics.noncesSent, 3)
+
+        def states(level):
+            return [formatEvent(e).split(": ", 1)[1].split(" (")[0] for e in events
+                    if e["log_level"] is level and "(serial " in formatEvent(e)]
+
+        self.assertEqual(states(LogLevel.info), ["Re-keying session", "Running OK"])
+        routine = states(LogLevel.debug)
+        self.assertGreaterEqual(len(routine), 4)
+        self.assertEqual(set(routine), {"Re-keying session", "Running OK"})
+        self.assertEqual(states(LogLevel.warn), ["Key closed"])
+
+    def test_factoryQuiet(self):
+        """
+        Opening and closing a key's connection logs no C{Starting factory}
+        line at info level (it is at debug).
+        """
+        from twisted.logger import LogLevel, capturedLogs
+
+        factory = KeyProtocolFactory("/dev/test", ring, lambda b: None, clock=Clock())
+        with capturedLogs() as events:
+            factory.doStart()
+            factory.doStop()
+        self.assertEqual([e["log_level"] for e in events], [LogLevel.debug, LogLevel.debug])
+        self.assertNotIn("object at 0x", " ".join(formatEvent(e) for e in events))

@@ -13,9 +13,12 @@ a private configuration instead (named by C{EKEYDCTL_CONF}).  The munin
 plugin takes its socket from the C{controlsocket} environment variable, as
 munin-node passes it from C{plugin-conf.d}.
 
-Our server runs in a subprocess: the daemon as C{twistd ekey} builds it
-(L{ekey.services.tap.makeService}) with an ekeyd control socket beside it
-(L{HARNESS}), until the daemon's own option for it exists.
+Our server is the real daemon, C{twistd -n ekey} from the source tree
+(L{startDaemon}), with its ekeyd control socket (C{--ekeyd-control}).  It
+is also started from configuration files: a copy of the stock
+C{/etc/entropykey/ekeyd.conf} rewritten to private paths
+(C{--ekeyd-conf}), and a TOML file (C{--config}); the real C{ekeydctl}
+lists its key and C{ekey-egd} reads from the EGD socket the file names.
 """
 
 from __future__ import annotations
@@ -34,10 +37,12 @@ from tests.interop.processes import (
     RunningProcess,
     SERIAL,
     assertNoTraceback,
+    daemonLog,
     ekeydControl,
     makeTempDir,
     pythonEnvironment,
     socketPath,
+    startDaemon,
     startEkeyd,
     startSimulator,
     waitFor,
@@ -60,27 +65,6 @@ EKEYDCTL_LUA_INIT = (
     f'if path == "{SYSTEM_CONF}" then path = assert(os.getenv("EKEYDCTL_CONF")) end '
     "return loadfile_(path, ...) end"
 )
-
-#: Our daemon with an ekeyd control socket: argv[1] is its endpoint, the
-#: rest are C{twistd ekey}'s options.  Logs go to standard output.
-HARNESS = """\
-import sys
-from twisted.internet import reactor
-from twisted.logger import globalLogBeginner, textFileLogObserver
-from ekey.services.tap import Options, makeService
-from ekey.services.ekeydcontrol import ekeydControlService, targetFromDaemon
-
-globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
-options = Options()
-options.parseOptions(sys.argv[2:])
-top = makeService(options, reactor)
-ekeydControlService(sys.argv[1], targetFromDaemon(top.daemon),
-                    reactor=reactor).setServiceParent(top)
-top.privilegedStartService()
-top.startService()
-reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
-reactor.run()
-"""
 
 #: Simulated keys send information frames often, so that their readings
 #: are in within a second.
@@ -121,12 +105,11 @@ class _Mixin:
         self.simulator = startSimulator(self, self.directory, listen=self.keySocket, rate=None,
                                         extra=SIMULATOR_OPTIONS)
 
-    def startServer(self, mode: str = "600", public: bool = False) -> RunningProcess:
+    def startServer(self, public: bool = False) -> RunningProcess:
         """
-        Start our daemon on the key, with its ekeyd control socket, and wait
-        until the socket listens.
+        Start our daemon (C{twistd -n ekey}) on the key, with its ekeyd
+        control socket, and wait until the socket listens.
 
-        @param mode: the control socket's mode.
         @param public: put the socket (and ekeydctl's configuration) in a
             directory that every user can reach.
         """
@@ -137,11 +120,18 @@ class _Mixin:
             control = os.path.join(directory, "ekeyd.sock")
         else:
             control = socketPath(self, self.directory, "ekeyd.sock")
-        argv = [sys.executable, "-c", HARNESS, f"unix:{control}:mode={mode}",
-                "--device", self.keySocket, "--keyring", self.keyring,
-                "--port", f"unix:{socketPath(self, self.directory, 'egd.sock')}:mode=600",
-                "--control", f"unix:{socketPath(self, self.directory, 'amp.sock')}:mode=600"]
-        server = RunningProcess(self, "ekey", argv, self.directory, env=pythonEnvironment())
+        egd = socketPath(self, self.directory, "egd.sock")
+        server = startDaemon(self, self.directory, [self.keySocket], self.keyring, None,
+                             extra=["--port", f"unix:{egd}", "--ekeyd-control",
+                                    f"unix:{control}"])
+        return self.serving(server, control)
+
+    def serving(self, server: RunningProcess, control: str) -> RunningProcess:
+        """
+        Wait until our daemon's ekeyd control socket at C{control} listens.
+
+        @return: C{server}, which is now L{server}.
+        """
         server.controlPath = control
         waitForListening(control, process=server)
         self.server = server
@@ -224,7 +214,7 @@ class _Mixin:
         server = getattr(self, "server", None)
         if server is not None:
             server.terminate()
-            assertNoTraceback(self, server.stdout(), server.stderr())
+            assertNoTraceback(self, server.stdout(), server.stderr(), daemonLog(server))
 
 
 class EkeydctlTests(_Mixin, TestCase):
@@ -324,13 +314,16 @@ class EkeydctlTests(_Mixin, TestCase):
         line from C{ekeydctl} even when the socket lets them connect, and
         the daemon logs their uid.
         """
-        server = self.startServer(mode="666", public=True)
+        server = self.startServer(public=True)
+        # The daemon makes its socket 0600; open it up, as a mistaken
+        # chmod would, to reach the daemon's own check.
+        os.chmod(server.controlPath, 0o666)
         line = self.assertEkeydctlRefused("shutdown", uid=65534)
         self.assertTrue(line.startswith("ERROR permission denied: uid 65534"), line)
         line = self.assertEkeydctlRefused("list", uid=65534)
         self.assertTrue(line.startswith("ERROR permission denied: uid 65534"), line)
         self.assertIsNone(server.poll())
-        waitFor(lambda: "uid 65534" in server.stdout(), 5, "the refusal in the log", server)
+        waitFor(lambda: "uid 65534" in daemonLog(server), 5, "the refusal in the log", server)
 
     def test_shutdown(self):
         """
@@ -462,3 +455,116 @@ class SameStatisticsAsEkeydTests(_Mixin, TestCase):
         self.waitForStatistics(server)
         ours = {line.split("=", 1)[0] for line in self.assertEkeydctlSucceeds("stats", "1")}
         self.assertEqual(theirs - ours, set())
+
+
+#: A second simulated key's serial number.
+SECOND_SERIAL = "E52jaQ2jxAYlra1M"
+
+
+class ConfigurationFileTests(_Mixin, TestCase):
+    """
+    The daemon started from a configuration file alone: ekeyd's own (the
+    stock C{ekeyd.conf}, with its paths made private) and ekey's TOML.
+    The real C{ekeydctl} lists its keys over the control socket the file
+    names, and C{ekey-egd} reads from the EGD socket it names.
+    """
+
+    def requirePeers(self):
+        findPeer("ekeydctl")
+        findPeer("lua5.1", "lua5.1")
+
+    def shortDirectory(self) -> str:
+        """
+        @return: a new directory with a short path, for sockets in it.
+        """
+        directory = tempfile.mkdtemp(prefix="ekey-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        os.chmod(directory, 0o755)
+        return directory
+
+    def readEGD(self, egd: str, count: int = 64) -> bytes:
+        """
+        Run C{ekey-egd get} (its entry point) against the EGD socket.
+
+        @return: the bytes it wrote.
+        """
+        argv = [sys.executable, "-c", "from ekey.cli.egd import main; main()",
+                "--connect", f"unix:{egd}", "--timeout", "20", "get", str(count)]
+        result = subprocess.run(argv, env=pythonEnvironment(), capture_output=True,
+                                timeout=60, cwd=self.directory)
+        if result.returncode != 0:
+            self.fail(f"ekey-egd exited {result.returncode}: {result.stderr!r}\n"
+                      f"{self.server.describe()}")
+        return result.stdout
+
+    def waitForListed(self, expected: List[List[str]]) -> None:
+        """
+        Wait until C{ekeydctl list} shows exactly C{expected}.
+        """
+        waitFor(lambda: self.listed() == expected, 20,
+                f"ekeydctl list to show {expected}", self.server)
+
+    def test_stockEkeydConf(self):
+        """
+        The stock ekeyd.conf, its paths made private (the keyring, the
+        control socket, the first key directory; the second directory line
+        made one key, kernel output made an EGD socket) is read by
+        C{--ekeyd-conf}: the key is listed and served; the key directory,
+        missing at start, is watched, and a key that appears in it later is
+        served too.
+        """
+        stock = requireFile(SYSTEM_CONF, "ekeyd")
+        short = self.shortDirectory()
+        control = os.path.join(short, "ekeyd.sock")
+        egd = os.path.join(short, "egd.sock")
+        keys = os.path.join(short, "keys")
+        writeKeyring(self.keyring, [(SERIAL, None), (SECOND_SERIAL, None)])
+        with open(stock) as f:
+            text = f.read()
+        for old, new in [
+                ('\nUnixControlSocket "/var/run/ekeyd.sock"\n', f'\nUnixControlSocket "{control}"\n'),
+                ('\nKeyring "/etc/entropykey/keyring"\n', f'\nKeyring "{self.keyring}"\n'),
+                ("\nSetOutputToKernel(7)\n", f'\nEGDUnixSocket("{egd}", "0600", "", "")\n'),
+                ('\nAddEntropyKeys "/dev/entropykey"\n', f'\nAddEntropyKeys "{keys}"\n'),
+                ('\nAddEntropyKeys "/var/run/entropykeys"\n',
+                 f'\nAddEntropyKey "{self.keySocket}"\n')]:
+            self.assertEqual(text.count(old), 1, f"{stock} no longer has {old.strip()!r}")
+            text = text.replace(old, new)
+        conf = os.path.join(self.directory, "ekeyd.conf")
+        with open(conf, "w") as f:
+            f.write(text)
+        server = startDaemon(self, self.directory, [], None, None,
+                             extra=["--ekeyd-conf", conf])
+        self.serving(server, control)
+        self.waitForListed([["1", "YES", "Running OK", self.keySocket, SERIAL]])
+        self.assertEqual(len(self.readEGD(egd)), 64)
+        self.assertIn(f"{keys} does not exist (yet): waiting for it", daemonLog(server))
+
+        os.mkdir(keys)
+        second = os.path.join(keys, "key.sock")
+        startSimulator(self, self.directory, listen=second, rate=None, name="sim-second",
+                       serial=SECOND_SERIAL, extra=SIMULATOR_OPTIONS)
+        self.waitForListed([["1", "YES", "Running OK", self.keySocket, SERIAL],
+                            ["2", "YES", "Running OK", second, SECOND_SERIAL]])
+
+    def test_toml(self):
+        """
+        A TOML file (C{--config}) gives the key, the keyring, the EGD socket
+        and the ekeyd control socket; the command line adds to it.
+        """
+        from ekey.core.configfile import toTOML
+
+        short = self.shortDirectory()
+        control = os.path.join(short, "ekeyd.sock")
+        egd = os.path.join(short, "egd.sock")
+        conf = os.path.join(self.directory, "ekey.toml")
+        with open(conf, "w") as f:
+            f.write(toTOML({"device": [self.keySocket], "keyring": self.keyring,
+                            "port": [f"unix:{egd}"], "ekeyd-control": f"unix:{control}",
+                            "log-level": "warn"}))
+        server = startDaemon(self, self.directory, [], None, None,
+                             extra=["--config", conf, "--log-level", "info"])
+        self.serving(server, control)
+        self.waitForListed([["1", "YES", "Running OK", self.keySocket, SERIAL]])
+        self.assertEqual(len(self.readEGD(egd)), 64)
+        self.assertIn(" starting: 1 key(s)", daemonLog(server))

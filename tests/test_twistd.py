@@ -12,7 +12,7 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.python.usage import UsageError
 from twisted.trial import unittest
 
-from ekey.services.device import KeyService
+from ekey.services.device import KeyDirectoryService, KeyService
 from ekey.cli.twistd import Options
 from ekey.services.assembly import Resources, prepare
 from ekey.services.assembly import makeService as assemble
@@ -109,23 +109,48 @@ class OptionsTests(OptionsFixture, unittest.TestCase):
 
     def test_deviceDirectory(self):
         """
-        A key directory alone is a source; one that is not a directory is
-        refused.
+        A key directory alone is a source, and is repeatable; one that does
+        not exist yet is accepted (it is watched until it appears); a path
+        that exists and is not a directory is refused.
         """
         directory = self.mktemp()
         os.mkdir(directory)
-        options = self.parse("--device-dir", directory, "--keyring", self.keyring,
-                             "--port", "tcp:0")
+        missing = self.mktemp()
+        options = self.parse("--device-dir", directory, "--device-dir", missing,
+                             "--keyring", self.keyring, "--port", "tcp:0")
         self.assertEqual(options.config.devices, ())
-        self.assertEqual(options.config.deviceDirs, (directory,))
-        self.assertUsage("not a directory", "--device-dir", self.output,
-                         "--keyring", self.keyring, "--port", "tcp:0")
+        self.assertEqual(options.config.deviceDirs, (directory, missing))
+        self.assertFalse(options.config.defaultSources)
+        open(self.output, "w").close()
+        self.assertUsage(f"--device-dir {self.output} is not a directory",
+                         "--device-dir", self.output, "--keyring", self.keyring,
+                         "--port", "tcp:0")
 
-    def test_noDevice(self):
+    def test_defaultSources(self):
         """
-        No device at all is refused.
+        With no --device, --device-dir or --upstream, the daemon serves the
+        keys that appear in ekeyd's stock directories, waiting for those
+        that do not exist yet, and says so in its start line.
         """
-        self.assertUsage("--device", "--keyring", self.keyring, "--output-file", self.output)
+        from ekey.services import config
+
+        present = self.mktemp()
+        os.mkdir(present)
+        missing = self.mktemp()
+        self.patch(config, "DEFAULT_DEVICE_DIRS", (present, missing))
+        options = self.parse("--keyring", self.keyring, "--port", "tcp:0", "--control", "none")
+        self.assertEqual(options.config.deviceDirs, (present, missing))
+        self.assertTrue(options.config.defaultSources)
+        with capturedLogs() as events:
+            service = self.build(options)
+        watchers = sorted(s.directory for s in service if isinstance(s, KeyDirectoryService))
+        self.assertEqual(watchers, sorted([present, missing]))
+        [line] = [formatEvent(e) for e in events if "starting" in formatEvent(e)]
+        self.assertIn(f"the keys that appear in {present}, {missing} (no --device, "
+                      "--device-dir or --upstream given: ekeyd's stock directories)", line)
+        upstream = self.parse("--upstream", "unix:/u", "--port", "tcp:0", "--control", "none")
+        self.assertEqual(upstream.config.deviceDirs, ())
+        self.assertFalse(upstream.config.defaultSources)
 
     def test_duplicateDevice(self):
         """
@@ -434,3 +459,283 @@ class WiringTests(OptionsFixture, unittest.TestCase):
         filterLogging("info", untouched)
         untouched.beginLoggingTo([seen.append])
         self.assertEqual(untouched.observers, [seen.append])
+
+
+class ConfigFileTests(OptionsFixture, unittest.TestCase):
+    """
+    C{--config FILE} (TOML) and C{--ekeyd-conf FILE} (ekeyd's own file)
+    give settings that the command line overrides.
+    """
+
+    def writeFile(self, text):
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def toml(self, **settings):
+        from ekey.core.configfile import toTOML
+
+        return self.writeFile(toTOML(settings))
+
+    def test_toml(self):
+        """
+        Every kind of setting is read from a TOML file: strings, numbers,
+        flags and arrays for the repeatable options.
+        """
+        egd = self.mktemp()
+        path = self.toml(**{"keyring": self.keyring, "device": [self.device, self.device2],
+                            "port": [f"unix:{egd}", "tcp:0"], "pool-size": 4096,
+                            "client-rate": 100, "control": "none", "log-level": "warn"})
+        config = self.parse("--config", path).config
+        self.assertEqual(config.keyring, self.keyring)
+        self.assertEqual(config.devices, (self.device, self.device2))
+        self.assertEqual(config.ports, (f"unix:{egd}", "tcp:0"))
+        self.assertEqual((config.poolSize, config.clientRate), (4096, 100.0))
+        self.assertIsInstance(config.clientRate, float)
+        self.assertIsNone(config.control)
+        self.assertEqual(config.logLevel, "warn")
+        self.assertFalse(config.defaultSources)
+
+    def test_commandLineOverrides(self):
+        """
+        A setting on the command line wins over the file's, whatever its
+        place on the line; a repeatable option given on the command line
+        replaces the file's list, one not given is taken from the file.
+        """
+        path = self.toml(**{"keyring": "/nonexistent/keyring", "device": [self.device],
+                            "port": ["tcp:0"], "pool-size": 4096, "log-level": "warn",
+                            "control": "none"})
+        options = self.parse("--pool-size", "8192", "--config=" + path, "--keyring",
+                             self.keyring, "--device", self.device2, "--log-level", "info")
+        config = options.config
+        self.assertEqual((config.poolSize, config.keyring, config.logLevel),
+                         (8192, self.keyring, "info"))
+        self.assertEqual(config.devices, (self.device2,))
+        self.assertEqual(config.ports, ("tcp:0",))
+        self.assertEqual(options.configFile, path)
+        self.assertEqual(config.configFile, path)
+        with capturedLogs() as events:
+            self.build(options)
+        [line] = [formatEvent(e) for e in events if "starting" in formatEvent(e)]
+        self.assertTrue(line.endswith(f"; settings from {path}"), line)
+
+    def test_flag(self):
+        """
+        A flag is true or false in the file; false leaves it off, and the
+        command line can still turn it on.
+        """
+        path = self.toml(**{"kernel": False, "keyring": self.keyring, "device": [self.device],
+                            "port": ["tcp:0"], "control": "none"})
+        self.assertFalse(self.parse("--config", path).config.kernel)
+        options = Options()
+        options._readFile(["--config", path])
+        self.assertEqual(options["kernel"], 0)
+        options = Options()
+        options._readFile(["--config", self.toml(kernel=True)])
+        self.assertEqual(options["kernel"], 1)
+
+    def test_refusals(self):
+        """
+        A file that cannot be used is refused in one line naming the file
+        and what is wrong: missing, not TOML, an unknown setting, a value of
+        the wrong type, a file option inside a file, both kinds of file.
+        """
+        missing = self.mktemp()
+        self.assertUsage(f"cannot read {missing}", "--config", missing)
+        self.assertUsage("is not valid TOML", "--config", self.writeFile("port = [\n"))
+        unknown = self.toml(**{"no-such-option": 1})
+        self.assertUsage(f"{unknown}: unknown setting 'no-such-option'", "--config", unknown)
+        self.assertUsage("pool-size must be a whole number, not a string",
+                         "--config", self.toml(**{"pool-size": "big"}))
+        self.assertUsage("port must be a string or an array of strings",
+                         "--config", self.toml(port=[8888]))
+        self.assertUsage("unknown setting 'config'", "--config", self.toml(config="other"))
+        self.assertUsage("give --config or --ekeyd-conf, not both", "--config",
+                         self.toml(), "--ekeyd-conf", self.writeFile(""))
+
+    def test_refusalNamesFile(self):
+        """
+        A refused setting that came from the file says so; the same setting
+        from the command line does not.
+        """
+        path = self.toml(**{"port": ["nosuch:1"], "pool-size": 0})
+        self.assertUsage("bad --port 'nosuch:1': ",
+                         "--config", path, "--device", self.device, "--keyring", self.keyring,
+                         "--pool-size", "10")
+        error = self.assertRaises(UsageError, self.parse, "--config", path, "--device",
+                                  self.device, "--keyring", self.keyring, "--pool-size", "10")
+        self.assertTrue(str(error).endswith(f"(--port is from {path})"), str(error))
+        error = self.assertRaises(UsageError, self.parse, "--config", path, "--device",
+                                  self.device, "--keyring", self.keyring, "--port", "tcp:0")
+        self.assertTrue(str(error).endswith("--pool-size must be at least 1 byte "
+                                            f"(--pool-size is from {path})"), str(error))
+        error = self.assertRaises(UsageError, self.parse, "--config", path, "--device",
+                                  self.device, "--keyring", self.keyring, "--port", "nosuch:2",
+                                  "--pool-size", "10")
+        self.assertNotIn(path, str(error))
+
+    def test_knownFromTable(self):
+        """
+        The settings a file may give are the option table's, typed by each
+        option's coerce function, so that an option added to the table is
+        accepted in a file with no other change.
+        """
+        known = Options.fileSettings()
+        self.assertEqual((known["pool-size"], known["client-rate"], known["keyring"],
+                          known["kernel"]), (int, float, str, bool))
+        self.assertNotIn("config", known)
+        self.assertNotIn("ekeyd-conf", known)
+        self.assertEqual(set(Options.repeatable), {"device", "device-dir", "port", "upstream"})
+
+        class MoreOptions(Options):
+            optParameters = [["new-setting", None, 3, "A new setting.", int]]
+
+        options = MoreOptions()
+        options._readFile(["--config", self.toml(**{"new-setting": 5})])
+        self.assertEqual(options["new-setting"], 5)
+
+    def test_ekeydConf(self):
+        """
+        ekeyd's own file gives the keyring, the keys, the EGD sockets, the
+        ekeyd control socket and kernel output; the command line overrides
+        it.
+        """
+        control = self.mktemp()
+        egd = self.mktemp()
+        keys = self.mktemp()
+        path = self.writeFile(
+            "-- ekeyd.conf\n"
+            f'Keyring "{self.keyring}"\n'
+            f'UnixControlSocket "{control}"\n'
+            f'AddEntropyKey "{self.device}"\n'
+            f'AddEntropyKeys "{keys}"\n'
+            f'EGDUnixSocket("{egd}", "0600", "", "")\n'
+            "EGDTCPSocket(8888)\n")
+        options = self.parse("--ekeyd-conf", path, "--control", "none")
+        config = options.config
+        self.assertEqual(config.keyring, self.keyring)
+        self.assertEqual(config.ekeydControl, f"unix:{control}")
+        self.assertEqual(config.devices, (self.device,))
+        self.assertEqual(config.deviceDirs, (keys,))
+        self.assertEqual(config.ports, (f"unix:{egd}:mode=600", "tcp:8888:interface=127.0.0.1"))
+        self.assertFalse(config.kernel)
+        config = self.parse("--ekeyd-conf", path, "--control", "none",
+                            "--port", "tcp:0").config
+        self.assertEqual(config.ports, ("tcp:0",))
+
+    def test_ekeydConfKernel(self):
+        """
+        C{SetOutputToKernel(n)} turns on kernel output, crediting n.
+        """
+        options = Options()
+        options._readFile(["--ekeyd-conf", self.writeFile("SetOutputToKernel(6)\n")])
+        self.assertEqual((options["kernel"], options["shannons-per-byte"]), (1, 6))
+
+    def test_ekeydConfRefused(self):
+        """
+        A directive ekey does not honour is refused by name, with its line,
+        in one line.
+        """
+        path = self.writeFile('Keyring "/k"\nTCPControlSocket "1234"\n')
+        self.assertUsage(f"{path}:2: TCPControlSocket is refused", "--ekeyd-conf", path)
+
+    def test_helpNotStoppedByFile(self):
+        """
+        C{--help} prints the help even when the file named beside it is
+        broken.
+        """
+        import io
+        from contextlib import redirect_stdout
+
+        out = io.StringIO()
+        with redirect_stdout(out):
+            self.assertRaises(SystemExit, self.parse, "--config", self.mktemp(), "--help")
+        self.assertIn("--config=", out.getvalue())
+
+    def test_oneLineUnderTwistd(self):
+        """
+        Under twistd, a bad file is one line on standard error and exit
+        status 1.
+        """
+        import io
+        import sys
+
+        from twisted.scripts.twistd import ServerOptions
+
+        stderr, stdout = io.StringIO(), io.StringIO()
+        self.patch(sys, "stderr", stderr)
+        self.patch(sys, "stdout", stdout)
+        path = self.writeFile("Daemonise(false)\n")
+        error = self.assertRaises(SystemExit, ServerOptions().parseOptions,
+                                  ["ekey", "--ekeyd-conf", path])
+        self.assertEqual(error.code, 1)
+        self.assertEqual(stderr.getvalue().count("\n"), 1)
+        self.assertTrue(stderr.getvalue().startswith(
+            f"twistd ekey: {path}:1: Daemonise is refused"), stderr.getvalue())
+        self.assertEqual(stdout.getvalue(), "")
+
+
+class HelpTests(unittest.TestCase):
+    """
+    C{twistd ekey --help} reads as prose.
+    """
+
+    def test_singleSpaces(self):
+        """
+        The help has no runs of spaces inside its sentences (docstrings of
+        C{opt_} methods are folded into single spaces), only in the columns'
+        indentation.
+        """
+        import re
+
+        text = Options().getUsage()
+        self.assertIn("--device=", text)
+        for line in text.splitlines():
+            prose = re.sub(r"^\s*(?:-\w,?\s+)?(?:--[\w-]+=?\s+)?", "", line)
+            self.assertNotIn("  ", prose, line)
+
+    def test_checkerRejectsRuns(self):
+        """
+        The check above finds a run of spaces in a docstring that is not
+        folded.
+        """
+        import re
+
+        class Unfolded(Options):
+            def __init__(self):
+                Options.__init__(self)
+                self.docs["device"] = "A key: a serial device or a Unix\n        socket path."
+
+        lines = Unfolded().getUsage().splitlines()
+        self.assertTrue(any("  " in re.sub(r"^\s*(?:-\w,?\s+)?(?:--[\w-]+=?\s+)?", "", line)
+                            for line in lines))
+
+
+class ExampleConfigTests(unittest.TestCase):
+    """
+    C{examples/ekey.toml} is a configuration the daemon reads.
+    """
+
+    def test_example(self):
+        """
+        The example's settings, and every setting it shows commented out,
+        are settings of the option table with values of the right type.
+        """
+        import re
+
+        from ekey.core.configfile import loadTOML
+
+        path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                            "examples", "ekey.toml")
+        known, repeatable = Options.fileSettings(), Options.repeatable
+        settings = loadTOML(path, known, repeatable)
+        self.assertEqual(settings["device-dir"], ["/dev/entropykey", "/var/run/entropykeys"])
+        with open(path) as f:
+            text = f.read()
+        uncommented = re.sub(r"(?m)^# ([a-z][a-z-]* = )", r"\1", text)
+        shown = self.mktemp()
+        with open(shown, "w") as f:
+            f.write(uncommented)
+        every = loadTOML(shown, known, repeatable)
+        self.assertGreater(len(every), len(settings) + 10)

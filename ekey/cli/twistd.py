@@ -13,12 +13,16 @@ to the assembly.
 
 from __future__ import annotations
 
+import getopt
+import re
 import sys
+from typing import Dict, Optional, Set, Tuple
 
-from twisted.python import usage
+from twisted.python import reflect, usage
 
 from ekey import __version__
 
+from ekey.core.configfile import ConfigError, loadTOML, readEkeydConf
 from ekey.core.kernel import DEFAULT_BYTES, DEFAULT_INTERVAL, DEFAULT_SHANNONS_PER_BYTE
 from ekey.core.keyring import DEFAULT_KEYRING
 from ekey.core.pool import DEFAULT_POOL_SIZE
@@ -51,10 +55,27 @@ class Options(usage.Options):
         "Read verified entropy from Entropy Keys and serve it over EGD "
         "(--port) or write it to a file or FIFO (--output-file). Every key "
         "must be in the keyring. Nothing is ever served that did not come "
-        "from a verified source."
+        "from a verified source. With no --device, --device-dir or --upstream, "
+        "the keys that appear in /dev/entropykey and /var/run/entropykeys are "
+        "served, as ekeyd's stock configuration does."
     )
 
+    #: The repeatable options (each an C{opt_} method), with the key their
+    #: values are gathered under.  A configuration file gives them as arrays.
+    repeatable = {"device": "devices", "device-dir": "device-dirs", "port": "ports",
+                  "upstream": "upstreams"}
+
+    #: The options that name a configuration file, which no file may set.
+    fileOptions = ("config", "ekeyd-conf")
+
     optParameters = [
+        ["config", None, None,
+         "Read settings from this TOML file: its keys are the long option names, "
+         "repeatable options as arrays. The command line overrides the file."],
+        ["ekeyd-conf", None, None,
+         "Read settings from ekeyd's own configuration file (such as "
+         "/etc/entropykey/ekeyd.conf); a directive ekey does not honour is refused by "
+         "name. The command line overrides the file."],
         ["keyring", "k", DEFAULT_KEYRING, "The keyring of long-term keys (ekeyd's format)."],
         ["output-file", "o", None, "Append verified entropy to this file or FIFO."],
         ["output-max-bytes", None, DEFAULT_OUTPUT_MAX_BYTES,
@@ -115,10 +136,114 @@ class Options(usage.Options):
 
     def __init__(self):
         usage.Options.__init__(self)
-        self["devices"] = []
-        self["ports"] = []
-        self["upstreams"] = []
-        self["device-dirs"] = []
+        for gathered in self.repeatable.values():
+            self[gathered] = []
+        # usage.Options folds docstrings into the help as they are written,
+        # indentation included: one space between words instead.
+        self.docs = {name: " ".join(doc.split()) if doc else doc
+                     for name, doc in self.docs.items()}
+        #: The configuration file read, if any.
+        self.configFile: Optional[str] = None
+        self._fromFile: Set[str] = set()
+
+    @classmethod
+    def fileSettings(cls) -> Dict[str, type]:
+        """
+        The settings a configuration file may give: every parameter and
+        flag of the option table but the file options themselves, so that
+        a new option is accepted in a file as soon as it exists.
+
+        @return: long option name to the type of its value in a file:
+            C{int} or C{float} for a parameter coerced by that type, C{str}
+            for the other parameters, C{bool} for a flag.
+        """
+        parameters, flags = [], []
+        reflect.accumulateClassList(cls, "optParameters", parameters)
+        reflect.accumulateClassList(cls, "optFlags", flags)
+        known: Dict[str, type] = {}
+        for parameter in parameters:
+            name = parameter[0]
+            if name in cls.fileOptions:
+                continue
+            coerce = parameter[4] if len(parameter) > 4 else None
+            known[name] = coerce if coerce in (int, float) else str
+        for flag in flags:
+            known[flag[0]] = bool
+        return known
+
+    def _scan(self, argv) -> Optional[Tuple[Set[str], Dict[str, str]]]:
+        """
+        Look at the command line as L{usage.Options.parseOptions} will read
+        it, without acting on it.
+
+        @return: the long names of the options it gives, and the file
+            options' values; C{None} if it cannot be read (the real parse
+            then says why).
+        """
+        try:
+            opts, _ = getopt.getopt(argv, self.shortOpt, self.longOpt)
+        except getopt.error:
+            return None
+        given: Set[str] = set()
+        files: Dict[str, str] = {}
+        for opt, value in opts:
+            name = opt[2:] if opt.startswith("--") else opt[1:]
+            name = self.synonyms.get(name, name)
+            given.add(name)
+            if name in self.fileOptions:
+                files[name] = value
+        return given, files
+
+    def _readFile(self, argv) -> None:
+        """
+        Read the configuration file that C{argv} names, if any, into this
+        object's values, as defaults that the command line then overrides.
+        A repeatable option in the file is used only if the command line
+        does not give it.
+
+        @raise usage.UsageError: with one line, if the file cannot be used.
+        """
+        scanned = self._scan(argv)
+        if scanned is None:
+            return
+        given, files = scanned
+        if not files or given & {"help", "version"}:
+            return
+        if len(files) > 1:
+            raise usage.UsageError(
+                "give --config or --ekeyd-conf, not both (ekey-convert-ekeyd-conf turns "
+                "an ekeyd.conf into a TOML file to add settings to)")
+        [(option, path)] = files.items()
+        known = self.fileSettings()
+        try:
+            if option == "config":
+                settings = loadTOML(path, known, self.repeatable)
+            else:
+                settings = readEkeydConf(path)
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+        for name, value in settings.items():
+            if name in self.repeatable:
+                if name not in given:
+                    self[self.repeatable[name]] = list(value)
+            elif known.get(name) is bool:
+                self[name] = 1 if value else 0
+            elif name in known:
+                self[name] = value
+            else:
+                raise usage.UsageError(f"{path}: --{name} cannot be set in a file")
+        self.configFile = path
+        self._fromFile = set(settings) - given
+
+    def _located(self, message: str) -> str:
+        """
+        @return: C{message}, saying which file gave the option it names if
+            that option came from the configuration file.
+        """
+        for name in sorted(self._fromFile):
+            if re.search(rf"--{re.escape(name)}(?![\w-])", message):
+                return f"{message} (--{name} is from {self.configFile})"
+        return message
 
     def opt_device(self, path):
         """
@@ -132,7 +257,8 @@ class Options(usage.Options):
     def opt_device_dir(self, directory):
         """
         Serve every key that appears in this directory (such as
-        /dev/entropykey). Repeatable.
+        /dev/entropykey); one that does not exist yet is watched until it
+        appears. Repeatable.
         """
         self["device-dirs"].append(directory)
 
@@ -175,7 +301,8 @@ class Options(usage.Options):
 
     def toConfig(self) -> DaemonConfig:
         """
-        @return: the parsed options as a L{DaemonConfig}.
+        @return: the parsed options as a L{DaemonConfig}; with no source,
+            ekeyd's stock key directories (L{DaemonConfig.withDefaultSources}).
         """
         uid = self._switchUID()
         control = self["control"]
@@ -207,20 +334,26 @@ class Options(usage.Options):
             upstreamStallTimeout=self["upstream-stall-timeout"],
             metrics=self["metrics"],
             logLevel=self["log-level"],
+            configFile=self.configFile,
             switchUID=uid,
             keepsCapabilities=uid is None or capabilitiesSurvive(uid),
-        )
+        ).withDefaultSources()
 
     def parseOptions(self, options=None):
         """
-        Parse the options.  Under C{twistd}, a refusal is one line on
+        Parse the options, after reading the configuration file that
+        C{--config} or C{--ekeyd-conf} names, whose settings are defaults
+        the command line overrides.  Under C{twistd}, a refusal is one line on
         standard error and exit status 1: C{twistd} would print its whole
         usage before the message.
 
         @raise usage.UsageError: outside C{twistd} (tests, embedding).
         @raise SystemExit: under C{twistd}, after the one line.
         """
+        if options is None:
+            options = sys.argv[1:]
         try:
+            self._readFile(options)
             usage.Options.parseOptions(self, options)
         except usage.UsageError as e:
             if not isinstance(getattr(self, "parent", None), usage.Options):
@@ -239,7 +372,7 @@ class Options(usage.Options):
         try:
             self.resources = assembly.prepare(self.config)
         except ValueError as e:
-            raise usage.UsageError(str(e)) from None
+            raise usage.UsageError(self._located(str(e))) from None
 
 
 def makeService(options: Options, reactor=None):

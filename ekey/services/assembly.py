@@ -130,7 +130,8 @@ def prepare(config: DaemonConfig, reactor=None, kernel=None) -> Resources:
         except KeyPathError as e:
             raise ConfigError(str(e)) from None
     for directory in config.deviceDirs:
-        if not os.path.isdir(directory):
+        # One that does not exist yet is watched until it appears.
+        if os.path.exists(directory) and not os.path.isdir(directory):
             raise ConfigError(f"--device-dir {directory} is not a directory")
     _checkEndpoints(config, reactor)
     resources = Resources(controlGroup=_checkControl(config))
@@ -238,16 +239,30 @@ def makeService(config: DaemonConfig, resources: Optional[Resources] = None,
     SystemdNotifier(keys.firstAttempts(), reactor=reactor).setServiceParent(top)
     log.info(
         "ekey {version} starting: {keys} key(s){directory}, {upstreams} upstream(s), keyring {keyring}, "
-        "pool of {size} bytes, EGD on {ports}{kernel}; at most {cap} client connections",
+        "pool of {size} bytes, EGD on {ports}{kernel}; at most {cap} client connections{source}",
         version=__version__,
         keys=len(config.devices),
         upstreams=len(config.upstreams),
-        directory=(f" and keys in {', '.join(config.deviceDirs)}" if config.deviceDirs else ""),
+        directory=_describeDirectories(config),
         keyring=config.keyring,
         size=config.poolSize,
         ports=", ".join(config.ports) or "no port",
         kernel=(f"; feeding the kernel, crediting {credit} bits a byte ({creditReason})"
                 if resources.kernel is not None else ""),
         cap=limiter.maxConnections,
+        source=f"; settings from {config.configFile}" if config.configFile else "",
     )
     return top
+
+
+def _describeDirectories(config: DaemonConfig) -> str:
+    """
+    @return: the key directories, for the start line.
+    """
+    if not config.deviceDirs:
+        return ""
+    directories = ", ".join(config.deviceDirs)
+    if config.defaultSources:
+        return (f" and the keys that appear in {directories} (no --device, --device-dir or "
+                "--upstream given: ekeyd's stock directories)")
+    return f" and keys in {directories}"

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import List, Optional, Tuple
 
 from ekey.core.kernel import DEFAULT_BYTES, DEFAULT_INTERVAL, DEFAULT_SHANNONS_PER_BYTE
@@ -34,6 +34,11 @@ from ekey.services.upstream import DEFAULT_HIGH_WATER, DEFAULT_LOW_WATER
 #: The control channel's default: a private Unix socket in the run directory
 #: (C{twistd --rundir}, such as C{/run/ekey}, where ekeyctl looks first).
 DEFAULT_CONTROL = "unix:control.sock:mode=600:lockfile=1"
+
+#: The key directories served when no source is given, as ekeyd's stock
+#: configuration has them: udev's links to serial keys, and the sockets of
+#: keys on other transports.
+DEFAULT_DEVICE_DIRS = ("/dev/entropykey", "/var/run/entropykeys")
 
 #: The most bytes a regular output file grows to (1 MiB); a FIFO has no cap.
 DEFAULT_OUTPUT_MAX_BYTES = 1 << 20
@@ -167,6 +172,10 @@ class DaemonConfig:
         what it was asked before its demand moves to the others.
     @ivar metrics: the metrics and status page endpoint, or C{None}.
     @ivar logLevel: the lowest level logged, a name from L{LOG_LEVELS}.
+    @ivar configFile: the configuration file the settings were read
+        from (C{--config} or C{--ekeyd-conf}), if any, for the start line.
+    @ivar defaultSources: whether C{deviceDirs} are L{DEFAULT_DEVICE_DIRS}
+        because no source was given (L{withDefaultSources}).
     @ivar switchUID: the user id twistd switches to after start-up
         (C{twistd --uid}), if any.
     @ivar keepsCapabilities: whether capabilities survive that switch.
@@ -199,8 +208,23 @@ class DaemonConfig:
     upstreamStallTimeout: float = DEFAULT_UPSTREAM_STALL_TIMEOUT
     metrics: Optional[str] = None
     logLevel: str = "info"
+    configFile: Optional[str] = None
+    defaultSources: bool = False
     switchUID: Optional[int] = None
     keepsCapabilities: bool = False
+
+    def withDefaultSources(self) -> "DaemonConfig":
+        """
+        Serve the keys that appear in ekeyd's stock directories
+        (L{DEFAULT_DEVICE_DIRS}) when no source is given, as ekeyd does.
+
+        @return: this configuration if it has a key, a key directory or an
+            upstream; else a copy with the stock directories and
+            C{defaultSources} set.
+        """
+        if self.devices or self.deviceDirs or self.upstreams:
+            return self
+        return replace(self, deviceDirs=tuple(DEFAULT_DEVICE_DIRS), defaultSources=True)
 
     def check(self) -> None:
         """

@@ -248,6 +248,7 @@ class KeyProtocol(Protocol):
         self._timerDeadline: Optional[float] = None
         self._carrying = False
         self._again = False
+        self._hasRun = False
 
     def connectionMade(self):
         self.log.info("Key {path} connected", path=self.path)
@@ -337,6 +338,16 @@ class KeyProtocol(Protocol):
             delay = max(0.0, deadline - self._clock.seconds())
             self._timer = self._clock.callLater(delay, self._timerFired)
 
+    def _routineRekey(self, event: StateChanged) -> bool:
+        """
+        @return: whether C{event} is a step of a routine session re-key of
+            a key that has run on this connection: from running to
+            re-keying, and back to running.
+        """
+        return self._hasRun and (
+            (event.old, event.new) in ((KeyState.RUNNING, KeyState.REKEYING),
+                                       (KeyState.REKEYING, KeyState.RUNNING)))
+
     def _logEvent(self, event):
         session = self.pipeline.session
         if isinstance(event, StateChanged):
@@ -344,8 +355,13 @@ class KeyProtocol(Protocol):
                 emit = self.log.warn
             elif event.new.stopped:
                 emit = self.log.error
+            elif self._routineRekey(event):
+                # Every ~33 s on a busy key: not worth a line at info.
+                emit = self.log.debug
             else:
                 emit = self.log.info
+            if event.new is KeyState.RUNNING:
+                self._hasRun = True
             emit("Key {path} (serial {serial}): {state} ({reason})",
                  path=self.path,
                  serial=formatSerial(session.serial) if session.serial else "?",
@@ -373,6 +389,11 @@ class KeyProtocolFactory(Factory):
     @ivar health: the key's L{HealthMonitor}.
     """
 
+    # Started and stopped at every (re)connection: logged at debug level by
+    # startFactory and stopFactory instead of Factory's info line.
+    noisy = False
+    log = Logger()
+
     def __init__(self, path: str, keyringProvider: Callable[[], Keyring],
                  onEntropy: Optional[Callable[[bytes], None]] = None, clock=None,
                  pool=None, **sessionOptions):
@@ -398,6 +419,12 @@ class KeyProtocolFactory(Factory):
         self._keyringProvider = keyringProvider
         self._onEntropy = onEntropy
         self._sessionOptions = sessionOptions
+
+    def startFactory(self):
+        self.log.debug("Key {path}: connecting", path=self.path)
+
+    def stopFactory(self):
+        self.log.debug("Key {path}: connection over", path=self.path)
 
     def buildProtocol(self, addr):
         session = KeySession(self._keyringProvider(), **self._sessionOptions)
@@ -555,7 +582,10 @@ class KeyDirectoryService(Service):
     The directory is looked at every C{interval} seconds; a key is any
     entry that is (or links to) a character device or a Unix socket.  Keys
     that are already served elsewhere (by C{--device}) are left alone, and
-    so is a second link to the same key.
+    so is a second link to the same key.  A directory that does not exist
+    (yet: udev makes C{/dev/entropykey} with the first key) is waited for,
+    as ekeyd does; that, and a directory that cannot be read, is logged
+    once, not at every look.
     """
 
     log = Logger()
@@ -575,6 +605,7 @@ class KeyDirectoryService(Service):
         self._onVanish = onVanish
         self._exclude = {os.path.realpath(p) for p in exclude}
         self._keys = set()
+        self._problem: Optional[str] = None
         self._loop = LoopingCall(self.scan)
         self._loop.clock = reactor
         self._interval = interval
@@ -592,10 +623,13 @@ class KeyDirectoryService(Service):
     def _present(self):
         try:
             names = sorted(os.listdir(self.directory))
+        except FileNotFoundError:
+            self._readable("does not exist (yet): waiting for it", self.log.info)
+            return {}
         except OSError as e:
-            self.log.warn("Cannot read key directory {directory}: {reason}",
-                          directory=self.directory, reason=e.strerror)
+            self._readable(f"cannot be read: {e.strerror}", self.log.warn)
             return None
+        self._readable(None, self.log.info)
         found = {}
         for name in names:
             path = os.path.join(self.directory, name)
@@ -608,9 +642,28 @@ class KeyDirectoryService(Service):
                 found[path] = real
         return found
 
+    def _readable(self, problem: Optional[str], emit) -> None:
+        """
+        Log once per change whether the directory can be read, and if not
+        why.
+
+        @param problem: why it cannot be read, or C{None} if it can.
+        @param emit: the L{Logger} method to log a change with.
+        """
+        if problem == self._problem:
+            return
+        if problem is None:
+            emit("Key directory {directory} is there now", directory=self.directory)
+        else:
+            emit("Key directory {directory} {problem}", directory=self.directory,
+                 problem=problem)
+        self._problem = problem
+
     def scan(self):
         """
-        Look at the directory once: report new keys and vanished ones.
+        Look at the directory once: report new keys and vanished ones.  A
+        directory that does not exist has no keys (they went away with it,
+        if it had any); one that cannot be read changes nothing.
         """
         found = self._present()
         if found is None:
