@@ -437,7 +437,7 @@ class WiringTests(OptionsFixture, unittest.TestCase):
     def test_logLevel(self):
         """
         C{--log-level warn} drops info events from what twistd logs to; the
-        default logs them.
+        default, info, drops debug events (routine re-keys) and keeps info.
         """
         from twisted.logger import Logger, LogLevel
 
@@ -455,10 +455,14 @@ class WiringTests(OptionsFixture, unittest.TestCase):
         log.info("routine")
         log.warn("attention")
         self.assertEqual([e["log_level"] for e in seen], [LogLevel.warn])
-        untouched = Beginner()
-        filterLogging("info", untouched)
-        untouched.beginLoggingTo([seen.append])
-        self.assertEqual(untouched.observers, [seen.append])
+        seen.clear()
+        default = Beginner()
+        filterLogging("info", default)
+        default.beginLoggingTo([seen.append])
+        log = Logger(observer=default.observers[0])
+        log.debug("routine re-key")
+        log.info("key added")
+        self.assertEqual([e["log_level"] for e in seen], [LogLevel.info])
 
 
 class ConfigFileTests(OptionsFixture, unittest.TestCase):

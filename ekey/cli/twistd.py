@@ -400,7 +400,7 @@ def filterLogging(level: str, beginner=None) -> None:
                                 globalLogBeginner)
 
     beginner = beginner or globalLogBeginner
-    if level == "info" or getattr(beginner, "_ekeyFiltered", False):
+    if getattr(beginner, "_ekeyFiltered", False):
         return
     predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.levelWithName(level))
     begin = beginner.beginLoggingTo
