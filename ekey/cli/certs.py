@@ -31,9 +31,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from ekey import __version__
 from ekey.cli._args import ArgumentParser
 
 DEFAULT_DAYS = 825
+
+#: How the command is run, as its messages name it.
+PROG = "python3 -m ekey.cli.certs"
 
 
 def _name(commonName: str) -> x509.Name:
@@ -160,21 +164,30 @@ def loadCA(directory: str):
     return certificate, key
 
 
-def main(argv=None) -> int:
+def parser() -> ArgumentParser:
     """
-    The C{python3 -m ekey.cli.certs} command.
+    @return: the argument parser of C{python3 -m ekey.cli.certs}.
     """
     parser = ArgumentParser(
-        prog="python3 -m ekey.cli.certs",
+        prog=PROG,
         description="Make a CA and host certificates for ekey relays (mutual TLS).")
     parser.add_argument("--out", "-o", default=".", help="directory of the CA and certificates")
     parser.add_argument("--days", type=int, default=DEFAULT_DAYS, help="validity in days")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}",
+                        help="print the version and exit")
     sub = parser.add_subparsers(dest="verb", required=True)
     ca = sub.add_parser("ca", help="make the CA (ca.pem, ca.key)")
     ca.add_argument("--name", default="ekey relay CA")
     host = sub.add_parser("host", help="make NAME.crt and NAME.key signed by the CA")
     host.add_argument("hostname")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> int:
+    """
+    The C{python3 -m ekey.cli.certs} command.
+    """
+    args = parser().parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     try:
         if args.verb == "ca":

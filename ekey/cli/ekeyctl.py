@@ -25,6 +25,8 @@ from typing import Dict, Optional, Sequence
 from twisted.internet import defer, error as netError
 from twisted.protocols import amp
 
+from ekey import __version__
+
 from ekey.services.controlschema import (
     AddAll,
     AddKey,
@@ -306,7 +308,11 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def _parser() -> argparse.ArgumentParser:
+def parser() -> argparse.ArgumentParser:
+    """
+    @return: C{ekeyctl}'s argument parser (its options, for the manual
+        page's test); L{parseArguments} checks what it cannot.
+    """
     verbs = "\n".join(f"  {verb.usage(name)}" for name, verb in VERBS.items())
     parser = _Parser(
         prog="ekeyctl",
@@ -319,6 +325,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="the daemon's control endpoint (default $EKEY_CONTROL, else "
                              f"{SYSTEM_CONTROL} if it exists, else {LOCAL_CONTROL})")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--version", action="store_true",
+                        help="print ekeyctl's version and exit")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
                         help=f"give up after this many seconds (default {DEFAULT_TIMEOUT:g})")
     parser.add_argument("verb", metavar="VERB", nargs="?",
@@ -330,10 +338,13 @@ def _parser() -> argparse.ArgumentParser:
 def parseArguments(argv: Optional[Sequence[str]], environ=None) -> argparse.Namespace:
     """
     @return: the options, with C{verb} a L{Verb}, C{verbName}, C{argument}
-        and C{control} (the endpoint) filled in.
+        and C{control} (the endpoint) filled in; or, with C{version} set,
+        nothing else checked.
     @raise UsageError: if the command line is wrong.
     """
-    options = _parser().parse_args(argv)
+    options = parser().parse_args(argv)
+    if options.version:
+        return options
     if options.verb is None:
         raise UsageError(f"give a VERB: one of {', '.join(VERBS)} (see ekeyctl --help)")
     verb = VERBS.get(options.verb)
@@ -436,9 +447,9 @@ def main(argv: Optional[Sequence[str]] = None, reactor=None, out=None, err=None,
          environ=None):
     """
     The C{ekeyctl} command: C{ekeyctl [--control ENDPOINT] [--json]
-    [--timeout SECONDS] VERB [ARG]}.  Exits with 0 when done, 1 when the
-    daemon refused or could not be reached, 2 for bad usage, after one
-    line on standard error.
+    [--timeout SECONDS] VERB [ARG]} or C{ekeyctl --version}.  Exits with 0
+    when done, 1 when the daemon refused or could not be reached, 2 for
+    bad usage, after one line on standard error.
 
     @param reactor: if given, run on it and return a L{Deferred} firing
         with the exit status instead of exiting.
@@ -452,6 +463,10 @@ def main(argv: Optional[Sequence[str]] = None, reactor=None, out=None, err=None,
         if reactor is not None:
             return defer.succeed(2)
         raise SystemExit(2)
+    if options.version:
+        out.write(f"ekeyctl {__version__}\n")
+        out.flush()
+        return defer.succeed(0) if reactor is not None else None
 
     if reactor is not None:
         return defer.Deferred.fromCoroutine(execute(reactor, options, out, err))

@@ -55,7 +55,10 @@ KEY_DIRECTORIES = ("/dev/entropykey", "/var/run/entropykeys")
 NO_CONTROL = "none"
 
 
-def _parser() -> ArgumentParser:
+def parser() -> ArgumentParser:
+    """
+    @return: C{ekey-rekey}'s argument parser.
+    """
     parser = ArgumentParser(
         prog="ekey-rekey",
         description="Give an Entropy Key a new long-term key made with its master key, store "
@@ -83,7 +86,7 @@ def parseArguments(argv: Optional[Sequence[str]], environ=None):
     @raise CommandFailed: if no key can be found for the serial.
     """
     prog = "ekey-rekey"
-    options = _parser().parse_args(argv)
+    options = parser().parse_args(argv)
     if len(options.arguments) > 1:
         # ekeyd's ekey-rekey SERIAL MASTERKEY.
         raise UsageError(masterKeyRefusal(prog))

@@ -233,7 +233,10 @@ def runCommand(prog: str, prepare: Callable[[], object], execute,
 # ekey-setkey ----------------------------------------------------------------------
 
 
-def _parser() -> argparse.ArgumentParser:
+def parser() -> argparse.ArgumentParser:
+    """
+    @return: C{ekey-setkey}'s argument parser.
+    """
     parser = ArgumentParser(
         prog="ekey-setkey",
         description="Give an Entropy Key a new long-term key made with its master key, and "
@@ -264,7 +267,7 @@ def main(argv: Optional[Sequence[str]] = None, reactor=None, out=None, err=None,
     prog = "ekey-setkey"
 
     def prepare():
-        options = _parser().parse_args(argv)
+        options = parser().parse_args(argv)
         checkCommonArguments(options, prog)
         checkKey(options.path)
         keyring = None if options.no_store else openKeyring(options.keyring)

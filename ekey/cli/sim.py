@@ -20,6 +20,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import react
 from twisted.logger import Logger
 
+from ekey import __version__
 from ekey.cli._args import ArgumentParser, fail
 from ekey.core.keyring import Keyring, KeyringError, formatSerial, parseSecret, parseSerial
 from ekey.services._reactor import default
@@ -61,7 +62,10 @@ def _nonNegative(kind):
     return convert
 
 
-def _parser() -> argparse.ArgumentParser:
+def parser() -> argparse.ArgumentParser:
+    """
+    @return: C{ekey-sim}'s argument parser.
+    """
     parser = ArgumentParser(
         prog="ekey-sim",
         description=(
@@ -133,6 +137,8 @@ def _parser() -> argparse.ArgumentParser:
         help="add the key's serial and long-term key to this ekeyd keyring file "
         "(created if missing, written atomically with mode 0600)",
     )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}",
+                        help="print the version and exit")
     return parser
 
 
@@ -254,7 +260,7 @@ def main(argv: Optional[List[str]] = None, reactor=None) -> None:
         error for bad arguments or a failure to start, else the reactor's
         exit status.
     """
-    args = _parser().parse_args(argv)
+    args = parser().parse_args(argv)
     logToStandardError = reactor is None
     reactor = default(reactor)
     endpoint = None

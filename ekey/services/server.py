@@ -261,6 +261,7 @@ class EGDServerFactory(Factory):
 
     protocol = EGDServerProtocol
     log = Logger()
+    noisy = False
 
     def __init__(self, pool: EntropyPool, pid=None, name: str = "egd", clock=None,
                  limiter: Optional[RateLimiter] = None, maxClients: int = 0,

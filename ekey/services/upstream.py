@@ -208,6 +208,7 @@ class Upstream(Factory):
     """
 
     log = Logger()
+    noisy = False
 
     def __init__(self, description: str, policy: pull.PullPolicy,
                  priority: Optional[int] = None):
