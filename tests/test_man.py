@@ -34,7 +34,6 @@ CONVERT_OPTIONS = frozenset({"-h", "--help", "--version"})
 #: ekey-feed-kernel): tolerated only while the command lacks them. Empty
 #: this once they are merged.
 PENDING: Dict[str, FrozenSet[str]] = {
-    "twistd-ekey.8": frozenset({"--config", "--ekeyd-conf"}),
     "ekey-egd.1": frozenset({"--version"}),
     "ekey-feed-kernel.8": frozenset({"--version"}),
 }

@@ -389,6 +389,10 @@ class _ReportingEndpoint:
         self._endpoint = endpoint
         self._upstream = upstream
 
+    def __repr__(self) -> str:
+        # ClientService names the endpoint in its retry lines.
+        return f"<upstream {self._upstream.description}>"
+
     def connect(self, factory):
         self._upstream.attempting()
         d = defer.maybeDeferred(self._endpoint.connect, factory)

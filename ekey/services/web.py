@@ -598,4 +598,7 @@ def makeSite(daemon, reactor=None) -> Site:
         "application/json",
         lambda: json.dumps(daemonJSON(daemon.status()), indent=2,
                            sort_keys=True).encode("utf-8")))
-    return Site(root, reactor=reactor if reactor is not None else daemon.clock)
+    site = Site(root, reactor=reactor if reactor is not None else daemon.clock)
+    # No "Starting factory <Site object at 0x...>" lines in the daemon's log.
+    site.noisy = False
+    return site
