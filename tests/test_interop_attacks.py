@@ -20,7 +20,8 @@ test, and not repeated.
   C{tls:} server with another CA's certificate       L{UpstreamTests.test_unverifiedServerNotServed}
   C{tls:} server certificate for another host        test_interop_relay.
                                                        test_upstreamCertificateNamesAnotherHost
-  TLS 1.2 CBC-SHA1 suites on C{tls:} upstreams       test_tlsclient.test_cbcServerRefused
+  TLS 1.2 CBC-SHA1 suites on C{tls:} upstreams       L{UpstreamTests.test_cbcServerNotServed};
+                                                       test_tlsclient.test_cbcServerRefused
   TLS 1.2 CBC-SHA1 suites on C{mtls:} listeners      test_mtls.CipherTests;
                                                        test_interop_relay.test_opensslRefused
   upstream bytes skip the health tests               L{UpstreamTests.test_failingUpstreamNotServed}
@@ -142,11 +143,12 @@ def boundSocket(testCase, path: str) -> str:
 # A fake EGD upstream -----------------------------------------------------------------------
 
 def runFakeEGD(host: str, port: int, fill: str, certificate: Optional[str] = None,
-               key: Optional[str] = None) -> None:
+               key: Optional[str] = None, ciphers: Optional[str] = None) -> None:
     """
     Be an EGD server on C{host:port} (over TLS with C{certificate} and
-    C{key} if given) that answers reads with C{fill}: C{"zeros"} or
-    C{"random"} bytes.  Prints C{listening}, then C{connection N} for each
+    C{key} if given; only TLS 1.2 with the OpenSSL cipher string C{ciphers}
+    if given) that answers reads with C{fill}: C{"zeros"} or C{"random"}
+    bytes.  Prints C{listening}, then C{connection N} for each
     client (and C{handshake failed} when its TLS handshake fails).  Runs
     until killed; run it in a subprocess (L{startFakeEGD}).
     """
@@ -154,6 +156,9 @@ def runFakeEGD(host: str, port: int, fill: str, certificate: Optional[str] = Non
     if certificate is not None:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(certificate, key)
+        if ciphers is not None:
+            context.maximum_version = ssl.TLSVersion.TLSv1_2
+            context.set_ciphers(ciphers)
     listener = socket.create_server((host, port))
     print("listening", flush=True)
     count = 0
@@ -203,7 +208,7 @@ def runFakeEGD(host: str, port: int, fill: str, certificate: Optional[str] = Non
 
 def startFakeEGD(testCase, directory: str, host: str, fill: str,
                  certificate: Optional[str] = None, key: Optional[str] = None,
-                 name: str = "fake-egd") -> RunningProcess:
+                 ciphers: Optional[str] = None, name: str = "fake-egd") -> RunningProcess:
     """
     Start L{runFakeEGD} in a subprocess on a free port and wait until it
     listens.
@@ -213,7 +218,7 @@ def startFakeEGD(testCase, directory: str, host: str, fill: str,
     port = freeTCPPort(host)
     argv = [sys.executable, "-c",
             "from tests.test_interop_attacks import runFakeEGD; "
-            f"runFakeEGD({host!r}, {port!r}, {fill!r}, {certificate!r}, {key!r})"]
+            f"runFakeEGD({host!r}, {port!r}, {fill!r}, {certificate!r}, {key!r}, {ciphers!r})"]
     process = RunningProcess(testCase, name, argv, directory, env=pythonEnvironment())
     process.port = port
     waitForListeningTCP(port, host, process=process)
@@ -450,6 +455,22 @@ class UpstreamTests(TestCase):
         fake = startFakeEGD(self, self.directory, "127.0.0.1", "random", certificate, key)
         relay = self.relay(tlsClientEndpoint("localhost", fake.port, ours))
         waitForLog(relay, "certificate verify failed")
+        self.assertNothingServed(relay, fake)
+
+    def test_cbcServerNotServed(self):
+        """
+        A C{tls:} upstream that the trust roots verify but that offers only
+        TLS 1.2 with a CBC-SHA1 suite (C{ECDHE-ECDSA-AES128-SHA}: the test
+        certificates are ECDSA), serving random bytes, is refused: the
+        handshake fails, nothing is written out.
+        """
+        ours = os.path.join(self.directory, "ours")
+        certificate, key = writeHostCertificate(ours, "localhost",
+                                                writeCertificateAuthority(ours))
+        fake = startFakeEGD(self, self.directory, "127.0.0.1", "random", certificate, key,
+                            ciphers="ECDHE-ECDSA-AES128-SHA")
+        relay = self.relay(tlsClientEndpoint("localhost", fake.port, ours))
+        waitForLog(relay, "TLS handshake failed")
         self.assertNothingServed(relay, fake)
 
     def test_failingUpstreamNotServed(self):
