@@ -31,8 +31,9 @@ test, and not repeated.
     under a 300-fd limit lock out mTLS and ekeyctl
   20 greedy connections take 95.6% beside a polite   L{FairShareTests.test_greedyIdentityBesidePolite}
     client of another identity
-  Unix clients share one bucket; last CN of a        test_server.IdentityTests (unixClientsByUser,
-    two-CN certificate is the identity                 secondCommonNameIsNoIdentity)
+  Unix clients share one bucket                      test_server.IdentityTests.test_unixClientsByUser
+  last CN of a two-CN certificate is the identity    L{FairShareTests.test_twoCommonNames};
+    (takes another client's share)                     test_server.test_secondCommonNameIsNoIdentity
   keyring at 0666 used silently                      L{StartRefusalTests.test_keyringWritableByOthers}
   malformed keyring line echoes a field (a whole     L{StartRefusalTests.test_swappedKeyringColumns}
     long-term key with the columns swapped)
@@ -103,6 +104,7 @@ from tests.interop.processes import (
 )
 from tests.interop.requirements import findPeer, skipUnlessRequired
 from tests.interop.tlspeers import (
+    mtlsServerEndpoint,
     tlsClientEndpoint,
     writeCertificateAuthority,
     writeHostCertificate,
@@ -523,10 +525,99 @@ class UpstreamTests(TestCase):
             self.assertEqual(addition.bits, 0, addition.line[:200])
 
 
+def writeTwoNameCertificate(directory: str, names: Sequence[str], ca) -> tuple:
+    """
+    Write a client certificate from C{ca} whose subject holds every common
+    name in C{names}, in order, as C{twocn.crt} and C{twocn.key}.
+
+    @return: C{(certificatePath, keyPath)}.
+    """
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    from ekey.cli import certs
+
+    caCertificate, caKey = ca
+    key = ec.generate_private_key(ec.SECP256R1())
+    start = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=5)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)
+                                 for name in names]))
+        .issuer_name(caCertificate.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]),
+                       critical=False)
+        .sign(caKey, hashes.SHA256())
+    )
+    base = os.path.join(directory, "twocn")
+    certs.writePrivate(base + ".key", certs.keyPEM(key))
+    certs.writePublic(base + ".crt", certs.certificatePEM(certificate))
+    return base + ".crt", base + ".key"
+
+
 class FairShareTests(TestCase):
     """
     Fair shares are per identity, not per connection.
     """
+
+    def test_twoCommonNames(self):
+        """
+        A client whose certificate holds two common names, the second being
+        another client's (C{alice}), is not taken for that client: the
+        daemon knows the two connections as two identities (by their
+        certificates' fingerprints), and shows both names of the second.
+        The last CN used to be the identity, so both were C{alice} and
+        shared one share and one rate bucket.
+        """
+        directory = shortDirectory(self)
+        startSimulator(self, directory, listen=os.path.join(directory, "key.sock"))
+        pki = os.path.join(directory, "pki")
+        ca = writeCertificateAuthority(pki)
+        caPath = os.path.join(pki, "ca.pem")
+        server = writeHostCertificate(pki, "localhost", ca)
+        alice = writeHostCertificate(pki, "alice", ca)
+        mallory = writeTwoNameCertificate(pki, ["mallory", "alice"], ca)
+        port = freeTCPPort()
+        control = os.path.join(directory, "control.sock")
+        daemon = startDaemon(self, directory, [os.path.join(directory, "key.sock")],
+                             writeKeyring(os.path.join(directory, "keyring")), None,
+                             extra=["--port", mtlsServerEndpoint(port, *server, caPath),
+                                    "--control", f"unix:{control}"])
+        waitForListeningTCP(port, process=daemon)
+        connections = []
+        for certificate, key in (alice, mallory):
+            context = ssl.create_default_context(cafile=caPath)
+            context.load_cert_chain(certificate, key)
+            raw = socket.create_connection(("127.0.0.1", port), timeout=20)
+            tls = context.wrap_socket(raw, server_hostname="localhost")
+            self.addCleanup(tls.close)
+            tls.sendall(b"\x02\x20")
+            data = b""
+            while len(data) < 32:
+                chunk = tls.recv(32 - len(data))
+                self.assertTrue(chunk, daemon.describe())
+                data += chunk
+            connections.append(tls)
+        done = subprocess.run(
+            [sys.executable, "-m", "ekey.cli.ekeyctl", "--control", f"unix:{control}",
+             "--timeout", "10", "--json", "clients"],
+            env=pythonEnvironment(), cwd=directory, stdin=subprocess.DEVNULL,
+            capture_output=True, timeout=30)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        identities = sorted(c["identity"] for c in json.loads(done.stdout))
+        self.assertEqual(len(identities), 2, identities)
+        self.assertTrue(identities[0].startswith("alice sha256:"), identities)
+        self.assertTrue(identities[1].startswith("mallory+alice sha256:"), identities)
+        self.assertNotEqual(identities[0].split()[-1], identities[1].split()[-1])
 
     #: Bytes counted, once every client has been served once.
     COUNTED = 16000
