@@ -509,6 +509,8 @@ class UpstreamTests(TestCase):
             "--control", "none"]
         daemon = startTraced(self, "ekey-kernel", argv, self.directory, env=pythonEnvironment())
         daemon.logPath = logPath
+        # strace's child too, if the test fails before it is stopped.
+        self.addCleanup(stopTraced, daemon)
         line = waitForLog(daemon, "feeding the kernel")
         self.assertIn(f"crediting 0 bits a byte (no credit by default: {upstream} is not "
                       "verified", line)
