@@ -3,7 +3,8 @@
 Upstream EGD sources: what makes a daemon a relay.
 
 Each C{--upstream} is a client endpoint (C{tcp:}, C{unix:}, C{tls:} with
-its certificate checks; C{ssl:} is refused, see
+its certificate checks and TLS 1.2 limited to AEAD suites, see
+L{ekey.services.tlsclient}; C{ssl:} is refused, see
 L{ekey.core.upstreamconfig}) kept connected by a L{ClientService} with
 backoff and jitter.  All upstreams share one L{PullPolicy}
 (L{ekey.core.pull}), which decides how much to ask of which: demand is
@@ -50,6 +51,7 @@ from ekey.core.pull import (
 from ekey.core.pool import EntropyPool
 from ekey.core.upstreamconfig import checkUpstreamDescription, splitPriority
 from ekey.core.status import UpstreamState, UpstreamStatus
+from ekey.services.tlsclient import clientEndpoint
 
 __all__ = [
     "DEFAULT_HIGH_WATER", "DEFAULT_LOW_WATER", "DEFAULT_STALL_TIMEOUT", "MAX_PIPELINE",
@@ -423,15 +425,13 @@ class UpstreamService(ClientService):
         @raise ValueError: for a description that must not be used (see
             L{checkUpstreamDescription}).
         """
-        from twisted.internet.endpoints import clientFromString
-
         if reactor is None:
             from twisted.internet import reactor
         self.warnings = checkUpstreamDescription(description)
         self.upstream = Upstream(description, policy)
         ClientService.__init__(
             self,
-            _ReportingEndpoint(clientFromString(reactor, self.upstream.description),
+            _ReportingEndpoint(clientEndpoint(reactor, self.upstream.description),
                                self.upstream),
             self.upstream,
             retryPolicy=backoffPolicy(initialDelay=1.0, maxDelay=30.0),
