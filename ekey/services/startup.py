@@ -70,9 +70,9 @@ def _forms(server: bool) -> dict:
 
 def _checkFiles(option: str, description: str) -> None:
     _, _, kwargs = splitDescription(description)
-    for name, what in FILE_PARAMETERS.items():
-        path = kwargs.get(name)
-        if path is None:
+    for name, path in kwargs.items():
+        what = FILE_PARAMETERS.get(name)
+        if what is None:
             continue
         prefix = f"bad {option} {description!r}: {name}={path}"
         if not path:
