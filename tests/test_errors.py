@@ -378,3 +378,22 @@ class TwistdGuardTests(unittest.TestCase):
                               "none"])
         service = twistd.makeService(options, reactor=MemoryReactorClock())
         self.assertIs(service.serverOptions, options.parent)
+
+
+class SystemdEndpointTests(unittest.TestCase):
+    """
+    A C{systemd:} listener without the socket systemd should have passed.
+    """
+
+    def test_noSocketPassed(self):
+        """
+        Outside a socket-activated unit there is no passed socket: said so,
+        not C{list index out of range}.
+        """
+        self.patch(os, "environ", {k: v for k, v in os.environ.items()
+                                   if not k.startswith("LISTEN_")})
+        error = self.assertRaises(EndpointError, checkEndpoint, "--port",
+                                  "systemd:domain=INET:index=0", MemoryReactorClock())
+        self.assertEqual(str(error), "bad --port 'systemd:domain=INET:index=0': systemd passed "
+                         "no such socket (LISTEN_FDS: none): start it from a .socket unit "
+                         "that lists it, or listen with tcp:PORT or unix:PATH")

@@ -140,6 +140,10 @@ def describeEndpointError(option: str, description: str, error: BaseException,
     if isinstance(error, TypeError) and len(error.args) > 1 and isinstance(error.args[1], list):
         names = ", ".join(f"{n}=" for n in error.args[1])
         return f"{prefix}: {kind}: takes no {names}; write {form}"
+    if kind == "systemd" and isinstance(error, (IndexError, KeyError)):
+        passed = os.environ.get("LISTEN_FDS", "none")
+        return (f"{prefix}: systemd passed no such socket (LISTEN_FDS: {passed}): start it "
+                "from a .socket unit that lists it, or listen with tcp:PORT or unix:PATH")
     number = re.search(r"invalid literal for int\(\) with base \d+: '(.*)'", text)
     if number:
         return f"{prefix}: {number.group(1)!r} is not a number; write {form}"
