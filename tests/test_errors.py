@@ -397,3 +397,25 @@ class SystemdEndpointTests(unittest.TestCase):
         self.assertEqual(str(error), "bad --port 'systemd:domain=INET:index=0': systemd passed "
                          "no such socket (LISTEN_FDS: none): start it from a .socket unit "
                          "that lists it, or listen with tcp:PORT or unix:PATH")
+
+
+class UnusableFileTests(unittest.TestCase):
+    """
+    A certificate file that is there but is not PEM.
+    """
+
+    def test_notPEM(self):
+        """
+        OpenSSL's error list becomes one line saying the file is not a
+        usable certificate or key.
+        """
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as f:
+            f.write("not a certificate\n")
+        error = self.assertRaises(EndpointError, checkEndpoint, "--upstream",
+                                  f"tls:localhost:8888:certificate={path}",
+                                  MemoryReactorClock(), server=False)
+        line = str(error)
+        self.assertNotIn("\n", line)
+        self.assertIn(": not a usable PEM certificate or key (", line)
+        self.assertNotIn("[(", line)

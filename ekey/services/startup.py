@@ -110,6 +110,16 @@ def _checkPorts(option: str, description: str, server: bool) -> None:
                             f"(0 to 65535); write {form}")
 
 
+def _opensslReason(error: BaseException) -> str:
+    """
+    @return: pyOpenSSL's list of C{(library, function, reason)} as words.
+    """
+    entries = error.args[0] if error.args and isinstance(error.args[0], list) else []
+    words = [": ".join(part for part in entry if part) for entry in entries
+             if isinstance(entry, tuple)]
+    return "; ".join(w for w in words if w) or str(error) or "OpenSSL"
+
+
 def describeEndpointError(option: str, description: str, error: BaseException,
                           server: bool = True) -> str:
     """
@@ -147,6 +157,9 @@ def describeEndpointError(option: str, description: str, error: BaseException,
     number = re.search(r"invalid literal for int\(\) with base \d+: '(.*)'", text)
     if number:
         return f"{prefix}: {number.group(1)!r} is not a number; write {form}"
+    if type(error).__module__.startswith("OpenSSL"):
+        return (f"{prefix}: not a usable PEM certificate or key ({_opensslReason(error)}); "
+                f"give PEM files: {form}")
     if isinstance(error, OSError) and error.strerror:
         where = f" {error.filename}" if error.filename else ""
         return f"{prefix}: cannot read{where}: {error.strerror}; write {form}"
