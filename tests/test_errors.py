@@ -419,3 +419,41 @@ class UnusableFileTests(unittest.TestCase):
         self.assertNotIn("\n", line)
         self.assertIn(": not a usable PEM certificate or key (", line)
         self.assertNotIn("[(", line)
+
+
+class PidFileTests(unittest.TestCase):
+    """
+    L{startup.checkPidFile} refuses a pid file of a live process in one
+    line, and lets stale, empty and missing ones be.
+    """
+
+    def pidfile(self, text):
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def test_live(self):
+        """
+        A live process (this test's parent) holds the pid file.
+        """
+        path = self.pidfile(str(os.getppid()))
+        error = self.assertRaises(ValueError, startup.checkPidFile, path)
+        self.assertEqual(str(error), f"another twistd runs in this directory (process "
+                         f"{os.getppid()}, in {path}): give --rundir DIR, or --pidfile OTHER "
+                         "and --control unix:OTHER")
+
+    def test_notRefused(self):
+        """
+        No pid file, an empty or garbled one, our own pid, or a process
+        that is gone: nothing to refuse (twistd removes stale files).
+        """
+        startup.checkPidFile(None)
+        startup.checkPidFile("")
+        startup.checkPidFile(os.path.abspath(self.mktemp()))
+        startup.checkPidFile(self.pidfile(""))
+        startup.checkPidFile(self.pidfile("garbage"))
+        startup.checkPidFile(self.pidfile(str(os.getpid())))
+        self.patch(os, "kill", lambda pid, signal: (_ for _ in ()).throw(
+            ProcessLookupError(errno.ESRCH, "No such process")))
+        startup.checkPidFile(self.pidfile("12345"))

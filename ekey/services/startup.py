@@ -300,6 +300,36 @@ def explainListenError(listeners: Sequence[Tuple[str, str]], error: BaseExceptio
     return None
 
 
+def checkPidFile(pidfile: Optional[str]) -> None:
+    """
+    Refuse to start beside a running daemon's pid file, in one line, before
+    C{twistd} does so in four (C{Another twistd server is running...}).
+    Call it from the options' checks: C{twistd} looks at its pid file
+    before it builds the service.
+
+    @param pidfile: C{twistd}'s C{--pidfile} (C{None} or empty: none).
+    @raise ValueError: with one line naming C{--rundir} and C{--pidfile},
+        if the file names a process that is alive.
+    """
+    if not pidfile:
+        return
+    try:
+        with open(pidfile) as f:
+            pid = int(f.read().strip() or "0")
+    except (OSError, ValueError):
+        return
+    if pid <= 0 or pid == os.getpid():
+        return
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return
+    except PermissionError:
+        pass
+    raise ValueError(f"another twistd runs in this directory (process {pid}, in {pidfile}): "
+                     "give --rundir DIR, or --pidfile OTHER and --control unix:OTHER")
+
+
 def writeError(prog: str, line: str, serverOptions=None) -> None:
     """
     Report a failed start: C{PROG: LINE} on the process's own standard
