@@ -457,3 +457,22 @@ class PidFileTests(unittest.TestCase):
         self.patch(os, "kill", lambda pid, signal: (_ for _ in ()).throw(
             ProcessLookupError(errno.ESRCH, "No such process")))
         startup.checkPidFile(self.pidfile("12345"))
+
+
+class UnixPathTests(unittest.TestCase):
+    """
+    A Unix socket path longer than the kernel takes.
+    """
+
+    def test_tooLong(self):
+        """
+        Refused when the options are checked, with its length and the
+        limit, for listeners and servers alike.
+        """
+        path = "/tmp/" + "x" * 103
+        for option, server in (("--port", True), ("--upstream", False)):
+            error = self.assertRaises(EndpointError, checkEndpoint, option, f"unix:{path}",
+                                      MemoryReactorClock(), server=server)
+            self.assertEqual(str(error), f"bad {option} 'unix:{path}': the path is too long "
+                             "for a Unix socket (108 bytes, at most 107); choose a shorter one")
+        self.assertIsNotNone(checkEndpoint("--port", "unix:" + path[:-1], MemoryReactorClock()))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import stat
 import sys
 from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 
@@ -78,9 +79,7 @@ def _checkFiles(option: str, description: str) -> None:
         if not path:
             raise EndpointError(f"{prefix}: empty; give {what}")
         try:
-            isDirectory = os.path.isdir(path)
-            if not os.path.exists(path):
-                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
+            isDirectory = stat.S_ISDIR(os.stat(path).st_mode)
         except OSError as e:
             raise EndpointError(f"{prefix}: {e.strerror}; give {what}") from None
         if name == "trustRoots":
@@ -94,8 +93,20 @@ def _checkFiles(option: str, description: str) -> None:
                                 f"can read")
 
 
+#: The longest Unix socket path, in bytes (C{sun_path} less its NUL).
+MAX_UNIX_PATH = 107
+
+
 def _checkPorts(option: str, description: str, server: bool) -> None:
     kind, args, kwargs = splitDescription(description)
+    if kind == "unix":
+        path = kwargs.get("address", kwargs.get("path", args[0] if args else ""))
+        size = len(path.encode("utf-8", "surrogateescape"))
+        if size > MAX_UNIX_PATH:
+            raise EndpointError(f"bad {option} {description!r}: the path is too long for a "
+                                f"Unix socket ({size} bytes, at most {MAX_UNIX_PATH}); choose "
+                                "a shorter one")
+        return
     if kind not in ("tcp", "tcp6", "tls", "mtls", "ssl"):
         return
     form = _forms(server).get(kind, kind + ":...")
