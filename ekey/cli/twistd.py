@@ -33,7 +33,6 @@ from ekey.services.config import (
 )
 from ekey.services.process import capabilitiesSurvive, disableCoreDumps
 from ekey.services.server import DEFAULT_MAX_PENDING
-from ekey.services.startup import StartupGuard, listenersOf
 from ekey.services.upstream import DEFAULT_HIGH_WATER, DEFAULT_LOW_WATER
 
 __all__ = ["Options", "makeService"]
@@ -246,13 +245,16 @@ class Options(usage.Options):
 def makeService(options: Options, reactor=None):
     """
     Build the daemon from parsed L{Options}, with core dumps disabled and
-    logging filtered to C{--log-level}, under a L{StartupGuard}: a listener
+    logging filtered to C{--log-level}, under a
+    L{ekey.services.startup.StartupGuard}: a listener
     that cannot bind (a port in use, another daemon's control socket) stops
     C{twistd} with one line on standard error and exit status 1.
 
     @return: the daemon's services, whose attributes (C{daemon}, C{pool},
         C{keys}...) are the assembly's.
     """
+    from ekey.services.startup import StartupGuard, listenersOf
+
     disableCoreDumps()
     filterLogging(options.config.logLevel)
     service = assembly.makeService(options.config, options.resources, reactor=reactor)
