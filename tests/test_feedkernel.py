@@ -81,3 +81,106 @@ class MainTests(unittest.TestCase):
         self.assertEqual(error.code, 2)
         [line] = self.stderr.getvalue().splitlines()
         self.assertIn("--connect", line)
+
+
+class OwnNamesTests(unittest.TestCase):
+    """
+    Every refusal of C{ekey-feed-kernel} is one line in its own option
+    names (C{--connect}, C{--interval}, C{--bytes}), never the daemon's
+    (C{--upstream}, C{--kernel}).
+    """
+
+    def setUp(self):
+        self.stderr = io.StringIO()
+        self.patch(sys, "stderr", self.stderr)
+
+    def line(self):
+        [line] = self.stderr.getvalue().splitlines()
+        self.assertNotIn("--upstream", line)
+        self.assertNotIn("--kernel", line)
+        return line
+
+    def test_sslRefused(self):
+        """
+        An C{ssl:} server (no certificate check) is refused as a
+        C{--connect}.
+        """
+        status = feedkernel.main(["--connect", "ssl:host:8888"], reactor=MemoryReactorClock())
+        self.assertEqual(status, 2)
+        line = self.line()
+        self.assertTrue(line.startswith("ekey-feed-kernel: bad --connect 'ssl:host:8888': ssl: "),
+                        line)
+        self.assertIn("use tls:HOST:PORT:trustRoots=DIR", line)
+
+    def test_missingTrustRoots(self):
+        """
+        A C{trustRoots=} directory that does not exist is named, where
+        Twisted's own error has no message at all.
+        """
+        description = "tls:localhost:8888:trustRoots=/nonexistent/ca"
+        status = feedkernel.main(["--connect", description], reactor=MemoryReactorClock())
+        self.assertEqual(status, 2)
+        self.assertEqual(self.line(),
+                         f"ekey-feed-kernel: bad --connect {description!r}: trustRoots="
+                         "/nonexistent/ca: No such file or directory; give a directory of CA "
+                         "certificates (PEM)")
+
+    def test_missingPort(self):
+        """
+        A C{tls:} endpoint without its port says what is missing and how
+        it is written.
+        """
+        status = feedkernel.main(["--connect", "tls:localhost"], reactor=MemoryReactorClock())
+        self.assertEqual(status, 2)
+        self.assertEqual(self.line(),
+                         "ekey-feed-kernel: bad --connect 'tls:localhost': missing port; write "
+                         "tls:HOST:PORT:trustRoots=DIR[:certificate=FILE:privateKey=FILE]")
+
+    def test_priorityAccepted(self):
+        """
+        C{priority=} is the relay's own field, taken off before the
+        endpoint is parsed: the refusal that follows is the kernel's.
+        """
+        from ekey.core.kernel import KernelError
+        from ekey.services import assembly
+
+        def refuse(*args, **kwargs):
+            raise KernelError("adding entropy to the kernel needs CAP_SYS_ADMIN")
+
+        self.patch(assembly, "openKernel", refuse)
+        status = feedkernel.main(["--connect", "unix:/run/ekey/egd:priority=1"],
+                                 reactor=MemoryReactorClock())
+        self.assertEqual(status, 2)
+        self.assertEqual(self.line(),
+                         "ekey-feed-kernel: adding entropy to the kernel needs CAP_SYS_ADMIN")
+
+    def test_ownNames(self):
+        """
+        The daemon's option names in a message become the command's.
+        """
+        self.assertEqual(feedkernel.ownNames("bad --upstream 'x'; --kernel-bytes, "
+                                             "--kernel-interval; --kernel: no"),
+                         "bad --connect 'x'; --bytes, --interval; no")
+
+    def test_tooManyBytes(self):
+        """
+        A top-up larger than any kernel pool is refused in one line.
+        """
+        error = self.assertRaises(SystemExit, feedkernel.main,
+                                  ["--connect", "unix:/u", "--bytes", "100000000"],
+                                  reactor=MemoryReactorClock())
+        self.assertEqual(error.code, 2)
+        self.assertIn("--bytes", self.line())
+
+    def test_version(self):
+        """
+        C{--version} prints the program and its version, without needing
+        C{--connect}.
+        """
+        from ekey import __version__
+
+        stdout = io.StringIO()
+        self.patch(sys, "stdout", stdout)
+        error = self.assertRaises(SystemExit, feedkernel.main, ["--version"])
+        self.assertEqual(error.code, 0)
+        self.assertEqual(stdout.getvalue(), f"ekey-feed-kernel {__version__}\n")

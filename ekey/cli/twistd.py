@@ -378,13 +378,22 @@ class Options(usage.Options):
 def makeService(options: Options, reactor=None):
     """
     Build the daemon from parsed L{Options}, with core dumps disabled and
-    logging filtered to C{--log-level}.
+    logging filtered to C{--log-level}, under a
+    L{ekey.services.startup.StartupGuard}: a listener
+    that cannot bind (a port in use, another daemon's control socket) stops
+    C{twistd} with one line on standard error and exit status 1.
 
-    @return: the daemon's L{MultiService}.
+    @return: the daemon's services, whose attributes (C{daemon}, C{pool},
+        C{keys}...) are the assembly's.
     """
+    from ekey.services.startup import StartupGuard, listenersOf
+
     disableCoreDumps()
     filterLogging(options.config.logLevel)
-    return assembly.makeService(options.config, options.resources, reactor=reactor)
+    service = assembly.makeService(options.config, options.resources, reactor=reactor)
+    parent = getattr(options, "parent", None)
+    return StartupGuard(service, listenersOf(options.config), prog="twistd ekey",
+                        serverOptions=parent if isinstance(parent, usage.Options) else None)
 
 
 def filterLogging(level: str, beginner=None) -> None:

@@ -21,7 +21,6 @@ from typing import Optional, Tuple
 
 from twisted.application import strports
 from twisted.application.service import MultiService
-from twisted.internet import endpoints
 from twisted.logger import Logger
 
 from ekey import __version__
@@ -72,24 +71,22 @@ class Resources:
 
 
 def _checkEndpoints(config: DaemonConfig, reactor) -> None:
-    listeners = [("--port", d) for d in config.ports]
-    listeners += [(f"--{name}", d) for name, d in
-                  (("control", config.control), ("metrics", config.metrics),
-                   ("ekeyd-control", config.ekeydControl)) if d]
-    for option, description in listeners:
-        if description.isdigit():
-            raise ConfigError(f"bad {option} {description!r}: an endpoint needs its type, "
-                              f"such as tcp:{description}")
+    from ekey.services.startup import EndpointError, checkEndpoint, listenersOf
+
+    for option, description in listenersOf(config):
         try:
-            endpoints.serverFromString(reactor, description)
-        except (ValueError, KeyError, TypeError, IndexError) as e:
-            raise ConfigError(f"bad {option} {description!r}: {e}") from None
+            checkEndpoint(option, description, reactor, server=True)
+        except EndpointError as e:
+            raise ConfigError(str(e)) from None
     for description in config.upstreams:
         try:
             checkUpstreamDescription(description)
-            endpoints.clientFromString(reactor, splitPriority(description)[0])
-        except (ValueError, KeyError, TypeError, IndexError, OSError) as e:
+        except ValueError as e:
             raise ConfigError(f"bad --upstream {description!r}: {e}") from None
+        try:
+            checkEndpoint("--upstream", splitPriority(description)[0], reactor, server=False)
+        except EndpointError as e:
+            raise ConfigError(str(e)) from None
 
 
 def _checkControl(config: DaemonConfig) -> Optional[int]:

@@ -7,7 +7,7 @@ pipelined.  The C{ekey-egd} command is L{ekey.cli.egd}.
 from __future__ import annotations
 
 from collections import deque
-from typing import Deque
+from typing import Callable, Deque
 
 from twisted.internet import defer
 from twisted.internet.protocol import Protocol
@@ -33,6 +33,14 @@ class EGDConnectionLost(Exception):
     """
 
 
+class EGDProtocolError(EGDConnectionLost):
+    """
+    The server broke the EGD protocol (sent bytes nobody asked for, or a
+    malformed reply), so the connection was closed: it is probably not an
+    EGD server.
+    """
+
+
 class EGDClientProtocol(Protocol):
     """
     Speak EGD to a server.  Requests may be sent before earlier ones are
@@ -46,6 +54,7 @@ class EGDClientProtocol(Protocol):
         self._waiting: Deque[defer.Deferred] = deque()
         self.connected = False
         self.lost = defer.Deferred()
+        self._protocolError = None
 
     def connectionMade(self):
         self.connected = True
@@ -111,6 +120,7 @@ class EGDClientProtocol(Protocol):
             replies = self._parser.receiveData(data)
         except RemoteProtocolError as e:
             self.log.warn("EGD server broke the protocol ({reason}); disconnecting", reason=str(e))
+            self._protocolError = str(e)
             self.transport.loseConnection()
             return
         self._handle(replies)
@@ -123,8 +133,44 @@ class EGDClientProtocol(Protocol):
         self.connected = False
         waiting, self._waiting = self._waiting, deque()
         for d in waiting:
-            d.errback(EGDConnectionLost(reason.getErrorMessage()))
+            if self._protocolError is not None:
+                d.errback(EGDProtocolError(
+                    f"not an EGD server? it broke the protocol: {self._protocolError}"))
+            else:
+                d.errback(EGDConnectionLost(reason.getErrorMessage()))
         self.lost.callback(None)
+
+
+async def readInto(client: EGDClientProtocol, n: int, write: Callable[[bytes], object],
+                   blocking: bool = True) -> int:
+    """
+    Read C{n} bytes in requests of at most 255, pipelined, handing each
+    answer to C{write} as it arrives, so that a failure part-way loses
+    nothing already received.
+
+    @param write: called with each answer's bytes, in order.
+    @param blocking: use 0x02 (wait for every byte) rather than 0x01 (take
+        what there is, so fewer bytes may come).
+    @return: the number of bytes received.
+    @raise Exception: what failed the first unanswered request
+        (L{EGDConnectionLost}, L{EGDProtocolError}, a cancellation); the
+        later requests' failures are consumed.
+    """
+    requests = []
+    for offset in range(0, n, MAX_READ):
+        size = min(MAX_READ, n - offset)
+        requests.append(client.readBlocking(size) if blocking else client.read(size))
+    received = 0
+    try:
+        for index, d in enumerate(requests):
+            data = await d
+            received += len(data)
+            write(data)
+    except BaseException:
+        for later in requests[index + 1:]:
+            later.addErrback(lambda _: None)
+        raise
+    return received
 
 
 async def readExactly(client: EGDClientProtocol, n: int, blocking: bool = True) -> bytes:
@@ -134,11 +180,6 @@ async def readExactly(client: EGDClientProtocol, n: int, blocking: bool = True) 
     @param blocking: use 0x02 (wait for every byte) rather than 0x01 (take
         what there is, so the result may be short).
     """
-    requests = []
-    for offset in range(0, n, MAX_READ):
-        size = min(MAX_READ, n - offset)
-        requests.append(client.readBlocking(size) if blocking else client.read(size))
     parts = []
-    for d in requests:
-        parts.append(await d)
+    await readInto(client, n, parts.append, blocking)
     return b"".join(parts)
