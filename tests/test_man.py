@@ -17,7 +17,7 @@ import os
 import re
 import shutil
 import subprocess
-from typing import Callable, Dict, FrozenSet, List, Set
+from typing import Callable, Dict, List, Set
 
 from twisted.trial.unittest import SkipTest, TestCase
 
@@ -28,16 +28,6 @@ MAN_DIR = os.path.join(REPO_ROOT, "doc", "man")
 #: command line itself, without argparse; L{ConvertOptionsTests} checks
 #: this against the command).
 CONVERT_OPTIONS = frozenset({"-h", "--help", "--version"})
-
-#: Options the pages document that other branches add to their commands
-#: (--config and --ekeyd-conf to twistd ekey, --version to ekey-egd and
-#: ekey-feed-kernel): tolerated only while the command lacks them. Empty
-#: this once they are merged.
-PENDING: Dict[str, FrozenSet[str]] = {
-    "ekey-egd.1": frozenset({"--version"}),
-    "ekey-feed-kernel.8": frozenset({"--version"}),
-}
-
 
 def _section(text: str, name: str) -> List[str]:
     """
@@ -104,12 +94,9 @@ def twistedOptions(optionsClass) -> Set[str]:
     return options
 
 
-def pageProblems(text: str, accepted: Set[str], pending: FrozenSet[str] = frozenset()
-                 ) -> List[str]:
+def pageProblems(text: str, accepted: Set[str]) -> List[str]:
     """
     @param accepted: the options the command accepts.
-    @param pending: options documented ahead of the command (see
-        L{PENDING}).
     @return: one line per option the page lacks or documents wrongly;
         empty when the page and the command agree.
     """
@@ -117,7 +104,7 @@ def pageProblems(text: str, accepted: Set[str], pending: FrozenSet[str] = frozen
     problems = [f"{option} is accepted but not documented"
                 for option in sorted(accepted - documented)]
     problems += [f"{option} is documented but not accepted"
-                 for option in sorted(documented - accepted - pending)]
+                 for option in sorted(documented - accepted)]
     return problems
 
 
@@ -126,7 +113,6 @@ def _parserOf(moduleName: str) -> Callable[[], Set[str]]:
         import importlib
 
         module = importlib.import_module(moduleName)
-        # Modules of other branches may still call it _parser.
         make = getattr(module, "parser", None) or getattr(module, "_parser")
         return argparseOptions(make())
     return options
@@ -204,12 +190,10 @@ class CheckerTests(TestCase):
 
     def test_nonexistentOption(self):
         """
-        An option the page documents and the command lacks is reported,
-        unless it is pending.
+        An option the page documents and the command lacks is reported.
         """
         self.assertEqual(pageProblems(SAMPLE, {"-p", "--port"}),
                          ["--flag is documented but not accepted"])
-        self.assertEqual(pageProblems(SAMPLE, {"-p", "--port"}, frozenset({"--flag"})), [])
 
     def test_argparseOptionsWalksSubcommands(self):
         """
@@ -295,8 +279,7 @@ class PageTests(TestCase):
         """
         problems = []
         for name, accepted in PAGES.items():
-            problems += [f"{name}: {p}" for p in pageProblems(
-                readPage(name), accepted(), PENDING.get(name, frozenset()))]
+            problems += [f"{name}: {p}" for p in pageProblems(readPage(name), accepted())]
         self.assertEqual(problems, [])
 
     def test_rendersWithoutWarnings(self):

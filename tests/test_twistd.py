@@ -743,3 +743,44 @@ class ExampleConfigTests(unittest.TestCase):
             f.write(uncommented)
         every = loadTOML(shown, known, repeatable)
         self.assertGreater(len(every), len(settings) + 10)
+
+
+class PidFileTests(OptionsFixture, unittest.TestCase):
+    """
+    A second daemon is refused in one line before twistd's own refusal.
+    """
+
+    def test_runningDaemonsPidFile(self):
+        """
+        Under twistd, a pid file naming a live process stops the options
+        with one line naming --rundir and --pidfile; a stale one does not.
+        """
+        from twisted.python import usage
+
+        pidfile = self.mktemp()
+        with open(pidfile, "w") as f:
+            f.write(f"{os.getppid()}\n")
+
+        class Parent(usage.Options):
+            optParameters = [["pidfile", None, pidfile, ""]]
+
+        options = Options()
+        options.parent = Parent()
+        options.parent.parseOptions([])
+        args = ["--device", self.device, "--keyring", self.keyring, "--port", "tcp:0",
+                "--control", "none"]
+        import io
+        from contextlib import redirect_stderr
+
+        err = io.StringIO()
+        with redirect_stderr(err), self.assertRaises(SystemExit) as exited:
+            options.parseOptions(args)
+        self.assertEqual(exited.exception.code, 1)
+        self.assertEqual(err.getvalue().count("\n"), 1)
+        self.assertIn("--pidfile", err.getvalue())
+        with open(pidfile, "w") as f:
+            f.write("999999999\n")
+        options = Options()
+        options.parent = Parent()
+        options.parent.parseOptions([])
+        options.parseOptions(args)

@@ -37,6 +37,7 @@ from ekey.services.config import (
 )
 from ekey.services.process import capabilitiesSurvive, disableCoreDumps
 from ekey.services.server import DEFAULT_MAX_PENDING
+from ekey.services.startup import checkPidFile
 from ekey.services.upstream import DEFAULT_HIGH_WATER, DEFAULT_LOW_WATER
 
 __all__ = ["Options", "makeService"]
@@ -368,6 +369,13 @@ class Options(usage.Options):
 
         @raise usage.UsageError: with one line, if anything is wrong.
         """
+        parent = getattr(self, "parent", None)
+        if isinstance(parent, usage.Options):
+            # Before twistd's own four-line refusal of a second daemon.
+            try:
+                checkPidFile(parent.get("pidfile"))
+            except ValueError as e:
+                raise usage.UsageError(str(e)) from None
         self.config = self.toConfig()
         try:
             self.resources = assembly.prepare(self.config)
