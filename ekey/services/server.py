@@ -44,6 +44,7 @@ from ekey.core.egdsession import (
 )
 from ekey.core.pool import EntropyPool
 from ekey.core.ratelimit import RateLimiter
+from ekey.services._reactor import default
 from ekey.services.peers import describePeer, peerCredentials
 
 __all__ = ["EGDServerFactory", "EGDServerProtocol", "ClientIdentity", "peerIdentity",
@@ -282,9 +283,7 @@ class EGDServerFactory(Factory):
         @param maxPendingBytes: bytes a client may have asked for and not
             yet received before the server stops reading its requests.
         """
-        if clock is None:
-            from twisted.internet import reactor as clock
-        self.clock = clock
+        self.clock = default(clock)
         self.pool = pool
         self.pid = pid
         self.name = name

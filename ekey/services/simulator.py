@@ -586,12 +586,12 @@ class SimulatedKeyProtocol(Protocol):
 
     factory: Optional["SimulatedKeyFactory"] = None
 
-    def __init__(self, key: SimulatedKey, rate: float = DEFAULT_RATE, reactor=None):
+    def __init__(self, key: SimulatedKey, rate: float = DEFAULT_RATE, clock=None):
         """
         @param key: the key to put on the transport.
         @param rate: entropy frames per second, or C{0} for as fast as the
             transport takes them.
-        @param reactor: an L{IReactorTime} provider; the global reactor if
+        @param clock: an L{IReactorTime} provider; the global reactor if
             C{None}.
         @raise ValueError: if C{rate} is negative.
         """
@@ -600,7 +600,7 @@ class SimulatedKeyProtocol(Protocol):
         self.key = key
         self.rate = rate
         self.paused = False
-        self._reactor = default(reactor)
+        self._clock = default(clock)
         self._stopped = False
         self._loop = None
         self._pump = None
@@ -614,7 +614,7 @@ class SimulatedKeyProtocol(Protocol):
         self.transport.registerProducer(self, True)
         if self.rate:
             self._loop = LoopingCall.withCount(self._tick)
-            self._loop.clock = self._reactor
+            self._loop.clock = self._clock
             self._loop.start(1.0 / self.rate, now=False)
 
     def dataReceived(self, data: bytes) -> None:
@@ -681,7 +681,7 @@ class SimulatedKeyProtocol(Protocol):
         if self.rate or self.paused or self._stopped or self._pump is not None:
             return
         if self.key.canSendEntropy:
-            self._pump = self._reactor.callLater(0, self._runPump)
+            self._pump = self._clock.callLater(0, self._runPump)
 
     def _runPump(self) -> None:
         self._pump = None
@@ -713,17 +713,17 @@ class SimulatedKeyFactory(Factory):
 
     log = Logger()
 
-    def __init__(self, key: SimulatedKey, rate: float = DEFAULT_RATE, reactor=None):
+    def __init__(self, key: SimulatedKey, rate: float = DEFAULT_RATE, clock=None):
         """
         @param key: the key to serve.
         @param rate: entropy frames per second, or C{0} for as fast as each
             connection takes them.
-        @param reactor: an L{IReactorTime} provider for the protocols; the
+        @param clock: an L{IReactorTime} provider for the protocols; the
             global reactor if C{None}.
         """
         self.key = key
         self.rate = rate
-        self._reactor = reactor
+        self._clock = default(clock)
         self.host: Optional[SimulatedKeyProtocol] = None
 
     def buildProtocol(self, addr) -> Optional[SimulatedKeyProtocol]:
@@ -744,7 +744,7 @@ class SimulatedKeyFactory(Factory):
             address=addr,
             serial=formatSerial(self.key.serial),
         )
-        protocol = SimulatedKeyProtocol(self.key, self.rate, self._reactor)
+        protocol = SimulatedKeyProtocol(self.key, self.rate, self._clock)
         protocol.factory = self
         self.host = protocol
         return protocol
