@@ -50,6 +50,9 @@ from zope.interface import implementer
 from ekey.core.errors import RemoteProtocolError
 from ekey.core.frames import (
     FAIL_MODES,
+    LAST_SEQUENCE,
+    PEM_ALPHABET,
+    ZERO_KEY,
     binaryPayload,
     buildContent,
     buildFrame,
@@ -60,6 +63,7 @@ from ekey.core.frames import (
 )
 from ekey.core.keyring import formatSerial
 from ekey.core.skein import prepared
+from ekey.core.units import BLOCK_SIZE
 from ekey.services._reactor import default
 
 #: The serial number C{ekey-sim} uses unless told otherwise: the twelve ASCII
@@ -73,15 +77,8 @@ DEFAULT_RATE = 125.0
 #: E frames between rounds of information frames, unless told otherwise.
 DEFAULT_INFO_EVERY = 500
 
-#: The last sequence number of a session; after it the key asks for a new
-#: session key.
-LAST_SEQUENCE = 4095
-
 #: Longest nonce the key accepts: its length must fit in a 12-bit subcode.
 MAX_NONCE_LENGTH = 4095
-
-BLOCK_LENGTH = 32
-ZERO_KEY = bytes(32)
 
 #: Text frames, as the vectors and ekeyd's documentation show them where
 #: they show them.
@@ -101,9 +98,8 @@ GENERATOR_STATE = (8052, 23751, 23792, 23584, 7112, 20876, 8063, 24150)
 #: finishes.  It holds no C{"\\r\\n"}, so that it can never end a frame.
 GARBAGE = b"\x00\xfe*noise\x7f** \r \n~*" + b"* E!AAspuriousPartialFrame+/0123"
 
-_PEM_CHARACTERS = frozenset(
-    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
-)
+#: What a nonce may hold: PEM characters and base64's padding.
+_NONCE_CHARACTERS = frozenset(PEM_ALPHABET + b"=")
 _MAC_PEM_LENGTH = 8
 
 
@@ -416,7 +412,7 @@ class SimulatedKey:
                 self._unknownByte(byte)
             return
         if command is _Command.UNLOCK:
-            if byte not in _PEM_CHARACTERS or byte == ord("="):
+            if byte not in PEM_ALPHABET:
                 self._unknownByte(byte)
                 return
             self._argument.append(byte)
@@ -426,7 +422,7 @@ class SimulatedKey:
         # A nonce, for K or L.
         if byte == ord("."):
             self._nonceReceived(bytes(self._argument))
-        elif byte in _PEM_CHARACTERS and len(self._argument) < _pemLength(MAX_NONCE_LENGTH):
+        elif byte in _NONCE_CHARACTERS and len(self._argument) < _pemLength(MAX_NONCE_LENGTH):
             self._argument.append(byte)
         else:
             self._unknownByte(byte)
@@ -453,7 +449,7 @@ class SimulatedKey:
             self._longTermRekey(nonce)
 
     def _sessionRekey(self, nonce: bytes) -> None:
-        deviceEntropy = self._randomBytes(BLOCK_LENGTH)
+        deviceEntropy = self._randomBytes(BLOCK_SIZE)
         # The reply goes under the old key; the new one holds after it.
         self._send("K", binaryPayload(len(nonce), deviceEntropy), binary=True)
         sessionKey = (
@@ -471,7 +467,7 @@ class SimulatedKey:
             self.log.info("Refusing a long-term re-key: no master key, or the wrong MAC")
             self._send("l", REFUSED_TEXT)
             return
-        deviceEntropy = self._randomBytes(BLOCK_LENGTH)
+        deviceEntropy = self._randomBytes(BLOCK_SIZE)
         self._send("L", binaryPayload(len(nonce), deviceEntropy), binary=True)
         self.longTermKey = (
             prepared("LRS", self.serial, self._masterKey).update(deviceEntropy + nonce).final()
@@ -497,7 +493,7 @@ class SimulatedKey:
 
     def _nextPlaintext(self) -> bytes:
         if self._seed is None:
-            block = self._randomBytes(BLOCK_LENGTH)
+            block = self._randomBytes(BLOCK_SIZE)
         else:
             block = seededBlock(self._seed, self.blocksProduced)
         self.blocksProduced += 1
