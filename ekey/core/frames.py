@@ -343,33 +343,6 @@ class Information:
     unknown: Tuple[str, ...] = field(default=())
 
     @property
-    def temperatureK(self) -> Optional[float]:
-        """
-        Temperature in kelvin.
-        """
-        if self.temperatureTenthsK is None:
-            return None
-        return self.temperatureTenthsK / 10
-
-    @property
-    def temperatureC(self) -> Optional[float]:
-        """
-        Temperature in degrees Celsius.
-        """
-        if self.temperatureTenthsK is None:
-            return None
-        return round((self.temperatureTenthsK - 2731.5) / 10, 2)
-
-    @property
-    def voltage(self) -> Optional[float]:
-        """
-        Supply voltage in volts.
-        """
-        if self.voltageMillivolts is None:
-            return None
-        return self.voltageMillivolts / 1000
-
-    @property
     def failed(self) -> bool:
         """
         Whether the key reported that it has stopped itself.
