@@ -110,7 +110,6 @@ class TranscriptTests(unittest.TestCase):
             stats.shannonsPerByte(),
             {"rawL": 2.94, "rawR": 2.95, "rawX": 2.92, "debiasedL": 2.93, "debiasedR": 2.99},
         )
-        self.assertIn("shannonsPerByte", stats.asDict())
 
 
 class SafetyTests(unittest.TestCase):

@@ -175,16 +175,6 @@ class KeyStatistics:
                 result[name] = fields[estimateIndex] * 100 // count / 100
         return result
 
-    def asDict(self) -> dict:
-        """
-        @return: every counter and reading, by name.
-        """
-        result = {
-            name: value for name, value in vars(self).items() if not name.startswith("_")
-        }
-        result["shannonsPerByte"] = self.shannonsPerByte()
-        return result
-
 
 # The S field is rawBytes:rawL:rawR:rawX:debiasedBytesL:debiasedL:
 # debiasedBytesR:debiasedR:failMode; (name, count index, estimate index).

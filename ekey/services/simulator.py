@@ -51,6 +51,7 @@ from ekey.core.errors import RemoteProtocolError
 from ekey.core.frames import (
     FAIL_MODES,
     LAST_SEQUENCE,
+    MAC_LENGTH,
     PEM_ALPHABET,
     ZERO_KEY,
     binaryPayload,
@@ -100,7 +101,6 @@ GARBAGE = b"\x00\xfe*noise\x7f** \r \n~*" + b"* E!AAspuriousPartialFrame+/0123"
 
 #: What a nonce may hold: PEM characters and base64's padding.
 _NONCE_CHARACTERS = frozenset(PEM_ALPHABET + b"=")
-_MAC_PEM_LENGTH = 8
 
 
 def seededBlock(seed: bytes, index: int) -> bytes:
@@ -416,7 +416,7 @@ class SimulatedKey:
                 self._unknownByte(byte)
                 return
             self._argument.append(byte)
-            if len(self._argument) == _MAC_PEM_LENGTH:
+            if len(self._argument) == _pemLength(MAC_LENGTH):
                 self._unlock(bytes(self._argument))
             return
         # A nonce, for K or L.
