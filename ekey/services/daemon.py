@@ -7,8 +7,9 @@ and act on.
 L{Daemon} holds the pool, the keys, the upstreams, the EGD listeners and
 the sinks, and keeps a short history of the entropy rate (one sample every
 C{SAMPLE_INTERVAL} seconds, C{HISTORY} samples) for the status page's
-chart.  It reads; it does not own the services' lifecycles (the tap's
-L{MultiService} does), except for its own sampler.
+chart.  It reads; it does not own the services' lifecycles (the
+L{MultiService} of L{ekey.services.assembly.makeService} does), except
+for its own sampler.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ class Daemon(Service):
 
     @ivar keys: the L{ekey.services.keys.KeyManager}.
     @ivar pool: the L{ekey.core.pool.EntropyPool}.
-    @ivar pullPolicy: the L{ekey.services.upstream.PullPolicy}, or C{None} without
+    @ivar pullPolicy: the L{ekey.core.pull.PullPolicy}, or C{None} without
         upstreams; its members are the L{ekey.services.upstream.Upstream}s,
         each of which answers its own C{status()}.
     @ivar listeners: C{(endpoint description, EGDServerFactory)} pairs.
