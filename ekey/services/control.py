@@ -30,6 +30,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols import amp
 
+from ekey.core.endpointstrings import splitDescription
 from ekey.core.keyring import KeyringError
 from ekey.services.controlschema import (
     AddAll,
@@ -422,50 +423,16 @@ class ControlFactory(Factory):
 # The control endpoint ---------------------------------------------------------------
 
 
-def _fields(description: str) -> List[str]:
-    """
-    @return: an endpoint description's C{:}-separated fields, each as
-        written (backslash escapes kept).
-    """
-    fields, current, index = [], [], 0
-    while index < len(description):
-        char = description[index]
-        if char == "\\" and index + 1 < len(description):
-            current.append(description[index:index + 2])
-            index += 2
-            continue
-        if char == ":":
-            fields.append("".join(current))
-            current = []
-        else:
-            current.append(char)
-        index += 1
-    fields.append("".join(current))
-    return fields
-
-
-def _unescape(field: str) -> str:
-    out, index = [], 0
-    while index < len(field):
-        if field[index] == "\\" and index + 1 < len(field):
-            index += 1
-        out.append(field[index])
-        index += 1
-    return "".join(out)
-
-
 def controlSocketPath(description: str, option: str = "--control") -> str:
     """
     @return: the socket path of a C{unix:} endpoint description.
     @raise ValueError: if it has none.
     """
-    for field in _fields(description)[1:]:
-        key, equals, value = field.partition("=")
-        if not equals:
-            return _unescape(field)
-        if key == "address":
-            return _unescape(value)
-    raise ValueError(f"{option} {description}: no socket path (unix:PATH)")
+    _, args, kwargs = splitDescription(description)
+    path = args[0] if args else kwargs.get("address")
+    if not path:
+        raise ValueError(f"{option} {description}: no socket path (unix:PATH)")
+    return path
 
 
 def checkControlEndpoint(description: str, group: Optional[int] = None,
@@ -480,30 +447,28 @@ def checkControlEndpoint(description: str, group: Optional[int] = None,
     @raise ValueError: with one line naming the fix, if it is not a Unix
         socket or its mode would let others in.
     """
-    fields = _fields(description)
-    kind = fields[0].lower()
-    if kind != "unix":
+    kind, _, kwargs = splitDescription(description)
+    if kind.lower() != "unix":
         raise ValueError(
             f"{option} {description}: the control channel must be a local Unix socket "
             "(unix:PATH), since anyone who can connect to it controls the daemon")
     controlSocketPath(description, option)
     allowed = 0o660 if group is not None else 0o600
-    for index, field in enumerate(fields[1:], 1):
-        key, equals, value = field.partition("=")
-        if equals and key == "mode":
-            try:
-                mode = int(value, 8)
-            except ValueError:
-                raise ValueError(f"{option} {description}: mode={value} is not an octal "
-                                 "mode such as 600") from None
-            if mode & ~allowed:
-                hint = ("" if group is not None else
-                        ", or give --control-group GROUP to let a group in (0660)")
-                raise ValueError(
-                    f"{option} {description}: mode={value} would let other users reach the "
-                    f"control socket; leave mode= out (0{allowed:o}){hint}")
-            return description
-    return f"{description}:mode={allowed:o}"
+    value = kwargs.get("mode")
+    if value is None:
+        return f"{description}:mode={allowed:o}"
+    try:
+        mode = int(value, 8)
+    except ValueError:
+        raise ValueError(f"{option} {description}: mode={value} is not an octal "
+                         "mode such as 600") from None
+    if mode & ~allowed:
+        hint = ("" if group is not None else
+                ", or give --control-group GROUP to let a group in (0660)")
+        raise ValueError(
+            f"{option} {description}: mode={value} would let other users reach the "
+            f"control socket; leave mode= out (0{allowed:o}){hint}")
+    return description
 
 
 def resolveGroup(name: str) -> int:
