@@ -77,13 +77,32 @@ class ControlAccess:
     when asked) and members of the control group, if there is one.
     """
 
-    def __init__(self, group: Optional[int] = None, getuid: Callable[[], int] = os.getuid):
+    def __init__(self, group: Optional[int] = None, getuid: Callable[[], int] = os.getuid,
+                 credentials: Callable[[object], Optional[Credentials]] = peerCredentials,
+                 groups: Callable[[object, Credentials], Sequence[int]] = peerGroups):
         """
         @param group: the control group's id, or C{None}.
         @param getuid: returns the daemon's user id.
+        @param credentials: C{transport -> Credentials or None}
+            (L{peerCredentials}).
+        @param groups: C{(transport, credentials) -> gids} (L{peerGroups}).
         """
         self.group = group
         self._getuid = getuid
+        self._credentials = credentials
+        self._groups = groups
+
+    def check(self, transport) -> Tuple[str, Optional[Credentials], Optional[str]]:
+        """
+        Check the peer of a new control connection.
+
+        @return: who it is (L{describePeer}), its credentials (C{None} if
+            it is not on a Unix socket) and why it may not control the
+            daemon, in one line, or C{None} if it may.
+        """
+        credentials = self._credentials(transport)
+        refusal = self.refusal(credentials, lambda: self._groups(transport, credentials))
+        return describePeer(transport), credentials, refusal
 
     def refusal(self, credentials: Optional[Credentials],
                 groups: Callable[[], Sequence[int]]) -> Optional[str]:
@@ -283,16 +302,13 @@ class ControlProtocol(amp.AMP):
     @ivar refusal: why the peer may not issue commands, or C{None}.
     """
 
-    def __init__(self, controller: Controller, clock, access: ControlAccess,
-                 credentials=peerCredentials, groups=peerGroups):
+    def __init__(self, controller: Controller, clock, access: ControlAccess):
         amp.AMP.__init__(self)
         # Commands are logged where the controller logs what they do.
         self.log = controller.log
         self.controller = controller
         self.clock = clock
         self.access = access
-        self._credentials = credentials
-        self._groups = groups
         self.peer = "?"
         self.refusal: Optional[str] = "not connected"
         self._shutdownAsked = False
@@ -301,10 +317,7 @@ class ControlProtocol(amp.AMP):
     def makeConnection(self, transport):
         # AMP.makeConnection logs every connection at info level; a
         # monitor polling ekeyctl would fill the log.  Log at debug instead.
-        self.peer = describePeer(transport)
-        credentials = self._credentials(transport)
-        self.refusal = self.access.refusal(
-            credentials, lambda: self._groups(transport, credentials))
+        self.peer, credentials, self.refusal = self.access.check(transport)
         if self.refusal is None:
             self.log.debug("Control connection from {peer}", peer=self.peer)
         else:
@@ -409,13 +422,10 @@ class ControlFactory(Factory):
         self.daemon = daemon
         self.clock = clock if clock is not None else daemon.clock
         self.controller = Controller(daemon, deviceDirs)
-        self.access = ControlAccess(controlGroup)
-        self._credentials = credentials
-        self._groups = groups
+        self.access = ControlAccess(controlGroup, credentials=credentials, groups=groups)
 
     def buildProtocol(self, addr):
-        protocol = ControlProtocol(self.controller, self.clock, self.access,
-                                   self._credentials, self._groups)
+        protocol = ControlProtocol(self.controller, self.clock, self.access)
         protocol.factory = self
         return protocol
 
