@@ -207,10 +207,11 @@ class InformationTests(unittest.TestCase):
         info = parseInformation("S08052:23751:23792:23584:07112:20876:08063:24150:0")
         self.assertEqual(info.state, (8052, 23751, 23792, 23584, 7112, 20876, 8063, 24150))
         self.assertEqual(info.failMode, "0")
-        self.assertEqual(info.failDescription, "no failure")
+        self.assertEqual(info.failDescription, "No failure")
         failed = parseInformation("S08052:23751:23792:23584:07112:20876:08063:24150:9")
         self.assertTrue(failed.failed)
-        self.assertEqual(failed.failDescription, "FIPS 140-2 failures over threshold")
+        self.assertEqual(failed.failDescription,
+                         "FIPS 140-2 tests exceeded threshold for failed blocks")
 
     def test_malformed(self):
         """

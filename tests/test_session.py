@@ -321,7 +321,7 @@ class SafetyTests(unittest.TestCase):
         )
         self.assertIsInstance(events[0], InformationReceived)
         self.assertEqual(session.state, KeyState.SELF_STOPPED)
-        self.assertIn("generators correlated", session.reason)
+        self.assertIn("Generators have become correlated", session.reason)
         self.assertEqual(blocks(session.receiveData(deviceFrames()[4])), [])
 
     def test_badGenerators(self):

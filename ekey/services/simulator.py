@@ -58,6 +58,7 @@ from ekey.core.frames import (
     buildContent,
     buildFrame,
     computeMAC,
+    describeFailMode,
     encodeSubcode,
     pemDecode,
     pemEncode,
@@ -522,7 +523,7 @@ class SimulatedKey:
             "Fault: fail mode {mode} ({description}) instead of entropy frame {number}; "
             "no more entropy",
             mode=fault.failMode,
-            description=FAIL_MODES[fault.failMode],
+            description=describeFailMode(fault.failMode),
             number=fault.frame,
         )
         self.failMode = fault.failMode
