@@ -27,6 +27,7 @@ from ekey.core.status import (
     celsius,
 )
 from ekey.services.daemon import SAMPLE_INTERVAL, Daemon
+from ekey.services.server import EGDServerFactory, EGDServerProtocol
 from ekey.services.upstream import PullPolicy, Upstream
 from ekey.services.statusviews import (
     daemonJSON,
@@ -158,6 +159,24 @@ class EkeydStatisticsTests(unittest.TestCase):
         self.assertEqual((stats["KeyRawBadness"], stats["KeyShortBadness"]), ("Z", "efm_unknown"))
 
 
+class _FakeClient(SimpleNamespace):
+    """
+    The counters of an EGD client, read by the real L{EGDServerProtocol.status}.
+    """
+
+    status = EGDServerProtocol.status
+
+
+class _FakeListener(SimpleNamespace):
+    """
+    The counters of an EGD listener, read by the real
+    L{EGDServerFactory.status} and L{EGDServerFactory.clientStatuses}.
+    """
+
+    status = EGDServerFactory.status
+    clientStatuses = EGDServerFactory.clientStatuses
+
+
 class DaemonStatusTests(unittest.TestCase):
     """
     L{Daemon.status} reads every part once into one L{DaemonStatus}.
@@ -177,10 +196,10 @@ class DaemonStatusTests(unittest.TestCase):
         """
         self.keys.add(boundSocket(self, self.mktemp()))
         connectKey(self, self.reactor, self.keys, 1, 8)
-        client = SimpleNamespace(peer="tcp:127.0.0.1:4000", identity="relay.example",
+        client = _FakeClient(peer="tcp:127.0.0.1:4000", identity="relay.example",
                                  bytesServed=64, requests=Counter({"Read": 2}),
                                  connectedAt=3.0)
-        factory = SimpleNamespace(clients=[client], connections=5, bytesServed=96,
+        factory = _FakeListener(clients=[client], connections=5, bytesServed=96,
                                   requests=Counter({"Read": 3, "GetLevel": 1}),
                                   protocolErrors=1, refused=2, idleClosed=0)
         self.daemon.listeners.append(("tcp:8888", factory))

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Optional, Set
+from typing import Optional, Set, Tuple
 
 from twisted.internet.address import UNIXAddress
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer, ISSLTransport
@@ -44,6 +44,7 @@ from ekey.core.egdsession import (
 )
 from ekey.core.pool import EntropyPool
 from ekey.core.ratelimit import RateLimiter
+from ekey.core.status import ClientStatus, ListenerStatus
 from ekey.services._reactor import default
 from ekey.services.peers import describePeer, peerCredentials
 
@@ -142,6 +143,16 @@ class EGDServerProtocol(Protocol):
         Commands received from this client, by name.
         """
         return self.session.counters.requests if self.session else EGDCounters().requests
+
+    def status(self, listener: str) -> ClientStatus:
+        """
+        @param listener: the description of the listener it came in on.
+        @return: this client, now.
+        """
+        return ClientStatus(
+            listener=listener, peer=self.peer, identity=self.identity,
+            bytesServed=self.bytesServed, requests=sum(self.requests.values()),
+            connectedAt=self.connectedAt)
 
     def connectionMade(self):
         factory = self.factory
@@ -312,6 +323,26 @@ class EGDServerFactory(Factory):
         Entropy bytes sent to all clients.
         """
         return self.totals.bytesServed
+
+    def status(self, description: str) -> ListenerStatus:
+        """
+        @param description: the endpoint it listens on.
+        @return: this listener, now.
+        """
+        return ListenerStatus(
+            description=description, clients=len(self.clients),
+            connections=self.connections, bytesServed=self.bytesServed,
+            requests=tuple(sorted(self.requests.items())),
+            protocolErrors=self.protocolErrors, refused=self.refused,
+            idleClosed=self.idleClosed)
+
+    def clientStatuses(self, description: str) -> Tuple[ClientStatus, ...]:
+        """
+        @param description: the endpoint it listens on.
+        @return: its clients now, the longest connected first.
+        """
+        return tuple(client.status(description) for client in
+                     sorted(self.clients, key=lambda client: client.connectedAt))
 
     def buildProtocol(self, addr):
         return self.protocol(self)
