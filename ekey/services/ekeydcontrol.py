@@ -20,6 +20,7 @@ from typing import Iterable, Optional, Sequence, Tuple
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
+from twisted.python.failure import Failure
 
 from ekey.core.ekeydcontrol import (BANNER, MAX_LINE_LENGTH, CommandRefused,
                                     EkeydControlSession, EkeydControlTarget, Reply, formatError)
@@ -104,9 +105,7 @@ class EkeydControlProtocol(LineReceiver):
             self.transport.loseConnection()
 
 
-def _failure(exception: BaseException):
-    from twisted.python.failure import Failure
-
+def _failure(exception: BaseException) -> Failure:
     return Failure(exception, type(exception), exception.__traceback__)
 
 

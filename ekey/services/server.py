@@ -27,6 +27,8 @@ import hashlib
 from dataclasses import dataclass
 from typing import Optional, Set, Tuple
 
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
 from twisted.internet.address import UNIXAddress
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer, ISSLTransport
 from twisted.internet.protocol import Factory, Protocol
@@ -93,9 +95,6 @@ def certificateIdentity(certificate) -> ClientIdentity:
         with every common name it holds, in order (a second CN is shown,
         never taken as who the client is).
     """
-    from cryptography.hazmat.primitives.serialization import Encoding
-    from cryptography.x509.oid import NameOID
-
     if hasattr(certificate, "to_cryptography"):
         certificate = certificate.to_cryptography()
     fingerprint = hashlib.sha256(certificate.public_bytes(Encoding.DER)).hexdigest()
