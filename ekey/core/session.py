@@ -50,7 +50,7 @@ from ekey.core.frames import (
     parseInformation,
     pemEncode,
 )
-from ekey.core.keyring import Keyring, formatSerial
+from ekey.core.keyring import SERIAL_LENGTH, Keyring, formatSerial
 from ekey.core.skein import prepared
 from ekey.core.units import BLOCK_SIZE
 
@@ -353,7 +353,7 @@ class KeySession:
 
     def _serialReceived(self, packet: Packet) -> None:
         version, serial = packet.binaryPayload()
-        if len(serial) != 12:
+        if len(serial) != SERIAL_LENGTH:
             raise RemoteProtocolError(f"serial number of {len(serial)} bytes")
         if not packet.verify(prepared("PMS", serial, ZERO_KEY)):
             self.statistics.macFailures += 1

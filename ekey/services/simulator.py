@@ -63,7 +63,7 @@ from ekey.core.frames import (
     pemDecode,
     pemEncode,
 )
-from ekey.core.keyring import formatSerial
+from ekey.core.keyring import KEY_LENGTH, SERIAL_LENGTH, formatSerial
 from ekey.core.skein import prepared
 from ekey.core.units import BLOCK_SIZE
 from ekey.services._reactor import default
@@ -269,11 +269,11 @@ class SimulatedKey:
         @raise ValueError: if a key or the serial has the wrong length, or
             C{infoEvery} is negative.
         """
-        if len(serial) != 12:
-            raise ValueError(f"serial must be 12 bytes, not {len(serial)}")
+        if len(serial) != SERIAL_LENGTH:
+            raise ValueError(f"serial must be {SERIAL_LENGTH} bytes, not {len(serial)}")
         for name, key in (("long-term key", longTermKey), ("master key", masterKey)):
-            if key is not None and len(key) != 32:
-                raise ValueError(f"{name} must be 32 bytes, not {len(key)}")
+            if key is not None and len(key) != KEY_LENGTH:
+                raise ValueError(f"{name} must be {KEY_LENGTH} bytes, not {len(key)}")
         if infoEvery < 0:
             raise ValueError("infoEvery must not be negative")
         self.serial = serial
