@@ -1,9 +1,11 @@
 """
 ekey: a Twisted host stack for the Simtec Entropy Key.
 
-The key's protocol (L{ekey.core.skein}, L{ekey.core.frames}, L{ekey.core.session}), the
-keyring (L{ekey.core.keyring}), a simulated key (L{ekey.services.simulator}), the Twisted
-adapters (L{ekey.services.device}) and the daemon (L{ekey.services.tap}).
+Three layers: L{ekey.core}, the protocols and policies, pure (no I/O, no
+reactor); L{ekey.services}, the Twisted adapters and services around them;
+L{ekey.cli}, the command-line front ends (C{twistd ekey} is
+L{ekey.cli.twistd} over L{ekey.services.assembly}).  doc/architecture.md
+draws how entropy flows through them.
 """
 
 __version__ = "0.1.0"

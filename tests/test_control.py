@@ -46,6 +46,7 @@ from ekey.services.controlschema import (
 )
 from ekey.cli.ekeyctl import UsageError
 from ekey.services.daemon import Daemon
+from ekey.services.server import EGDServerFactory, EGDServerProtocol
 from ekey.services.peers import Credentials
 from ekey.core.pool import EntropyPool
 from ekey.services.upstream import PullPolicy, Upstream
@@ -57,8 +58,10 @@ SERIAL_PEM = SESSION["serial_pem"]
 
 class _FakeEGDClient:
     """
-    What L{Daemon.clients} reads of an EGD server protocol.
+    The counters of an EGD server protocol, read by its real C{status}.
     """
+
+    status = EGDServerProtocol.status
 
     def __init__(self, peer, identity, bytesServed, connectedAt):
         self.peer = peer
@@ -70,8 +73,12 @@ class _FakeEGDClient:
 
 class _FakeEGDFactory:
     """
-    What L{Daemon.status} reads of an EGD server factory.
+    The counters of an EGD server factory, read by its real C{status} and
+    C{clientStatuses}.
     """
+
+    status = EGDServerFactory.status
+    clientStatuses = EGDServerFactory.clientStatuses
 
     def __init__(self, clients):
         self.clients = set(clients)

@@ -590,8 +590,9 @@ class ProtocolTests(unittest.TestCase):
         self.clock.advance(1007)
         self.events = []
         self.factory = EkeydControlFactory(
-            self.target, self.clock, access=ControlAccess(27, getuid=lambda: 500),
-            groups=lambda transport, credentials: (credentials.gid,))
+            self.target, self.clock,
+            access=ControlAccess(27, getuid=lambda: 500,
+                                 groups=lambda transport, credentials: (credentials.gid,)))
 
     def connect(self, uid=0, gid=0, transport=None):
         protocol = self.factory.buildProtocol(None)

@@ -187,12 +187,12 @@ class InformationTests(unittest.TestCase):
 
     def test_temperatureAndVoltage(self):
         """
-        C{T03150 V03254} is 315.0 K (41.85 degrees C) and 3.254 V.
+        C{T03150 V03254} is 3150 tenths of a kelvin and 3254 mV, kept in
+        the key's own units (L{ekey.core.status.celsius} converts).
         """
         info = parseInformation("T03150 V03254")
-        self.assertEqual(info.temperatureK, 315.0)
-        self.assertEqual(info.temperatureC, 41.85)
-        self.assertEqual(info.voltage, 3.254)
+        self.assertEqual(info.temperatureTenthsK, 3150)
+        self.assertEqual(info.voltageMillivolts, 3254)
         self.assertIsNone(info.failMode)
         self.assertFalse(info.failed)
 
@@ -207,10 +207,11 @@ class InformationTests(unittest.TestCase):
         info = parseInformation("S08052:23751:23792:23584:07112:20876:08063:24150:0")
         self.assertEqual(info.state, (8052, 23751, 23792, 23584, 7112, 20876, 8063, 24150))
         self.assertEqual(info.failMode, "0")
-        self.assertEqual(info.failDescription, "no failure")
+        self.assertEqual(info.failDescription, "No failure")
         failed = parseInformation("S08052:23751:23792:23584:07112:20876:08063:24150:9")
         self.assertTrue(failed.failed)
-        self.assertEqual(failed.failDescription, "FIPS 140-2 failures over threshold")
+        self.assertEqual(failed.failDescription,
+                         "FIPS 140-2 tests exceeded threshold for failed blocks")
 
     def test_malformed(self):
         """

@@ -70,6 +70,29 @@ class ServerTests(unittest.TestCase):
         self.assertEqual(server.bytesServed, 7)
         self.assertEqual(self.factory.requests["Write"], 1)
 
+    def test_status(self):
+        """
+        The listener and each client answer C{status} with their counters
+        now, clients longest connected first.
+        """
+        client, server, pump = connect(self.factory)
+        self.clock.advance(5)
+        later, laterServer, laterPump = connect(self.factory)
+        self.pool.add(b"0123456789")
+        client.read(4)
+        client.level()
+        pump.flush()
+        listener = self.factory.status("tcp:8888")
+        self.assertEqual(
+            (listener.description, listener.clients, listener.connections,
+             listener.bytesServed, listener.requests),
+            ("tcp:8888", 2, 2, 4, (("GetLevel", 1), ("Read", 1))))
+        first, second = self.factory.clientStatuses("tcp:8888")
+        self.assertEqual((first.listener, first.bytesServed, first.requests,
+                          first.connectedAt), ("tcp:8888", 4, 2, 0.0))
+        self.assertEqual((second.bytesServed, second.requests, second.connectedAt),
+                         (0, 0, 5.0))
+
     def test_blockingReadWaits(self):
         """
         A blocking read is answered as bytes arrive, and later commands on

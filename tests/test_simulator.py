@@ -789,7 +789,7 @@ class ProtocolTests(SynchronousTestCase):
             host session that has keyed it.
         """
         clock = Clock()
-        protocol = SimulatedKeyProtocol(makeKey(**kwargs), rate=rate, reactor=clock)
+        protocol = SimulatedKeyProtocol(makeKey(**kwargs), rate=rate, clock=clock)
         transport = PausingTransport()
         protocol.makeConnection(transport)
         host = KeySession(keyringFor(), sendResetOnStart=False)
@@ -814,7 +814,7 @@ class ProtocolTests(SynchronousTestCase):
         A new connection finds the key just reset: it announces its serial
         number at once, and registers as a streaming producer.
         """
-        protocol = SimulatedKeyProtocol(makeKey(), reactor=Clock())
+        protocol = SimulatedKeyProtocol(makeKey(), clock=Clock())
         transport = StringTransport()
         protocol.makeConnection(transport)
         self.assertEqual([p.type for p in frames(transport.value())], ["S", "I", "k"])
@@ -907,8 +907,8 @@ class ProtocolTests(SynchronousTestCase):
         At rate 0 a key that cannot send entropy schedules nothing; a
         session re-key starts the flow.
         """
-        protocol = SimulatedKeyProtocol(makeKey(), rate=0, reactor=Clock())
-        clock = protocol._reactor
+        protocol = SimulatedKeyProtocol(makeKey(), rate=0, clock=Clock())
+        clock = protocol._clock
         protocol.makeConnection(StringTransport())
         self.assertEqual(clock.getDelayedCalls(), [])
         protocol.dataReceived(b"K.")
@@ -937,7 +937,7 @@ class ProtocolTests(SynchronousTestCase):
         """
         A negative rate is refused.
         """
-        self.assertRaises(ValueError, SimulatedKeyProtocol, makeKey(), rate=-1, reactor=Clock())
+        self.assertRaises(ValueError, SimulatedKeyProtocol, makeKey(), rate=-1, clock=Clock())
 
 
 class FactoryTests(SynchronousTestCase):
@@ -950,7 +950,7 @@ class FactoryTests(SynchronousTestCase):
         While one host is connected, another connection is refused and
         logged; once the first has gone, a new one is accepted.
         """
-        factory = SimulatedKeyFactory(makeKey(), rate=8, reactor=Clock())
+        factory = SimulatedKeyFactory(makeKey(), rate=8, clock=Clock())
         first = factory.buildProtocol("first")
         first.makeConnection(StringTransport())
         with capturedLogs() as events:
@@ -967,7 +967,7 @@ class FactoryTests(SynchronousTestCase):
         on from host to host.
         """
         clock = Clock()
-        factory = SimulatedKeyFactory(makeKey(), rate=8, reactor=clock)
+        factory = SimulatedKeyFactory(makeKey(), rate=8, clock=clock)
         received = []
         for _ in range(2):
             protocol = factory.buildProtocol(None)

@@ -13,7 +13,6 @@ from types import SimpleNamespace
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial import unittest
 
-from ekey.core.frames import FAIL_MODES
 from ekey.core.pool import EntropyPool
 from ekey.core.session import KeyState
 from ekey.core.status import (
@@ -28,9 +27,9 @@ from ekey.core.status import (
     celsius,
 )
 from ekey.services.daemon import SAMPLE_INTERVAL, Daemon
+from ekey.services.server import EGDServerFactory, EGDServerProtocol
 from ekey.services.upstream import PullPolicy, Upstream
 from ekey.services.statusviews import (
-    EKEYD_FAIL_MODES,
     daemonJSON,
     ekeydStatistics,
     keyJSON,
@@ -151,14 +150,31 @@ class EkeydStatisticsTests(unittest.TestCase):
 
     def test_failModes(self):
         """
-        ekeydctl's fail-mode table has one row for each of the protocol's
-        fail modes, and an unknown mode gets ekeydctl's unknown names.
+        A fail mode gets ekeydctl's name and words for it, and an unknown
+        mode ekeydctl's unknown names.
         """
-        self.assertEqual(set(EKEYD_FAIL_MODES), set(FAIL_MODES))
         stats = ekeydStatistics(keyStatus(failMode="9"), now=101.0)
         self.assertEqual(stats["KeyShortBadness"], "efm_fips1402_threshold_exceeded")
         stats = ekeydStatistics(keyStatus(failMode="Z"), now=101.0)
         self.assertEqual((stats["KeyRawBadness"], stats["KeyShortBadness"]), ("Z", "efm_unknown"))
+
+
+class _FakeClient(SimpleNamespace):
+    """
+    The counters of an EGD client, read by the real L{EGDServerProtocol.status}.
+    """
+
+    status = EGDServerProtocol.status
+
+
+class _FakeListener(SimpleNamespace):
+    """
+    The counters of an EGD listener, read by the real
+    L{EGDServerFactory.status} and L{EGDServerFactory.clientStatuses}.
+    """
+
+    status = EGDServerFactory.status
+    clientStatuses = EGDServerFactory.clientStatuses
 
 
 class DaemonStatusTests(unittest.TestCase):
@@ -180,10 +196,10 @@ class DaemonStatusTests(unittest.TestCase):
         """
         self.keys.add(boundSocket(self, self.mktemp()))
         connectKey(self, self.reactor, self.keys, 1, 8)
-        client = SimpleNamespace(peer="tcp:127.0.0.1:4000", identity="relay.example",
+        client = _FakeClient(peer="tcp:127.0.0.1:4000", identity="relay.example",
                                  bytesServed=64, requests=Counter({"Read": 2}),
                                  connectedAt=3.0)
-        factory = SimpleNamespace(clients=[client], connections=5, bytesServed=96,
+        factory = _FakeListener(clients=[client], connections=5, bytesServed=96,
                                   requests=Counter({"Read": 3, "GetLevel": 1}),
                                   protocolErrors=1, refused=2, idleClosed=0)
         self.daemon.listeners.append(("tcp:8888", factory))

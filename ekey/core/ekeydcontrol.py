@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from typing import (Dict, Iterable, List, Optional, Protocol, Sequence, Tuple,
                     Union)
 
-from ekey.core.frames import FRAME_LENGTH
+from ekey.core.frames import FAIL_MODES, FRAME_LENGTH
 from ekey.core.status import KeyStatus, celsius
 
 #: What the server says first: the protocol and its version.
@@ -60,23 +60,6 @@ BANNER = b"PROTOCOL EKEYD/1\n"
 #: The longest command line accepted (ekeydctl's longest is a path in a
 #: call); a longer one is refused and the connection closed.
 MAX_LINE_LENGTH = 4096
-
-#: The fail modes of a key's C{S} information field as ekeyd names them:
-#: the character, a short name and words.
-FAIL_MODES = {
-    "0": ("efm_ok", "No failure"),
-    "1": ("efm_raw_left_bad", "Left generator is no longer random"),
-    "2": ("efm_raw_right_bad", "Right generator is no longer random"),
-    "3": ("efm_raw_xor_bad", "Generators have become correlated"),
-    "4": ("efm_debias_left_bad", "Left generator is strongly biassed"),
-    "5": ("efm_debias_right_bad", "Right generator is strongly biassed"),
-    "7": ("efm_temp_too_low", "Temperature detected below threshold"),
-    "8": ("efm_temp_too_high", "Temperature detected above threshold"),
-    "9": ("efm_fips1402_threshold_exceeded",
-          "FIPS 140-2 tests exceeded threshold for failed blocks"),
-    "A": ("efm_volt_too_low", "Voltage too low"),
-    "B": ("efm_volt_too_high", "Voltage too high"),
-}
 
 #: Every statistic ekeyd 1.1.5 reports for a key (C{ekeydctl stats}).
 EKEYD_STATISTICS = frozenset({

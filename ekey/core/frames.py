@@ -286,27 +286,32 @@ class FrameReader:
 
 # Information frames ----------------------------------------------------------
 
-#: Fail-mode characters of the C{S} information field, with what they mean.
+#: The fail modes of the C{S} information field, by character: ekeyd's short
+#: name and its words for each (what ekeydctl shows as C{KeyShortBadness}
+#: and C{KeyEnglishBadness}, and what a stopped key's reason says).
 FAIL_MODES = {
-    "0": "no failure",
-    "1": "left generator no longer random",
-    "2": "right generator no longer random",
-    "3": "generators correlated",
-    "4": "left generator strongly biased",
-    "5": "right generator strongly biased",
-    "7": "temperature below threshold",
-    "8": "temperature above threshold",
-    "9": "FIPS 140-2 failures over threshold",
-    "A": "voltage too low",
-    "B": "voltage too high",
+    "0": ("efm_ok", "No failure"),
+    "1": ("efm_raw_left_bad", "Left generator is no longer random"),
+    "2": ("efm_raw_right_bad", "Right generator is no longer random"),
+    "3": ("efm_raw_xor_bad", "Generators have become correlated"),
+    "4": ("efm_debias_left_bad", "Left generator is strongly biassed"),
+    "5": ("efm_debias_right_bad", "Right generator is strongly biassed"),
+    "7": ("efm_temp_too_low", "Temperature detected below threshold"),
+    "8": ("efm_temp_too_high", "Temperature detected above threshold"),
+    "9": ("efm_fips1402_threshold_exceeded",
+          "FIPS 140-2 tests exceeded threshold for failed blocks"),
+    "A": ("efm_volt_too_low", "Voltage too low"),
+    "B": ("efm_volt_too_high", "Voltage too high"),
 }
 
 
 def describeFailMode(mode: str) -> str:
     """
-    @return: a description of a fail-mode character, also for unknown ones.
+    @return: ekeyd's words for a fail-mode character, also for unknown ones.
     """
-    return FAIL_MODES.get(mode, f"unknown failure mode {mode!r}")
+    if mode in FAIL_MODES:
+        return FAIL_MODES[mode][1]
+    return f"Unknown failure mode {mode}"
 
 
 @dataclass(frozen=True)
@@ -341,33 +346,6 @@ class Information:
     state: Optional[Tuple[int, ...]] = None
     failMode: Optional[str] = None
     unknown: Tuple[str, ...] = field(default=())
-
-    @property
-    def temperatureK(self) -> Optional[float]:
-        """
-        Temperature in kelvin.
-        """
-        if self.temperatureTenthsK is None:
-            return None
-        return self.temperatureTenthsK / 10
-
-    @property
-    def temperatureC(self) -> Optional[float]:
-        """
-        Temperature in degrees Celsius.
-        """
-        if self.temperatureTenthsK is None:
-            return None
-        return round((self.temperatureTenthsK - 2731.5) / 10, 2)
-
-    @property
-    def voltage(self) -> Optional[float]:
-        """
-        Supply voltage in volts.
-        """
-        if self.voltageMillivolts is None:
-            return None
-        return self.voltageMillivolts / 1000
 
     @property
     def failed(self) -> bool:

@@ -43,8 +43,6 @@ from typing import Callable, Deque, Dict, Hashable, List, Optional
 from ekey.core.units import BLOCK_SIZE
 
 DEFAULT_POOL_SIZE = 1 << 20
-#: The least a reader's turn gives, and the unit its turns are rounded to.
-DEFAULT_QUANTUM = BLOCK_SIZE
 POLLING_RESERVE = 256
 
 
@@ -269,7 +267,7 @@ class EntropyPool:
         amount = min(share.owed, cap - share.reserved, self.level - self._reserved)
         # Whole 32-byte blocks, so that readers asking for whole blocks get
         # the key's blocks whole.
-        amount -= amount % DEFAULT_QUANTUM
+        amount -= amount % BLOCK_SIZE
         if amount > 0:
             share.owed -= amount
             share.reserved += amount
@@ -326,7 +324,7 @@ class EntropyPool:
         return data
 
     def request(self, n: Optional[int], deliver: Callable[[bytes], None],
-                quantum: int = DEFAULT_QUANTUM,
+                quantum: int = BLOCK_SIZE,
                 share: Optional[ReaderShare] = None) -> PendingRead:
         """
         Wait for C{n} bytes, delivered in pieces as they are available, in
@@ -335,7 +333,8 @@ class EntropyPool:
 
         @param n: bytes wanted, or C{None} for all there ever will be.
         @param deliver: called with each piece.
-        @param quantum: the least a turn gives.
+        @param quantum: the least a turn gives, and the unit its turns are
+            rounded to (default one block, L{BLOCK_SIZE}).
         @param share: the reader's L{ReaderShare}, if it has one.
         @return: the L{PendingRead}, to pause, resume or cancel.
         """

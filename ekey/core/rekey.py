@@ -25,7 +25,7 @@ from typing import Callable, List, Optional
 
 from ekey.core.errors import RemoteProtocolError
 from ekey.core.frames import FrameReader, Packet, computeMAC, parseFrame, pemEncode
-from ekey.core.keyring import KEY_LENGTH, formatSerial, parseSecret
+from ekey.core.keyring import KEY_LENGTH, SERIAL_LENGTH, formatSerial, parseSecret
 from ekey.core.session import NONCE_LENGTH, RESET, ZERO_KEY
 from ekey.core.skein import prepared
 
@@ -229,7 +229,7 @@ class LongTermRekey:
 
     def _serialReceived(self, packet: Packet) -> None:
         _, serial = packet.binaryPayload()
-        if len(serial) != 12 or not packet.verify(prepared("PMS", serial, ZERO_KEY)):
+        if len(serial) != SERIAL_LENGTH or not packet.verify(prepared("PMS", serial, ZERO_KEY)):
             return
         if self._expectedSerial is not None and serial != self._expectedSerial:
             self.fail(f"the key's serial is {formatSerial(serial)}, "

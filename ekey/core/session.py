@@ -50,7 +50,7 @@ from ekey.core.frames import (
     parseInformation,
     pemEncode,
 )
-from ekey.core.keyring import Keyring, formatSerial
+from ekey.core.keyring import SERIAL_LENGTH, Keyring, formatSerial
 from ekey.core.skein import prepared
 from ekey.core.units import BLOCK_SIZE
 
@@ -173,16 +173,6 @@ class KeyStatistics:
             count = fields[countIndex]
             if count > 100:
                 result[name] = fields[estimateIndex] * 100 // count / 100
-        return result
-
-    def asDict(self) -> dict:
-        """
-        @return: every counter and reading, by name.
-        """
-        result = {
-            name: value for name, value in vars(self).items() if not name.startswith("_")
-        }
-        result["shannonsPerByte"] = self.shannonsPerByte()
         return result
 
 
@@ -363,7 +353,7 @@ class KeySession:
 
     def _serialReceived(self, packet: Packet) -> None:
         version, serial = packet.binaryPayload()
-        if len(serial) != 12:
+        if len(serial) != SERIAL_LENGTH:
             raise RemoteProtocolError(f"serial number of {len(serial)} bytes")
         if not packet.verify(prepared("PMS", serial, ZERO_KEY)):
             self.statistics.macFailures += 1

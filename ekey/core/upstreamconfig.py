@@ -18,40 +18,12 @@ replace what it carries.
 
 from __future__ import annotations
 
-import ipaddress
 from typing import List, Tuple
+
+from ekey.core.endpointstrings import isLoopbackHost, splitDescription, splitFields, unescape
 
 #: The priority of an upstream that names none.
 DEFAULT_PRIORITY = 0
-
-
-def _segments(description: str) -> List[str]:
-    """
-    Split an endpoint string at its unescaped colons, keeping the escapes
-    (so that joining the segments again with colons gives it back).
-    """
-    segments = []
-    current = []
-    chars = iter(description)
-    for char in chars:
-        if char == "\\":
-            current.append(char)
-            current.append(next(chars, ""))
-        elif char == ":":
-            segments.append("".join(current))
-            current = []
-        else:
-            current.append(char)
-    segments.append("".join(current))
-    return segments
-
-
-def _unescape(segment: str) -> str:
-    out = []
-    chars = iter(segment)
-    for char in chars:
-        out.append(next(chars, "") if char == "\\" else char)
-    return "".join(out)
 
 
 def splitPriority(description: str) -> Tuple[str, int]:
@@ -63,7 +35,7 @@ def splitPriority(description: str) -> Tuple[str, int]:
     @raise ValueError: if a priority is not a whole number, or is given
         twice.
     """
-    segments = _segments(description)
+    segments = splitFields(description)
     kept = segments[:1]
     priority = None
     for segment in segments[1:]:
@@ -72,7 +44,7 @@ def splitPriority(description: str) -> Tuple[str, int]:
             if priority is not None:
                 raise ValueError("priority= is given twice")
             try:
-                priority = int(_unescape(value))
+                priority = int(unescape(value))
             except ValueError:
                 raise ValueError(f"priority= takes a whole number, not {value!r}") from None
             if priority < 0:
@@ -80,15 +52,6 @@ def splitPriority(description: str) -> Tuple[str, int]:
         else:
             kept.append(segment)
     return ":".join(kept), DEFAULT_PRIORITY if priority is None else priority
-
-
-def _isLoopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def checkUpstreamDescription(description: str) -> List[str]:
@@ -100,18 +63,16 @@ def checkUpstreamDescription(description: str) -> List[str]:
         that must not be used (C{ssl:}, a bad C{priority=}).
     """
     endpoint, _ = splitPriority(description)
-    segments = _segments(endpoint)
-    kind = segments[0].strip().lower()
+    kind, positional, keywords = splitDescription(endpoint)
+    kind = kind.strip().lower()
     if kind == "ssl":
         raise ValueError(
             "ssl: does not check the server's certificate; use "
             "tls:HOST:PORT:trustRoots=DIR instead, which checks its chain and its name")
     warnings = []
     if kind in ("tcp", "tcp6"):
-        positional = [_unescape(s) for s in segments[1:] if "=" not in s]
-        keywords = dict(_unescape(s).partition("=")[::2] for s in segments[1:] if "=" in s)
         host = keywords.get("host", positional[0] if positional else "")
-        if not _isLoopback(host):
+        if not isLoopbackHost(host):
             warnings.append(
                 f"upstream {endpoint} is plain TCP to {host}: nothing checks who answers and "
                 f"anybody on the path can read or replace its bytes; use tls: with "

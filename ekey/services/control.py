@@ -30,6 +30,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols import amp
 
+from ekey.core.endpointstrings import splitDescription
 from ekey.core.keyring import KeyringError
 from ekey.services.controlschema import (
     AddAll,
@@ -76,13 +77,32 @@ class ControlAccess:
     when asked) and members of the control group, if there is one.
     """
 
-    def __init__(self, group: Optional[int] = None, getuid: Callable[[], int] = os.getuid):
+    def __init__(self, group: Optional[int] = None, getuid: Callable[[], int] = os.getuid,
+                 credentials: Callable[[object], Optional[Credentials]] = peerCredentials,
+                 groups: Callable[[object, Credentials], Sequence[int]] = peerGroups):
         """
         @param group: the control group's id, or C{None}.
         @param getuid: returns the daemon's user id.
+        @param credentials: C{transport -> Credentials or None}
+            (L{peerCredentials}).
+        @param groups: C{(transport, credentials) -> gids} (L{peerGroups}).
         """
         self.group = group
         self._getuid = getuid
+        self._credentials = credentials
+        self._groups = groups
+
+    def check(self, transport) -> Tuple[str, Optional[Credentials], Optional[str]]:
+        """
+        Check the peer of a new control connection.
+
+        @return: who it is (L{describePeer}), its credentials (C{None} if
+            it is not on a Unix socket) and why it may not control the
+            daemon, in one line, or C{None} if it may.
+        """
+        credentials = self._credentials(transport)
+        refusal = self.refusal(credentials, lambda: self._groups(transport, credentials))
+        return describePeer(transport), credentials, refusal
 
     def refusal(self, credentials: Optional[Credentials],
                 groups: Callable[[], Sequence[int]]) -> Optional[str]:
@@ -283,16 +303,13 @@ class ControlProtocol(amp.AMP):
     @ivar refusal: why the peer may not issue commands, or C{None}.
     """
 
-    def __init__(self, controller: Controller, clock, access: ControlAccess,
-                 credentials=peerCredentials, groups=peerGroups):
+    def __init__(self, controller: Controller, clock, access: ControlAccess):
         amp.AMP.__init__(self)
         # Commands are logged where the controller logs what they do.
         self.log = controller.log
         self.controller = controller
         self.clock = clock
         self.access = access
-        self._credentials = credentials
-        self._groups = groups
         self.peer = "?"
         self.refusal: Optional[str] = "not connected"
         self._shutdownAsked = False
@@ -301,10 +318,7 @@ class ControlProtocol(amp.AMP):
     def makeConnection(self, transport):
         # AMP.makeConnection logs every connection at info level; a
         # monitor polling ekeyctl would fill the log.  Log at debug instead.
-        self.peer = describePeer(transport)
-        credentials = self._credentials(transport)
-        self.refusal = self.access.refusal(
-            credentials, lambda: self._groups(transport, credentials))
+        self.peer, credentials, self.refusal = self.access.check(transport)
         if self.refusal is None:
             self.log.debug("Control connection from {peer}", peer=self.peer)
         else:
@@ -409,13 +423,10 @@ class ControlFactory(Factory):
         self.daemon = daemon
         self.clock = clock if clock is not None else daemon.clock
         self.controller = Controller(daemon, deviceDirs)
-        self.access = ControlAccess(controlGroup)
-        self._credentials = credentials
-        self._groups = groups
+        self.access = ControlAccess(controlGroup, credentials=credentials, groups=groups)
 
     def buildProtocol(self, addr):
-        protocol = ControlProtocol(self.controller, self.clock, self.access,
-                                   self._credentials, self._groups)
+        protocol = ControlProtocol(self.controller, self.clock, self.access)
         protocol.factory = self
         return protocol
 
@@ -423,50 +434,16 @@ class ControlFactory(Factory):
 # The control endpoint ---------------------------------------------------------------
 
 
-def _fields(description: str) -> List[str]:
-    """
-    @return: an endpoint description's C{:}-separated fields, each as
-        written (backslash escapes kept).
-    """
-    fields, current, index = [], [], 0
-    while index < len(description):
-        char = description[index]
-        if char == "\\" and index + 1 < len(description):
-            current.append(description[index:index + 2])
-            index += 2
-            continue
-        if char == ":":
-            fields.append("".join(current))
-            current = []
-        else:
-            current.append(char)
-        index += 1
-    fields.append("".join(current))
-    return fields
-
-
-def _unescape(field: str) -> str:
-    out, index = [], 0
-    while index < len(field):
-        if field[index] == "\\" and index + 1 < len(field):
-            index += 1
-        out.append(field[index])
-        index += 1
-    return "".join(out)
-
-
 def controlSocketPath(description: str, option: str = "--control") -> str:
     """
     @return: the socket path of a C{unix:} endpoint description.
     @raise ValueError: if it has none.
     """
-    for field in _fields(description)[1:]:
-        key, equals, value = field.partition("=")
-        if not equals:
-            return _unescape(field)
-        if key == "address":
-            return _unescape(value)
-    raise ValueError(f"{option} {description}: no socket path (unix:PATH)")
+    _, args, kwargs = splitDescription(description)
+    path = args[0] if args else kwargs.get("address")
+    if not path:
+        raise ValueError(f"{option} {description}: no socket path (unix:PATH)")
+    return path
 
 
 def checkControlEndpoint(description: str, group: Optional[int] = None,
@@ -481,30 +458,28 @@ def checkControlEndpoint(description: str, group: Optional[int] = None,
     @raise ValueError: with one line naming the fix, if it is not a Unix
         socket or its mode would let others in.
     """
-    fields = _fields(description)
-    kind = fields[0].lower()
-    if kind != "unix":
+    kind, _, kwargs = splitDescription(description)
+    if kind.lower() != "unix":
         raise ValueError(
             f"{option} {description}: the control channel must be a local Unix socket "
             "(unix:PATH), since anyone who can connect to it controls the daemon")
     controlSocketPath(description, option)
     allowed = 0o660 if group is not None else 0o600
-    for index, field in enumerate(fields[1:], 1):
-        key, equals, value = field.partition("=")
-        if equals and key == "mode":
-            try:
-                mode = int(value, 8)
-            except ValueError:
-                raise ValueError(f"{option} {description}: mode={value} is not an octal "
-                                 "mode such as 600") from None
-            if mode & ~allowed:
-                hint = ("" if group is not None else
-                        ", or give --control-group GROUP to let a group in (0660)")
-                raise ValueError(
-                    f"{option} {description}: mode={value} would let other users reach the "
-                    f"control socket; leave mode= out (0{allowed:o}){hint}")
-            return description
-    return f"{description}:mode={allowed:o}"
+    value = kwargs.get("mode")
+    if value is None:
+        return f"{description}:mode={allowed:o}"
+    try:
+        mode = int(value, 8)
+    except ValueError:
+        raise ValueError(f"{option} {description}: mode={value} is not an octal "
+                         "mode such as 600") from None
+    if mode & ~allowed:
+        hint = ("" if group is not None else
+                ", or give --control-group GROUP to let a group in (0660)")
+        raise ValueError(
+            f"{option} {description}: mode={value} would let other users reach the "
+            f"control socket; leave mode= out (0{allowed:o}){hint}")
+    return description
 
 
 def resolveGroup(name: str) -> int:

@@ -7,8 +7,9 @@ and act on.
 L{Daemon} holds the pool, the keys, the upstreams, the EGD listeners and
 the sinks, and keeps a short history of the entropy rate (one sample every
 C{SAMPLE_INTERVAL} seconds, C{HISTORY} samples) for the status page's
-chart.  It reads; it does not own the services' lifecycles (the tap's
-L{MultiService} does), except for its own sampler.
+chart.  It reads; it does not own the services' lifecycles (the
+L{MultiService} of L{ekey.services.assembly.makeService} does), except
+for its own sampler.
 """
 
 from __future__ import annotations
@@ -20,10 +21,8 @@ from twisted.application.service import Service
 from twisted.internet.task import LoopingCall
 
 from ekey.core.status import (
-    ClientStatus,
     DaemonStatus,
     KernelFeederStatus,
-    ListenerStatus,
     PoolStatus,
 )
 
@@ -37,10 +36,12 @@ class Daemon(Service):
 
     @ivar keys: the L{ekey.services.keys.KeyManager}.
     @ivar pool: the L{ekey.core.pool.EntropyPool}.
-    @ivar pullPolicy: the L{ekey.services.upstream.PullPolicy}, or C{None} without
+    @ivar pullPolicy: the L{ekey.core.pull.PullPolicy}, or C{None} without
         upstreams; its members are the L{ekey.services.upstream.Upstream}s,
         each of which answers its own C{status()}.
-    @ivar listeners: C{(endpoint description, EGDServerFactory)} pairs.
+    @ivar listeners: C{(endpoint description, EGDServerFactory)} pairs;
+        each factory answers C{status(description)} and
+        C{clientStatuses(description)}.
     @ivar kernelFeeder: the L{ekey.services.feeder.KernelFeeder}, or C{None}.
     @ivar sinks: the file sinks.
     @ivar history: C{(time, bytes in per second)} samples, oldest first.
@@ -106,19 +107,15 @@ class Daemon(Service):
         @return: the whole daemon as it is now, read through each part's
             narrow accessor.
         """
-        listeners = []
-        clients = []
-        for description, factory in self.listeners:
-            listeners.append(listenerStatus(description, factory))
-            clients.extend(clientStatus(description, client) for client in
-                           sorted(factory.clients, key=lambda c: c.connectedAt))
         return DaemonStatus(
             time=self.clock.seconds(),
             startedAt=self.startedAt,
             pool=self.poolStatus(),
             keys=self.keys.status() if self.keys is not None else (),
-            listeners=tuple(listeners),
-            clients=tuple(clients),
+            listeners=tuple(factory.status(description)
+                            for description, factory in self.listeners),
+            clients=tuple(client for description, factory in self.listeners
+                          for client in factory.clientStatuses(description)),
             upstreams=tuple(upstream.status() for upstream in self.upstreams),
             kernel=(kernelFeederStatus(self.kernelFeeder)
                     if self.kernelFeeder is not None else None),
@@ -141,30 +138,8 @@ class Daemon(Service):
             ranDry=policy.ranDry if policy is not None else None)
 
 
-# Built here from public attributes until their owners answer status()
-# themselves (EGDServerFactory, EGDServerProtocol, KernelFeeder).
-
-
-def listenerStatus(description: str, factory) -> ListenerStatus:
-    """
-    @param factory: an L{ekey.services.server.EGDServerFactory}.
-    """
-    return ListenerStatus(
-        description=description, clients=len(factory.clients),
-        connections=factory.connections, bytesServed=factory.bytesServed,
-        requests=tuple(sorted(factory.requests.items())),
-        protocolErrors=factory.protocolErrors, refused=factory.refused,
-        idleClosed=factory.idleClosed)
-
-
-def clientStatus(listener: str, client) -> ClientStatus:
-    """
-    @param client: an L{ekey.services.server.EGDServerProtocol}.
-    """
-    return ClientStatus(
-        listener=listener, peer=client.peer, identity=client.identity,
-        bytesServed=client.bytesServed, requests=sum(client.requests.values()),
-        connectedAt=client.connectedAt)
+# Built here from public attributes until the kernel feeder answers
+# status() itself.
 
 
 def kernelFeederStatus(feeder) -> KernelFeederStatus:

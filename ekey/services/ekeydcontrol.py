@@ -20,6 +20,7 @@ from typing import Iterable, Optional, Sequence, Tuple
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
+from twisted.python.failure import Failure
 
 from ekey.core.ekeydcontrol import (BANNER, MAX_LINE_LENGTH, CommandRefused,
                                     EkeydControlSession, EkeydControlTarget, Reply, formatError)
@@ -30,7 +31,6 @@ from ekey.services.keys import KeyNotFound
 from ekey.services._reactor import default
 from ekey.services.control import ControlAccess, Controller, listenControl
 from ekey.services.controlschema import ControlError
-from ekey.services.peers import describePeer, peerCredentials, peerGroups
 
 
 class EkeydControlProtocol(LineReceiver):
@@ -45,27 +45,18 @@ class EkeydControlProtocol(LineReceiver):
     MAX_LENGTH = MAX_LINE_LENGTH
     log = Logger()
 
-    def __init__(self, session: EkeydControlSession, clock, access: ControlAccess,
-                 credentials=peerCredentials, groups=peerGroups):
+    def __init__(self, session: EkeydControlSession, clock, access: ControlAccess):
         """
         @param access: who may control the daemon (the same rule as the AMP
             control channel's).
-        @param credentials: gives a transport's peer's L{Credentials}.
-        @param groups: gives the peer's groups from its transport and
-            credentials.
         """
         self.session = session
         self.clock = clock
         self.access = access
-        self._credentials = credentials
-        self._groups = groups
         self.peer = "?"
 
     def connectionMade(self):
-        self.peer = describePeer(self.transport)
-        credentials = self._credentials(self.transport)
-        refusal = self.access.refusal(credentials,
-                                      lambda: self._groups(self.transport, credentials))
+        self.peer, credentials, refusal = self.access.check(self.transport)
         if refusal is not None:
             self.log.warn("ekeyd control: refused {peer} (uid {uid}): {reason}", peer=self.peer,
                           uid=credentials.uid if credentials is not None else "unknown",
@@ -114,9 +105,7 @@ class EkeydControlProtocol(LineReceiver):
             self.transport.loseConnection()
 
 
-def _failure(exception: BaseException):
-    from twisted.python.failure import Failure
-
+def _failure(exception: BaseException) -> Failure:
     return Failure(exception, type(exception), exception.__traceback__)
 
 
@@ -129,26 +118,21 @@ class EkeydControlFactory(Factory):
     noisy = False
 
     def __init__(self, target: EkeydControlTarget, clock=None,
-                 access: Optional[ControlAccess] = None, credentials=peerCredentials,
-                 groups=peerGroups):
+                 access: Optional[ControlAccess] = None):
         """
         @param target: what the commands act on (see L{targetFromDaemon}).
         @param clock: an L{IReactorTime}, the clock of the keys'
             C{connectedAt} (default the global reactor).
         @param access: who may control the daemon (default root and the
             daemon's user only).
-        @param credentials: gives a peer's credentials (for tests).
-        @param groups: gives a peer's groups (for tests).
         """
         self.target = target
         self.clock = default(clock)
         self.access = access if access is not None else ControlAccess()
-        self._credentials = credentials
-        self._groups = groups
 
     def buildProtocol(self, addr):
         protocol = EkeydControlProtocol(EkeydControlSession(self.target), self.clock,
-                                        self.access, self._credentials, self._groups)
+                                        self.access)
         protocol.factory = self
         return protocol
 

@@ -21,6 +21,7 @@ from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from ekey.services._reactor import default
 from ekey.services.device import KeyPathError, KeyService, checkKeyPath
 from ekey.core.keyring import Keyring, KeyringError
 from ekey.core.status import NumberedKey
@@ -108,7 +109,7 @@ class KeyManager(MultiService):
         self.keyring = keyring
         self.keyringPath = keyringPath or (keyring.path if keyring is not None else None)
         self.pool = pool
-        self._reactor = reactor
+        self._reactor = default(reactor)
         self._keys: "OrderedDict[int, KeyService]" = OrderedDict()
         self._nextNumber = 1
         #: Paths of the daemon's own Unix sockets (EGD, control), which are

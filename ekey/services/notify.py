@@ -18,6 +18,8 @@ from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from ekey.services._reactor import default
+
 
 def notifyAddress(environ: Mapping[str, str]) -> Optional[str]:
     """
@@ -82,9 +84,7 @@ class SystemdNotifier(Service):
         @param pid: this process's id (default C{os.getpid()} at start, which
             is after twistd has forked).
         """
-        if reactor is None:
-            from twisted.internet import reactor
-        self._reactor = reactor
+        self._reactor = default(reactor)
         self._environ = os.environ if environ is None else environ
         self._send = send
         # Only that each has ended matters (a key that cannot be opened

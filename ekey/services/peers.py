@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_peers -*-
+# -*- test-case-name: tests.test_control -*-
 """
 Who is at the other end of a connection: one answer for logs, the control
 channel's checks and the EGD server's fair shares.

@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Optional, Set
+from typing import Optional, Set, Tuple
 
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
 from twisted.internet.address import UNIXAddress
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer, ISSLTransport
 from twisted.internet.protocol import Factory, Protocol
@@ -44,6 +46,8 @@ from ekey.core.egdsession import (
 )
 from ekey.core.pool import EntropyPool
 from ekey.core.ratelimit import RateLimiter
+from ekey.core.status import ClientStatus, ListenerStatus
+from ekey.services._reactor import default
 from ekey.services.peers import describePeer, peerCredentials
 
 __all__ = ["EGDServerFactory", "EGDServerProtocol", "ClientIdentity", "peerIdentity",
@@ -91,9 +95,6 @@ def certificateIdentity(certificate) -> ClientIdentity:
         with every common name it holds, in order (a second CN is shown,
         never taken as who the client is).
     """
-    from cryptography.hazmat.primitives.serialization import Encoding
-    from cryptography.x509.oid import NameOID
-
     if hasattr(certificate, "to_cryptography"):
         certificate = certificate.to_cryptography()
     fingerprint = hashlib.sha256(certificate.public_bytes(Encoding.DER)).hexdigest()
@@ -141,6 +142,16 @@ class EGDServerProtocol(Protocol):
         Commands received from this client, by name.
         """
         return self.session.counters.requests if self.session else EGDCounters().requests
+
+    def status(self, listener: str) -> ClientStatus:
+        """
+        @param listener: the description of the listener it came in on.
+        @return: this client, now.
+        """
+        return ClientStatus(
+            listener=listener, peer=self.peer, identity=self.identity,
+            bytesServed=self.bytesServed, requests=sum(self.requests.values()),
+            connectedAt=self.connectedAt)
 
     def connectionMade(self):
         factory = self.factory
@@ -283,9 +294,7 @@ class EGDServerFactory(Factory):
         @param maxPendingBytes: bytes a client may have asked for and not
             yet received before the server stops reading its requests.
         """
-        if clock is None:
-            from twisted.internet import reactor as clock
-        self.clock = clock
+        self.clock = default(clock)
         self.pool = pool
         self.pid = pid
         self.name = name
@@ -314,6 +323,26 @@ class EGDServerFactory(Factory):
         Entropy bytes sent to all clients.
         """
         return self.totals.bytesServed
+
+    def status(self, description: str) -> ListenerStatus:
+        """
+        @param description: the endpoint it listens on.
+        @return: this listener, now.
+        """
+        return ListenerStatus(
+            description=description, clients=len(self.clients),
+            connections=self.connections, bytesServed=self.bytesServed,
+            requests=tuple(sorted(self.requests.items())),
+            protocolErrors=self.protocolErrors, refused=self.refused,
+            idleClosed=self.idleClosed)
+
+    def clientStatuses(self, description: str) -> Tuple[ClientStatus, ...]:
+        """
+        @param description: the endpoint it listens on.
+        @return: its clients now, the longest connected first.
+        """
+        return tuple(client.status(description) for client in
+                     sorted(self.clients, key=lambda client: client.connectedAt))
 
     def buildProtocol(self, addr):
         return self.protocol(self)

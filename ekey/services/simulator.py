@@ -50,16 +50,22 @@ from zope.interface import implementer
 from ekey.core.errors import RemoteProtocolError
 from ekey.core.frames import (
     FAIL_MODES,
+    LAST_SEQUENCE,
+    MAC_LENGTH,
+    PEM_ALPHABET,
+    ZERO_KEY,
     binaryPayload,
     buildContent,
     buildFrame,
     computeMAC,
+    describeFailMode,
     encodeSubcode,
     pemDecode,
     pemEncode,
 )
-from ekey.core.keyring import formatSerial
+from ekey.core.keyring import KEY_LENGTH, SERIAL_LENGTH, formatSerial
 from ekey.core.skein import prepared
+from ekey.core.units import BLOCK_SIZE
 from ekey.services._reactor import default
 
 #: The serial number C{ekey-sim} uses unless told otherwise: the twelve ASCII
@@ -73,15 +79,8 @@ DEFAULT_RATE = 125.0
 #: E frames between rounds of information frames, unless told otherwise.
 DEFAULT_INFO_EVERY = 500
 
-#: The last sequence number of a session; after it the key asks for a new
-#: session key.
-LAST_SEQUENCE = 4095
-
 #: Longest nonce the key accepts: its length must fit in a 12-bit subcode.
 MAX_NONCE_LENGTH = 4095
-
-BLOCK_LENGTH = 32
-ZERO_KEY = bytes(32)
 
 #: Text frames, as the vectors and ekeyd's documentation show them where
 #: they show them.
@@ -101,10 +100,8 @@ GENERATOR_STATE = (8052, 23751, 23792, 23584, 7112, 20876, 8063, 24150)
 #: finishes.  It holds no C{"\\r\\n"}, so that it can never end a frame.
 GARBAGE = b"\x00\xfe*noise\x7f** \r \n~*" + b"* E!AAspuriousPartialFrame+/0123"
 
-_PEM_CHARACTERS = frozenset(
-    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
-)
-_MAC_PEM_LENGTH = 8
+#: What a nonce may hold: PEM characters and base64's padding.
+_NONCE_CHARACTERS = frozenset(PEM_ALPHABET + b"=")
 
 
 def seededBlock(seed: bytes, index: int) -> bytes:
@@ -272,11 +269,11 @@ class SimulatedKey:
         @raise ValueError: if a key or the serial has the wrong length, or
             C{infoEvery} is negative.
         """
-        if len(serial) != 12:
-            raise ValueError(f"serial must be 12 bytes, not {len(serial)}")
+        if len(serial) != SERIAL_LENGTH:
+            raise ValueError(f"serial must be {SERIAL_LENGTH} bytes, not {len(serial)}")
         for name, key in (("long-term key", longTermKey), ("master key", masterKey)):
-            if key is not None and len(key) != 32:
-                raise ValueError(f"{name} must be 32 bytes, not {len(key)}")
+            if key is not None and len(key) != KEY_LENGTH:
+                raise ValueError(f"{name} must be {KEY_LENGTH} bytes, not {len(key)}")
         if infoEvery < 0:
             raise ValueError("infoEvery must not be negative")
         self.serial = serial
@@ -416,17 +413,17 @@ class SimulatedKey:
                 self._unknownByte(byte)
             return
         if command is _Command.UNLOCK:
-            if byte not in _PEM_CHARACTERS or byte == ord("="):
+            if byte not in PEM_ALPHABET:
                 self._unknownByte(byte)
                 return
             self._argument.append(byte)
-            if len(self._argument) == _MAC_PEM_LENGTH:
+            if len(self._argument) == _pemLength(MAC_LENGTH):
                 self._unlock(bytes(self._argument))
             return
         # A nonce, for K or L.
         if byte == ord("."):
             self._nonceReceived(bytes(self._argument))
-        elif byte in _PEM_CHARACTERS and len(self._argument) < _pemLength(MAX_NONCE_LENGTH):
+        elif byte in _NONCE_CHARACTERS and len(self._argument) < _pemLength(MAX_NONCE_LENGTH):
             self._argument.append(byte)
         else:
             self._unknownByte(byte)
@@ -453,7 +450,7 @@ class SimulatedKey:
             self._longTermRekey(nonce)
 
     def _sessionRekey(self, nonce: bytes) -> None:
-        deviceEntropy = self._randomBytes(BLOCK_LENGTH)
+        deviceEntropy = self._randomBytes(BLOCK_SIZE)
         # The reply goes under the old key; the new one holds after it.
         self._send("K", binaryPayload(len(nonce), deviceEntropy), binary=True)
         sessionKey = (
@@ -471,7 +468,7 @@ class SimulatedKey:
             self.log.info("Refusing a long-term re-key: no master key, or the wrong MAC")
             self._send("l", REFUSED_TEXT)
             return
-        deviceEntropy = self._randomBytes(BLOCK_LENGTH)
+        deviceEntropy = self._randomBytes(BLOCK_SIZE)
         self._send("L", binaryPayload(len(nonce), deviceEntropy), binary=True)
         self.longTermKey = (
             prepared("LRS", self.serial, self._masterKey).update(deviceEntropy + nonce).final()
@@ -497,7 +494,7 @@ class SimulatedKey:
 
     def _nextPlaintext(self) -> bytes:
         if self._seed is None:
-            block = self._randomBytes(BLOCK_LENGTH)
+            block = self._randomBytes(BLOCK_SIZE)
         else:
             block = seededBlock(self._seed, self.blocksProduced)
         self.blocksProduced += 1
@@ -526,7 +523,7 @@ class SimulatedKey:
             "Fault: fail mode {mode} ({description}) instead of entropy frame {number}; "
             "no more entropy",
             mode=fault.failMode,
-            description=FAIL_MODES[fault.failMode],
+            description=describeFailMode(fault.failMode),
             number=fault.frame,
         )
         self.failMode = fault.failMode
@@ -586,12 +583,12 @@ class SimulatedKeyProtocol(Protocol):
 
     factory: Optional["SimulatedKeyFactory"] = None
 
-    def __init__(self, key: SimulatedKey, rate: float = DEFAULT_RATE, reactor=None):
+    def __init__(self, key: SimulatedKey, rate: float = DEFAULT_RATE, clock=None):
         """
         @param key: the key to put on the transport.
         @param rate: entropy frames per second, or C{0} for as fast as the
             transport takes them.
-        @param reactor: an L{IReactorTime} provider; the global reactor if
+        @param clock: an L{IReactorTime} provider; the global reactor if
             C{None}.
         @raise ValueError: if C{rate} is negative.
         """
@@ -600,7 +597,7 @@ class SimulatedKeyProtocol(Protocol):
         self.key = key
         self.rate = rate
         self.paused = False
-        self._reactor = default(reactor)
+        self._clock = default(clock)
         self._stopped = False
         self._loop = None
         self._pump = None
@@ -614,7 +611,7 @@ class SimulatedKeyProtocol(Protocol):
         self.transport.registerProducer(self, True)
         if self.rate:
             self._loop = LoopingCall.withCount(self._tick)
-            self._loop.clock = self._reactor
+            self._loop.clock = self._clock
             self._loop.start(1.0 / self.rate, now=False)
 
     def dataReceived(self, data: bytes) -> None:
@@ -681,7 +678,7 @@ class SimulatedKeyProtocol(Protocol):
         if self.rate or self.paused or self._stopped or self._pump is not None:
             return
         if self.key.canSendEntropy:
-            self._pump = self._reactor.callLater(0, self._runPump)
+            self._pump = self._clock.callLater(0, self._runPump)
 
     def _runPump(self) -> None:
         self._pump = None
@@ -713,17 +710,17 @@ class SimulatedKeyFactory(Factory):
 
     log = Logger()
 
-    def __init__(self, key: SimulatedKey, rate: float = DEFAULT_RATE, reactor=None):
+    def __init__(self, key: SimulatedKey, rate: float = DEFAULT_RATE, clock=None):
         """
         @param key: the key to serve.
         @param rate: entropy frames per second, or C{0} for as fast as each
             connection takes them.
-        @param reactor: an L{IReactorTime} provider for the protocols; the
+        @param clock: an L{IReactorTime} provider for the protocols; the
             global reactor if C{None}.
         """
         self.key = key
         self.rate = rate
-        self._reactor = reactor
+        self._clock = default(clock)
         self.host: Optional[SimulatedKeyProtocol] = None
 
     def buildProtocol(self, addr) -> Optional[SimulatedKeyProtocol]:
@@ -744,7 +741,7 @@ class SimulatedKeyFactory(Factory):
             address=addr,
             serial=formatSerial(self.key.serial),
         )
-        protocol = SimulatedKeyProtocol(self.key, self.rate, self._reactor)
+        protocol = SimulatedKeyProtocol(self.key, self.rate, self._clock)
         protocol.factory = self
         self.host = protocol
         return protocol

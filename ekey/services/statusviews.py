@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional
 
-from ekey.core.ekeydcontrol import FAIL_MODES as FAIL_MODES_EKEYD, ekeydStatistics
-from ekey.core.frames import FAIL_MODES
+from ekey.core.ekeydcontrol import ekeydStatistics
 from ekey.core.status import (
     ClientStatus,
     DaemonStatus,
@@ -24,14 +23,8 @@ from ekey.core.status import (
     UpstreamStatus,
 )
 
-#: ekeydctl's names and words for the fail modes (one row for each of
-#: L{ekey.core.frames.FAIL_MODES}), and its statistics of a key: both as
-#: ekeyd's control protocol gives them, kept once in the protocol's module.
-EKEYD_FAIL_MODES = FAIL_MODES_EKEYD
-
-__all__ = ["EKEYD_FAIL_MODES", "ekeydStatistics", "keyJSON", "poolJSON", "clientJSON",
-           "upstreamJSON", "daemonJSON"]
-assert set(EKEYD_FAIL_MODES) == set(FAIL_MODES), "one row per fail mode"
+__all__ = ["ekeydStatistics", "keyJSON", "poolJSON", "clientJSON", "upstreamJSON",
+           "daemonJSON"]
 
 
 def keyJSON(numbered: NumberedKey) -> Dict[str, object]:
