@@ -19,11 +19,11 @@ default credit is 0, unless C{shannonsPerByte} is given explicitly.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from dataclasses import dataclass, replace
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple
 
+from ekey.core.endpointstrings import isLoopbackHost, splitDescription
 from ekey.core.kernel import DEFAULT_BYTES, DEFAULT_INTERVAL, DEFAULT_SHANNONS_PER_BYTE
 from ekey.core.keyring import DEFAULT_KEYRING
 from ekey.core.pool import DEFAULT_POOL_SIZE
@@ -55,40 +55,6 @@ LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
 
 #: Client endpoint types whose peer is verified by the endpoint itself.
 _VERIFIED_TYPES = ("unix", "tls")
-
-
-def splitDescription(description: str) -> Tuple[str, List[str], dict]:
-    """
-    Split an endpoint description as Twisted does: colons separate fields,
-    a backslash escapes the next character, C{name=value} fields are
-    keywords.
-
-    @return: C{(type, positional fields, keyword fields)}.
-    """
-    fields = [re.sub(r"\\(.)", r"\1", part)
-              for part in re.split(r"(?<!\\):", description)]
-    kind, rest = fields[0], fields[1:]
-    args, kwargs = [], {}
-    for part in rest:
-        name, equals, value = part.partition("=")
-        if equals and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-            kwargs[name] = value
-        else:
-            args.append(part)
-    return kind, args, kwargs
-
-
-def isLoopbackHost(host: str) -> bool:
-    """
-    @return: whether C{host} names this machine: C{localhost} or a loopback
-        address (C{127.0.0.0/8}, C{::1}).
-    """
-    if host.lower() in ("localhost", "localhost.localdomain", "ip6-localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def isVerifiedSource(description: str) -> bool:

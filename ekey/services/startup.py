@@ -25,7 +25,7 @@ from twisted.internet import endpoints
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
-from ekey.services.config import splitDescription
+from ekey.core.endpointstrings import splitDescription
 
 log = Logger()
 
