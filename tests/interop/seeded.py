@@ -178,6 +178,22 @@ def traceServed(served: Sequence[bytes], seeds: Sequence[bytes], ordered: bool =
     with the rest.  So part-blocks are traced as well as so few bytes can
     be; whole blocks are traced exactly.
 
+    Several keys (a relay pulling from several upstreams): C{ordered}
+    means each key's blocks in increasing order for each client, never
+    the keys' blocks among themselves, which interleave as the upstreams
+    deliver.  A client's part-block of one key may then sit between whole
+    blocks of others: it is looked for between the client's last and next
+    whole blocks of its key, or, for a key the client got no whole block
+    of, among the blocks of that key others got parts of; long runs are
+    attributed first (the longest over every client), then short runs
+    that exactly fill a hole between bytes already traced, then short
+    runs that join them (a turn of a first-in first-out pool begins where
+    the one before ended).  The attribution of runs of a few bytes is
+    greedy, without backtracking: a chance match (a run's last byte equal
+    to the next byte of its stream, 1 in 256) can mislead it into
+    rejecting genuine bytes when very many turns are a few bytes long;
+    it never makes it accept bytes twice or out of a key's order.
+
     @param served: what each client received, in the order received.
     @param seeds: the seeds of every key whose bytes may have been served.
     @param ordered: whether each client must get each key's blocks in
@@ -200,8 +216,6 @@ def traceServed(served: Sequence[bytes], seeds: Sequence[bytes], ordered: bool =
         gap.traceEnds(claims)
     for gap in gaps:
         gap.traceSplits(claims)
-    # Runs joining what is traced, until no more join (each may make room
-    # for others), then the rest.
     # Then the runs the gaps' bytes left begin with: first those of
     # several bytes, longest first over every client (a run's last byte
     # may match the next byte of its stream by chance, taking a byte
