@@ -361,7 +361,8 @@ class SeveralKeysTests(TestCase):
 
     def test_crossKeyOrderFree(self):
         """
-        One key's blocks may come before or after another's in any order.
+        One key's blocks may come before or after another's in any order,
+        but each key's own blocks must come in its order.
         """
         data = (seededPlaintext(OTHER, 2, 5) + seededPlaintext(SEED, 2)
                 + seededPlaintext(THIRD, 1) + seededPlaintext(OTHER, 1, 0))
