@@ -18,7 +18,7 @@ import os
 import threading
 from typing import List
 
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import FailTest, TestCase
 
 from tests.interop.egdsockets import EGDUnixSocket
 from tests.interop.processes import (
@@ -193,7 +193,15 @@ class RelayMeshTests(TestCase):
         self.assertEqual([r.error for r in self.readers], [None] * CLIENTS)
 
         served = [b"".join(reader.chunks) for reader in self.readers]
-        traced = traceServed(served, SEEDS)
+        try:
+            traced = traceServed(served, SEEDS)
+        except FailTest as e:
+            # What each client got, kept for looking into the failure.
+            for number, data in enumerate(served):
+                path = os.path.join(self.directory, f"client-{number}.bin")
+                with open(path, "wb") as f:
+                    f.write(data)
+            raise FailTest(f"{e}\n(what the clients got is in {self.directory}/client-N.bin)")
         self.assertEqual(
             sum(piece.end - piece.start for pieces in traced for piece in pieces),
             sum(len(data) for data in served))
