@@ -409,3 +409,29 @@ class SeveralKeysTests(TestCase):
         data = seededPlaintext(SEED, 2) + seededPlaintext(b"not-a-key", 1) + \
             seededPlaintext(OTHER, 2)
         self.assertRaises(FailTest, trace, [data], self.seeds)
+
+
+class GiveBackTests(TestCase):
+    """
+    A run taken on from a whole block that goes on by chance into the next
+    turn's first byte gives it back to the client whose run needs it.
+    """
+
+    def test_chanceByteGivenBack(self):
+        """
+        Reader A gets block 0, the start of block 1, then a turn whose first
+        byte equals block 1's next byte; reader B gets the rest of block 1:
+        both are traced, every byte once.
+        """
+        wanted = seededBlock(SEED, 1)[8]
+        # The first block from 3 on holding that byte (not at its ends).
+        j, o = next((j, o) for j in range(3, 200) for o in range(1, 27)
+                    if seededBlock(SEED, j)[o] == wanted)
+        b = [seededBlock(SEED, i) for i in range(j + 5)]
+        a = b[0] + b[1][:8] + b[j][o:o + 5] + b[j + 3]
+        bee = b[1][8:] + b"".join(b[2:j]) + b[j][:o]
+        c = b[j][o + 5:] + b[j + 1] + b[j + 2] + b[j + 4]
+        traced = trace([a, bee, c])
+        self.assertEqual(sum(piece.end - piece.start for pieces in traced for piece in pieces),
+                         len(a) + len(bee) + len(c))
+        self.assertIn(Piece(SEED, 1, 8, 32, 1, 0), traced[1])

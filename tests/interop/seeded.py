@@ -216,6 +216,7 @@ def traceServed(served: Sequence[bytes], seeds: Sequence[bytes], ordered: bool =
         gap.traceEnds(claims)
     for gap in gaps:
         gap.traceSplits(claims)
+    _giveBack(claims, gaps)
     # Then the runs the gaps' bytes left begin with: first those of
     # several bytes, longest first over every client (a run's last byte
     # may match the next byte of its stream by chance, taking a byte
@@ -265,6 +266,46 @@ def _traceLongRuns(claims: "_Claims", gaps: Sequence["_Gap"]) -> None:
         run = gap.longRun(claims)
         if run is not None:
             heapq.heappush(queue, (-run[2], number))
+
+
+#: How long a run must be, from where another client's run from its
+#: whole block ended, for that run's last bytes to be given back to it.
+GIVE_BACK_RUN = 8
+
+
+def _giveBack(claims: "_Claims", gaps: Sequence["_Gap"]) -> None:
+    """
+    A run L{_Gap.traceEnds} took on from a whole block may have gone on by
+    chance by a byte or two (1 in 256 each) into the next turn, which
+    another client got: if what another gap has left begins with those
+    bytes and goes on for L{GIVE_BACK_RUN} bytes of the same stream, or is
+    just those bytes before its own run into its following whole block,
+    they are its, and the first run is cut back.
+    """
+    heads: Dict[Tuple[bytes, bytes], List["_Gap"]] = {}
+    for gap in gaps:
+        if gap._head is not None:
+            seed, end, length = gap._head
+            for k in (1, 2):
+                if length > k:
+                    tail = gap._byteRun(seed, end - k, k)
+                    heads.setdefault((seed, tail), []).append((gap, k))
+    for gap in gaps:
+        if gap._start >= gap._end:
+            continue
+        for seed in {seed for seed, _ in heads}:
+            for k in (1, 2):
+                for other, size in heads.get((seed, gap.data[gap._start:gap._start + k]), []):
+                    if other is gap or size != k or other._head is None:
+                        continue
+                    _, end, length = other._head
+                    run = gap.data[gap._start:gap._start + GIVE_BACK_RUN]
+                    fills = (gap._end - gap._start == k and gap._tailStart == (seed, end))
+                    if fills or (len(run) == GIVE_BACK_RUN and
+                                 gap._byteRun(seed, end - k, GIVE_BACK_RUN) == run and
+                                 all(claims.free(seed, end + i)
+                                     for i in range(GIVE_BACK_RUN - k))):
+                        other.giveBack(claims, k)
 
 
 def indicesOf(pieces: Sequence[Piece]) -> List[int]:
@@ -321,6 +362,26 @@ class _Claims:
         first, last = self._spans.get(seed, (0, -1))
         return first * BLOCK_SIZE, (last + 1) * BLOCK_SIZE
 
+    def release(self, seed: bytes, position: int, count: int) -> None:
+        """
+        Take back the attribution of C{count} bytes from C{position} of
+        C{seed}'s stream (all in one block, or the ends of two).
+        """
+        for p in range(position, position + count):
+            index, bit = divmod(p, BLOCK_SIZE)
+            key = (seed, index)
+            self._masks[key] &= ~(1 << bit)
+            pieces = []
+            for piece in self._blocks[key]:
+                if piece.start <= bit < piece.end:
+                    if bit == piece.end - 1 and piece.end - piece.start > 1:
+                        piece = Piece(piece.seed, piece.index, piece.start, bit, piece.stream,
+                                      piece.offset)
+                    elif piece.end - piece.start == 1:
+                        continue
+                pieces.append(piece)
+            self._blocks[key] = pieces
+
     def free(self, seed: bytes, position: int) -> bool:
         """
         @return: whether byte C{position} of C{seed}'s stream is unclaimed.
@@ -364,6 +425,11 @@ class _Gap:
         self.previous = previous
         self.following = following
         self.runs: List[Tuple[bytes, int, int, int]] = []
+        #: The run taken on from the previous whole block: C{(seed, end
+        #: position, length)}, while it may be given back.
+        self._head: Optional[Tuple[bytes, int, int]] = None
+        #: Where the run into the following whole block begins.
+        self._tailStart: Optional[Tuple[bytes, int]] = None
         # The stream positions each seed's runs may take: after the client's
         # last block of the seed and before its next whole block (if of
         # that seed), or at most TAIL_WINDOW blocks either way.
@@ -453,6 +519,33 @@ class _Gap:
             self._take(claims, seed, low, length, self._start)
             self._start += length
             self.windows[seed] = (low + length, high)
+            before = self._head[2] if self._head and self._head[:2] == (seed, low) else 0
+            self._head = (seed, low + length, before + length)
+
+    def _byteRun(self, seed: bytes, position: int, length: int) -> bytes:
+        """
+        @return: C{length} bytes of C{seed}'s stream from C{position}.
+        """
+        return bytes(self._byte(seed, p) for p in range(position, position + length))
+
+    def giveBack(self, claims: _Claims, count: int) -> None:
+        """
+        Cut the run taken on from the previous whole block (the last one
+        traced at the start of what is left) back by C{count} bytes.
+        """
+        seed, end, length = self._head
+        runSeed, position, runLength, offset = self.runs[-1]
+        if ((runSeed, position + runLength) != (seed, end) or offset + runLength != self._start
+                or runLength < count):
+            return
+        claims.release(seed, end - count, count)
+        self.runs[-1] = (runSeed, position, runLength - count, offset)
+        if runLength == count:
+            self.runs.pop()
+        self._start -= count
+        low, high = self.windows[seed]
+        self.windows[seed] = (low - count, high)
+        self._head = None
 
     def _takeTail(self, claims: _Claims, seed: Optional[bytes], length: int) -> None:
         if length:
@@ -460,6 +553,7 @@ class _Gap:
             self._end -= length
             self._take(claims, seed, high - length, length, self._end)
             self.windows[seed] = (low, high - length)
+            self._tailStart = (seed, high - length)
 
     def traceSplits(self, claims: _Claims) -> None:
         """
