@@ -301,3 +301,137 @@ class RandomTurnsTests(TestCase):
             self.assertEqual(
                 sum(piece.end - piece.start for pieces in traced for piece in pieces),
                 len(stream), f"trial {trial}")
+
+
+THIRD = b"test-seeded-third"
+
+
+def relayOutput(chance, seeds, blocks, chunk=7):
+    """
+    What a relay's first-in first-out pool holds after its upstreams
+    delivered: each key's blocks in its order, in chunks of C{chunk}
+    blocks (one upstream request), the keys' chunks interleaved at random,
+    now and then a few of a key's blocks lost (a host killed).
+
+    @return: the pool's bytes, in order.
+    """
+    cursors = {seed: 0 for seed in seeds}
+    out = []
+    while any(cursor < blocks for cursor in cursors.values()):
+        seed = chance.choice([s for s in seeds if cursors[s] < blocks])
+        if chance.random() < 0.03:
+            cursors[seed] += chance.randint(1, 40)  # lost with a killed host
+        count = min(chunk, blocks - cursors[seed])
+        if count > 0:
+            out.append(seededPlaintext(seed, count, cursors[seed]))
+            cursors[seed] += count
+    return b"".join(out)
+
+
+class SeveralKeysTests(TestCase):
+    """
+    A relay's clients get several keys' blocks interleaved: each key's in
+    order, the keys' not (the upstreams deliver as they can).  The check
+    traces that and still rejects what a broken relay would serve.
+    """
+
+    seeds = (SEED, OTHER, THIRD)
+
+    def test_relayTurns(self):
+        """
+        Three keys' blocks, interleaved at random in a first-in first-out
+        pool and handed out in turns of any size (a share of one arrival
+        among twenty readers can be a few bytes) to twenty readers, are
+        traced, every byte once.
+        """
+        for trial in range(10):
+            chance = random.Random(trial)
+            pool = relayOutput(chance, self.seeds, 300)
+            served = [b""] * 20
+            position = reader = 0
+            while position < len(pool):
+                size = chance.choice([255, 224, chance.randint(1, 12), chance.randint(1, 40),
+                                      chance.randint(32, 300)])
+                reader = (reader + chance.randint(1, 3)) % len(served)
+                served[reader] += pool[position:position + size]
+                position += size
+            traced = trace(served, self.seeds)
+            covered = sum(piece.end - piece.start for pieces in traced for piece in pieces)
+            self.assertEqual(covered, sum(map(len, served)), f"trial {trial}")
+
+    def test_crossKeyOrderFree(self):
+        """
+        One key's blocks may come before or after another's in any order,
+        but each key's own blocks must come in its order.
+        """
+        data = (seededPlaintext(OTHER, 2, 5) + seededPlaintext(SEED, 2)
+                + seededPlaintext(THIRD, 1) + seededPlaintext(OTHER, 1, 0))
+        self.assertRaises(FailTest, trace, [data], self.seeds)
+        data = (seededPlaintext(OTHER, 2, 5) + seededPlaintext(SEED, 2)
+                + seededPlaintext(THIRD, 1) + seededPlaintext(OTHER, 1, 9))
+        [pieces] = trace([data], self.seeds)
+        self.assertEqual(len(pieces), 6)
+
+    def test_randomBytes(self):
+        """
+        Random bytes are rejected with three keys as with one.
+        """
+        for _ in range(50):
+            self.assertRaises(FailTest, trace, [os.urandom(64)], self.seeds)
+        stream = seededPlaintext(SEED, 4) + seededPlaintext(OTHER, 4)
+        self.assertRaises(FailTest, trace, [stream[:128] + os.urandom(32) + stream[128:]],
+                          self.seeds)
+
+    def test_repeatedBlock(self):
+        """
+        A block of one key served twice, to one client or two, between
+        other keys' blocks, is rejected.
+        """
+        data = seededPlaintext(SEED, 3) + seededPlaintext(OTHER, 3) + seededBlock(SEED, 1)
+        self.assertRaises(FailTest, trace, [data], self.seeds)
+        self.assertRaises(FailTest, trace,
+                          [seededPlaintext(SEED, 3) + seededPlaintext(THIRD, 2),
+                           seededPlaintext(OTHER, 2) + seededBlock(SEED, 2)], self.seeds)
+
+    def test_swappedBlocksOfOneKey(self):
+        """
+        Two blocks of one key swapped, with another key's between them, are
+        rejected: each key's order holds.
+        """
+        data = (seededBlock(SEED, 0) + seededBlock(SEED, 2) + seededPlaintext(OTHER, 3)
+                + seededBlock(SEED, 1) + seededPlaintext(THIRD, 2))
+        self.assertRaises(FailTest, trace, [data], self.seeds)
+
+    def test_unknownSeed(self):
+        """
+        A genuine block of a fourth key is rejected.
+        """
+        data = seededPlaintext(SEED, 2) + seededPlaintext(b"not-a-key", 1) + \
+            seededPlaintext(OTHER, 2)
+        self.assertRaises(FailTest, trace, [data], self.seeds)
+
+
+class GiveBackTests(TestCase):
+    """
+    A run taken on from a whole block that goes on by chance into the next
+    turn's first byte gives it back to the client whose run needs it.
+    """
+
+    def test_chanceByteGivenBack(self):
+        """
+        Reader A gets block 0, the start of block 1, then a turn whose first
+        byte equals block 1's next byte; reader B gets the rest of block 1:
+        both are traced, every byte once.
+        """
+        wanted = seededBlock(SEED, 1)[8]
+        # The first block from 3 on holding that byte (not at its ends).
+        j, o = next((j, o) for j in range(3, 200) for o in range(1, 27)
+                    if seededBlock(SEED, j)[o] == wanted)
+        b = [seededBlock(SEED, i) for i in range(j + 5)]
+        a = b[0] + b[1][:8] + b[j][o:o + 5] + b[j + 3]
+        bee = b[1][8:] + b"".join(b[2:j]) + b[j][:o]
+        c = b[j][o + 5:] + b[j + 1] + b[j + 2] + b[j + 4]
+        traced = trace([a, bee, c])
+        self.assertEqual(sum(piece.end - piece.start for pieces in traced for piece in pieces),
+                         len(a) + len(bee) + len(c))
+        self.assertIn(Piece(SEED, 1, 8, 32, 1, 0), traced[1])

@@ -23,6 +23,13 @@ from ekey.core.units import BLOCK_SIZE
 from ekey.core.status import UpstreamState, UpstreamStatus
 from ekey.services.server import EGDServerFactory
 from ekey.services.upstream import PullPolicy, Upstream, UpstreamService
+from tests.interop.seeded import seededPlaintext, traceServed
+
+#: The seeds of the upstreams' streams in L{SeveralUpstreamsTests}: what
+#: simulated keys behind them would produce, so that what the relay serves
+#: is traced with the interop tests' checker (L{traceServed}).
+SEED_A = b"upstream-a"
+SEED_B = b"upstream-b"
 
 
 def randomStream(seed, n):
@@ -30,88 +37,6 @@ def randomStream(seed, n):
     @return: C{n} seeded random bytes (which pass the health tests).
     """
     return random.Random(seed).randbytes(n)
-
-
-def traceStreams(output, streams):
-    """
-    Trace every byte of C{output} to exactly one of C{streams}, once.
-
-    C{output} must be made of runs of whole blocks, each run a contiguous
-    slice of one stream, and the runs from one stream must come in the
-    stream's order without overlapping (gaps are allowed: bytes discarded
-    untested).
-
-    @return: the runs, as C{(stream index, offset, length)}.
-    @raise ValueError: naming the first block that cannot be traced.
-    """
-    cursors = [0] * len(streams)
-    runs = []
-    position = 0
-    while position < len(output):
-        block = output[position : position + BLOCK_SIZE]
-        for index, stream in enumerate(streams):
-            offset = stream.find(block, cursors[index])
-            if offset >= 0:
-                break
-        else:
-            raise ValueError(f"the block at {position} comes from no stream, or again")
-        length = len(block)
-        while (position + length < len(output)
-               and output[position + length : position + length + BLOCK_SIZE]
-               == stream[offset + length : offset + length + BLOCK_SIZE]):
-            length += BLOCK_SIZE
-        length = min(length, len(output) - position)
-        runs.append((index, offset, length))
-        cursors[index] = offset + length
-        position += length
-    return runs
-
-
-def traced(runs, index):
-    """
-    @return: the bytes L{traceStreams} traced to stream C{index}.
-    """
-    return sum(length for i, _, length in runs if i == index)
-
-
-class TraceStreamsTests(unittest.TestCase):
-    """
-    L{traceStreams}, which the relay tests rely on, rejects what did not
-    come from the streams once and in order.
-    """
-
-    def setUp(self):
-        self.a = randomStream(1, 4096)
-        self.b = randomStream(2, 4096)
-
-    def test_interleavedRunsAccepted(self):
-        """
-        Runs of whole blocks from two streams, in each stream's order and
-        with gaps, are traced.
-        """
-        output = self.a[:64] + self.b[:96] + self.a[128:256] + self.b[96:128]
-        self.assertEqual(traceStreams(output, [self.a, self.b]),
-                         [(0, 0, 64), (1, 0, 96), (0, 128, 128), (1, 96, 32)])
-
-    def test_randomBytesRejected(self):
-        """
-        Bytes from neither stream are rejected.
-        """
-        self.assertRaises(ValueError, traceStreams, randomStream(3, 64), [self.a, self.b])
-
-    def test_repeatedBlockRejected(self):
-        """
-        A block served twice is rejected.
-        """
-        output = self.a[:64] + self.a[32:64]
-        self.assertRaises(ValueError, traceStreams, output, [self.a, self.b])
-
-    def test_swappedBlocksRejected(self):
-        """
-        Blocks of one stream out of order are rejected.
-        """
-        output = self.a[32:64] + self.a[:32]
-        self.assertRaises(ValueError, traceStreams, output, [self.a, self.b])
 
 
 class _RelayMixin:
@@ -379,8 +304,8 @@ class SeveralUpstreamsTests(_RelayMixin, unittest.TestCase):
 
     def setUp(self):
         _RelayMixin.setUp(self)
-        self.streamA = randomStream(10, 200000)
-        self.streamB = randomStream(11, 200000)
+        self.streamA = seededPlaintext(SEED_A, 200000 // BLOCK_SIZE)
+        self.streamB = seededPlaintext(SEED_B, 200000 // BLOCK_SIZE)
         self.a = Upstream("tcp:a:8888", self.policy)
         self.b = Upstream("tcp:b:8888", self.policy)
 
@@ -393,9 +318,10 @@ class SeveralUpstreamsTests(_RelayMixin, unittest.TestCase):
         @param servers: the upstream servers' pools, A's then B's.
         """
         self.drain()
-        runs = traceStreams(self.output(), [self.streamA, self.streamB])
-        for index, (upstream, server) in enumerate(zip((self.a, self.b), servers)):
-            self.assertEqual(traced(runs, index), upstream.bytesPulled)
+        [pieces] = traceServed([self.output()], [SEED_A, SEED_B])
+        for seed, upstream, server in zip((SEED_A, SEED_B), (self.a, self.b), servers):
+            self.assertEqual(sum(piece.end - piece.start for piece in pieces
+                                 if piece.seed == seed), upstream.bytesPulled)
             self.assertLessEqual(upstream.bytesPulled, upstream.bytesReceived)
             self.assertLessEqual(upstream.bytesReceived, upstream.bytesRequested)
             self.assertLessEqual(upstream.bytesReceived, server.bytesOut)

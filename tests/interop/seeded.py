@@ -23,6 +23,7 @@ the blocks between those two, in order, that no other client got.
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -39,6 +40,10 @@ DEFAULT_LIMIT = 1 << 16
 #: the bytes it got before or after them may come from (the blocks between
 #: went to other readers).
 TAIL_WINDOW = 1024
+
+#: The shortest run L{_Gap.traceMiddle} takes in a window only one end of
+#: which the client's own whole blocks fix.
+MIN_OPEN_RUN = 4
 
 
 def seededPlaintext(seed: bytes, count: int, start: int = 0) -> bytes:
@@ -173,6 +178,22 @@ def traceServed(served: Sequence[bytes], seeds: Sequence[bytes], ordered: bool =
     with the rest.  So part-blocks are traced as well as so few bytes can
     be; whole blocks are traced exactly.
 
+    Several keys (a relay pulling from several upstreams): C{ordered}
+    means each key's blocks in increasing order for each client, never
+    the keys' blocks among themselves, which interleave as the upstreams
+    deliver.  A client's part-block of one key may then sit between whole
+    blocks of others: it is looked for between the client's last and next
+    whole blocks of its key, or, for a key the client got no whole block
+    of, among the blocks of that key others got parts of; long runs are
+    attributed first (the longest over every client), then short runs
+    that exactly fill a hole between bytes already traced, then short
+    runs that join them (a turn of a first-in first-out pool begins where
+    the one before ended).  The attribution of runs of a few bytes is
+    greedy, without backtracking: a chance match (a run's last byte equal
+    to the next byte of its stream, 1 in 256) can mislead it into
+    rejecting genuine bytes when very many turns are a few bytes long;
+    it never makes it accept bytes twice or out of a key's order.
+
     @param served: what each client received, in the order received.
     @param seeds: the seeds of every key whose bytes may have been served.
     @param ordered: whether each client must get each key's blocks in
@@ -195,6 +216,19 @@ def traceServed(served: Sequence[bytes], seeds: Sequence[bytes], ordered: bool =
         gap.traceEnds(claims)
     for gap in gaps:
         gap.traceSplits(claims)
+    _giveBack(claims, gaps)
+    # Then the runs the gaps' bytes left begin with: first those of
+    # several bytes, longest first over every client (a run's last byte
+    # may match the next byte of its stream by chance, taking a byte
+    # another client's longer run needs: the longer run goes first), then
+    # short runs filling holes exactly, then short runs joining what is
+    # traced, one at a time, until nothing more can be traced.
+    while True:
+        _traceLongRuns(claims, gaps)
+        if any([gap.traceFitting(claims) for gap in gaps]):
+            continue
+        if not any([gap.traceFitting(claims, loose=True) for gap in gaps]):
+            break
     for gap in gaps:
         gap.traceMiddle(claims)
     traced = []
@@ -206,6 +240,72 @@ def traceServed(served: Sequence[bytes], seeds: Sequence[bytes], ordered: bool =
             _checkOrder(n, pieces)
         traced.append(pieces)
     return traced
+
+
+def _traceLongRuns(claims: "_Claims", gaps: Sequence["_Gap"]) -> None:
+    """
+    Trace the long runs the gaps' bytes left begin with, the longest over
+    every gap first, until no gap begins with one.
+    """
+    queue = []
+    for number, gap in enumerate(gaps):
+        run = gap.longRun(claims)
+        if run is not None:
+            heapq.heappush(queue, (-run[2], number))
+    while queue:
+        length, number = heapq.heappop(queue)
+        gap = gaps[number]
+        run = gap.longRun(claims)
+        if run is None:
+            continue
+        if run[2] < -length:
+            # Shortened by what others took since: back in the queue.
+            heapq.heappush(queue, (-run[2], number))
+            continue
+        gap.takeRun(claims, run)
+        run = gap.longRun(claims)
+        if run is not None:
+            heapq.heappush(queue, (-run[2], number))
+
+
+#: How long a run must be, from where another client's run from its
+#: whole block ended, for that run's last bytes to be given back to it.
+GIVE_BACK_RUN = 8
+
+
+def _giveBack(claims: "_Claims", gaps: Sequence["_Gap"]) -> None:
+    """
+    A run L{_Gap.traceEnds} took on from a whole block may have gone on by
+    chance by a byte or two (1 in 256 each) into the next turn, which
+    another client got: if what another gap has left begins with those
+    bytes and goes on for L{GIVE_BACK_RUN} bytes of the same stream, or is
+    just those bytes before its own run into its following whole block,
+    they are its, and the first run is cut back.
+    """
+    heads: Dict[Tuple[bytes, bytes], List["_Gap"]] = {}
+    for gap in gaps:
+        if gap._head is not None:
+            seed, end, length = gap._head
+            for k in (1, 2):
+                if length > k:
+                    tail = gap._byteRun(seed, end - k, k)
+                    heads.setdefault((seed, tail), []).append((gap, k))
+    for gap in gaps:
+        if gap._start >= gap._end:
+            continue
+        for seed in {seed for seed, _ in heads}:
+            for k in (1, 2):
+                for other, size in heads.get((seed, gap.data[gap._start:gap._start + k]), []):
+                    if other is gap or size != k or other._head is None:
+                        continue
+                    _, end, length = other._head
+                    run = gap.data[gap._start:gap._start + GIVE_BACK_RUN]
+                    fills = (gap._end - gap._start == k and gap._tailStart == (seed, end))
+                    if fills or (len(run) == GIVE_BACK_RUN and
+                                 gap._byteRun(seed, end - k, GIVE_BACK_RUN) == run and
+                                 all(claims.free(seed, end + i)
+                                     for i in range(GIVE_BACK_RUN - k))):
+                        other.giveBack(claims, k)
 
 
 def indicesOf(pieces: Sequence[Piece]) -> List[int]:
@@ -228,6 +328,7 @@ class _Claims:
     def __init__(self):
         self._blocks: Dict[Tuple[bytes, int], List[Piece]] = {}
         self._masks: Dict[Tuple[bytes, int], int] = {}
+        self._spans: Dict[bytes, Tuple[int, int]] = {}
 
     def claim(self, piece: Piece) -> None:
         """
@@ -243,6 +344,43 @@ class _Claims:
             raise FailTest(f"served twice: {other.describe()} and {piece.describe()}")
         self._masks[key] = self._masks.get(key, 0) | mask
         self._blocks.setdefault(key, []).append(piece)
+        first, last = self._spans.get(piece.seed, (piece.index, piece.index))
+        self._spans[piece.seed] = (min(first, piece.index), max(last, piece.index))
+
+    def seeds(self) -> List[bytes]:
+        """
+        @return: the seeds some bytes have been attributed to, in the order
+            first seen.
+        """
+        return list(self._spans)
+
+    def span(self, seed: bytes) -> Tuple[int, int]:
+        """
+        @return: the stream positions from the first block of C{seed} some
+            bytes of which have been attributed, to the end of the last.
+        """
+        first, last = self._spans.get(seed, (0, -1))
+        return first * BLOCK_SIZE, (last + 1) * BLOCK_SIZE
+
+    def release(self, seed: bytes, position: int, count: int) -> None:
+        """
+        Take back the attribution of C{count} bytes from C{position} of
+        C{seed}'s stream (all in one block, or the ends of two).
+        """
+        for p in range(position, position + count):
+            index, bit = divmod(p, BLOCK_SIZE)
+            key = (seed, index)
+            self._masks[key] &= ~(1 << bit)
+            pieces = []
+            for piece in self._blocks[key]:
+                if piece.start <= bit < piece.end:
+                    if bit == piece.end - 1 and piece.end - piece.start > 1:
+                        piece = Piece(piece.seed, piece.index, piece.start, bit, piece.stream,
+                                      piece.offset)
+                    elif piece.end - piece.start == 1:
+                        continue
+                pieces.append(piece)
+            self._blocks[key] = pieces
 
     def free(self, seed: bytes, position: int) -> bool:
         """
@@ -263,7 +401,8 @@ class _Gap:
 
     def __init__(self, stream: int, offset: int, data: bytes, last: Dict[bytes, int],
                  previous: Optional[Tuple[bytes, int]],
-                 following: Optional[Tuple[bytes, int]]):
+                 following: Optional[Tuple[bytes, int]],
+                 upcoming: Optional[Dict[bytes, int]] = None):
         """
         @param stream: the client's number.
         @param offset: where the bytes begin in the client's bytes.
@@ -273,6 +412,12 @@ class _Gap:
             them, or C{None}.
         @param following: the C{(seed, index)} of the whole block just after
             them, or C{None}.
+        @param upcoming: the client's next whole block of each seed after
+            them (with several keys, a key's part-block may sit between
+            whole blocks of the others: its window then ends at the
+            client's next whole block of that key, or begins
+            L{TAIL_WINDOW} blocks before it).  C{None}: C{following}'s
+            alone.
         """
         self.stream = stream
         self.offset = offset
@@ -280,13 +425,26 @@ class _Gap:
         self.previous = previous
         self.following = following
         self.runs: List[Tuple[bytes, int, int, int]] = []
+        #: The run taken on from the previous whole block: C{(seed, end
+        #: position, length)}, while it may be given back.
+        self._head: Optional[Tuple[bytes, int, int]] = None
+        #: Where the run into the following whole block begins.
+        self._tailStart: Optional[Tuple[bytes, int]] = None
         # The stream positions each seed's runs may take: after the client's
         # last block of the seed and before its next whole block (if of
         # that seed), or at most TAIL_WINDOW blocks either way.
         self.windows: Dict[bytes, Tuple[int, int]] = {}
-        for seed in set(last) | ({following[0]} if following else set()):
+        if upcoming is None:
+            upcoming = {following[0]: following[1]} if following else {}
+        #: Seeds whose window has an end not fixed by the client's own
+        #: whole blocks (L{TAIL_WINDOW} wide): short runs could match
+        #: anywhere in so much, so L{traceMiddle} takes none there.
+        self.open = set()
+        for seed in set(last) | set(upcoming):
             first = last[seed] + 1 if seed in last else None
-            stop = following[1] if following and following[0] == seed else None
+            stop = upcoming.get(seed)
+            if first is None or stop is None:
+                self.open.add(seed)
             if first is None:
                 first = max(0, stop - TAIL_WINDOW)
             if stop is None:
@@ -361,6 +519,33 @@ class _Gap:
             self._take(claims, seed, low, length, self._start)
             self._start += length
             self.windows[seed] = (low + length, high)
+            before = self._head[2] if self._head and self._head[:2] == (seed, low) else 0
+            self._head = (seed, low + length, before + length)
+
+    def _byteRun(self, seed: bytes, position: int, length: int) -> bytes:
+        """
+        @return: C{length} bytes of C{seed}'s stream from C{position}.
+        """
+        return bytes(self._byte(seed, p) for p in range(position, position + length))
+
+    def giveBack(self, claims: _Claims, count: int) -> None:
+        """
+        Cut the run taken on from the previous whole block (the last one
+        traced at the start of what is left) back by C{count} bytes.
+        """
+        seed, end, length = self._head
+        runSeed, position, runLength, offset = self.runs[-1]
+        if ((runSeed, position + runLength) != (seed, end) or offset + runLength != self._start
+                or runLength < count):
+            return
+        claims.release(seed, end - count, count)
+        self.runs[-1] = (runSeed, position, runLength - count, offset)
+        if runLength == count:
+            self.runs.pop()
+        self._start -= count
+        low, high = self.windows[seed]
+        self.windows[seed] = (low - count, high)
+        self._head = None
 
     def _takeTail(self, claims: _Claims, seed: Optional[bytes], length: int) -> None:
         if length:
@@ -368,6 +553,7 @@ class _Gap:
             self._end -= length
             self._take(claims, seed, high - length, length, self._end)
             self.windows[seed] = (low, high - length)
+            self._tailStart = (seed, high - length)
 
     def traceSplits(self, claims: _Claims) -> None:
         """
@@ -389,6 +575,103 @@ class _Gap:
                 self._takeTail(claims, tailSeed, last - split)
                 return
 
+    def _text(self, seed: bytes, low: int, high: int) -> Tuple[int, bytes]:
+        """
+        @return: the first position of the blocks holding stream positions
+            C{low} to C{high} of C{seed}, and those blocks' bytes (cached).
+        """
+        base = low - low % BLOCK_SIZE
+        cached = self._texts.get(seed)
+        if cached is None or cached[0] > base or cached[0] + len(cached[1]) < high:
+            cached = (base, seededPlaintext(seed, (high - base + BLOCK_SIZE - 1) // BLOCK_SIZE,
+                                            base // BLOCK_SIZE))
+            self._texts[seed] = cached
+        return cached
+
+    def _candidates(self, claims: _Claims) -> List[Tuple[bytes, int, int, bool, bool]]:
+        """
+        @return: every place the bytes left could begin, as C{(seed,
+            stream position, length of the run of unclaimed matching
+            bytes, whether the byte before it is claimed or the stream's
+            first, whether the byte after it is claimed)}: in the gap's
+            windows, or, for a key with no window, in the blocks of it
+            anybody got bytes of.
+        """
+        if not hasattr(self, "_texts"):
+            self._texts: Dict[bytes, Tuple[int, bytes]] = {}
+        found = []
+        first = self.data[self._start:self._start + 1]
+        for seed in set(claims.seeds()) | set(self.windows):
+            low, high = self.windows[seed] if seed in self.windows else claims.span(seed)
+            if high <= low:
+                continue
+            base, text = self._text(seed, low, high)
+            at = low - base
+            while True:
+                at = text.find(first, at, high - base)
+                if at < 0:
+                    break
+                position = base + at
+                if claims.free(seed, position):
+                    length = 0
+                    while (self._start + length < self._end and position + length < high
+                           and text[at + length] == self.data[self._start + length]
+                           and claims.free(seed, position + length)):
+                        length += 1
+                    found.append((seed, position, length,
+                                  position == 0 or not claims.free(seed, position - 1),
+                                  not claims.free(seed, position + length)))
+                at += 1
+        return found
+
+    def longRun(self, claims: _Claims) -> Optional[Tuple[bytes, int, int]]:
+        """
+        @return: the run of at least L{MIN_OPEN_RUN} bytes the bytes left
+            begin with (the longest, then the earliest), as C{(seed,
+            stream position, length)}, or C{None}.
+        """
+        if self._start >= self._end:
+            return None
+        long = [c for c in self._candidates(claims) if c[2] >= MIN_OPEN_RUN]
+        return min(long, key=lambda c: (-c[2], c[1]))[:3] if long else None
+
+    def takeRun(self, claims: _Claims, run: Tuple[bytes, int, int]) -> None:
+        """
+        Attribute the bytes left's first C{run} (from L{longRun} or
+        L{traceFitting}).
+        """
+        seed, position, length = run
+        self._take(claims, seed, position, length, self._start)
+        self._start += length
+        if seed in self.windows:
+            self.windows[seed] = (position + length, self.windows[seed][1])
+
+    def traceFitting(self, claims: _Claims, loose: bool = False) -> bool:
+        """
+        Trace, from the start of what is left, short runs that exactly fill
+        a hole between bytes already traced (a pool's turn begins where
+        the one before it ended, and the next begins where it ends): the
+        earliest.  With C{loose}, one run joining bytes already traced at
+        its start is enough (the earliest of the longest), and only one is
+        traced.
+
+        @return: whether anything was traced.
+        """
+        progress = False
+        while self._start < self._end:
+            candidates = self._candidates(claims)
+            if loose:
+                choice = [c for c in candidates if c[3]]
+            else:
+                choice = [c for c in candidates if c[3] and c[4]]
+            if not choice:
+                return progress
+            self.takeRun(claims, min(choice, key=lambda c: (-c[2], c[1]))[:3])
+            progress = True
+            if loose:
+                return progress
+        return progress
+
     def traceMiddle(self, claims: _Claims) -> None:
         """
         Trace the rest, in order, as the longest runs of unclaimed bytes of
@@ -396,6 +679,8 @@ class _Gap:
 
         @raise FailTest: if some bytes fit nowhere.
         """
+        if self._start >= self._end:
+            return
         # Each window's bytes, from the start of its first block.
         windows = {}
         for seed, (low, high) in self.windows.items():
@@ -417,7 +702,9 @@ class _Gap:
                            and text[at + length] == self.data[offset + length]
                            and claims.free(seed, base + at + length)):
                         length += 1
-                    if length and (best is None or length > best[2]):
+                    if seed in self.open and length < MIN_OPEN_RUN:
+                        pass
+                    elif length and (best is None or length > best[2]):
                         best = (seed, base + at, length)
                     at += 1
             if best is None:
@@ -480,9 +767,16 @@ def _layOut(streams: SeededStreams, number: int, data: bytes, ordered: bool) -> 
                 resume = candidate
                 break
         previous = (items[-1].seed, items[-1].index) if items else None
-        items.append(_Gap(number, position, data[position:resume], dict(last), previous,
-                          following))
+        # The gap is made once the whole blocks after it are known.
+        items.append((position, data[position:resume], dict(last), previous, following))
         position = resume
+    upcoming: Dict[bytes, int] = {}
+    for at in range(len(items) - 1, -1, -1):
+        item = items[at]
+        if isinstance(item, Piece):
+            upcoming[item.seed] = item.index
+        else:
+            items[at] = _Gap(number, *item, upcoming=dict(upcoming))
     if data and not any(isinstance(item, Piece) for item in items):
         raise FailTest(f"client {number}: no whole seeded block in its {len(data)} bytes "
                        f"({data[:BLOCK_SIZE].hex()}...), so they cannot be traced")
