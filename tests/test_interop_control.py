@@ -14,6 +14,7 @@ import base64
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -217,10 +218,11 @@ class KeyVerbTests(_ControlMixin, TestCase):
 
     def test_removeAddAddAll(self):
         """
-        A key removed (by serial) leaves the list; a Unix socket cannot be
-        added back at run time (socket keys come from the command line),
-        nor by C{addall}; a serial port (a simulated key on a pty) is added
-        with a new number and runs.
+        A key removed (by serial) leaves the list. A Unix socket is added at
+        run time only if the daemon was started with it (C{ekey-rekey} gives
+        a key back so); another socket is refused, and by C{addall} too; a
+        serial port (a simulated key on a pty) is added with a new number
+        and runs.
         """
         self.startOurDaemon()
         self.waitForStates([(self.key1, "Running OK"), (self.key2, "Running OK")])
@@ -228,19 +230,26 @@ class KeyVerbTests(_ControlMixin, TestCase):
                          f"Removed key 2: {self.key2} ({SERIAL2})\n")
         self.assertEqual(self.ekeyctlOK("list"),
                          f"NR,OK,Status,Path,SerialNo\n1,YES,Running OK,{self.key1},{SERIAL}\n")
-        self.assertOneLineError(self.ekeyctl("add", self.key2), 1, self.key2,
+        stranger = socketPath(self, self.directory, "stranger.sock")
+        listener = socket.socket(socket.AF_UNIX)
+        self.addCleanup(listener.close)
+        listener.bind(stranger)
+        self.assertOneLineError(self.ekeyctl("add", stranger), 1, stranger,
                                 "not added at run time")
+        self.assertTrue(self.ekeyctlOK("add", self.key2).startswith(f"Added key 3: {self.key2}"))
+        self.waitForStates([(self.key1, "Running OK"), (self.key2, "Running OK")])
         self.assertEqual(self.ekeyctlOK("addall", self.keysDirectory),
                          "No keys added: those there are served already or may not be added "
                          "at run time\n")
-        self.assertEqual([k["number"] for k in self.ekeyctlJSON("list")], [1])
+        self.assertEqual([k["number"] for k in self.ekeyctlJSON("list")], [1, 3])
 
         pty = startSimulator(self, self.directory, pty=True, serial=SERIAL2, rate=RATE,
                              name="sim-pty").ptyPath
-        self.assertTrue(self.ekeyctlOK("add", pty).startswith(f"Added key 3: {pty}"))
+        self.ekeyctlOK("remove", "3")
+        self.assertTrue(self.ekeyctlOK("add", pty).startswith(f"Added key 4: {pty}"))
         self.waitForStates([(self.key1, "Running OK"), (pty, "Running OK")])
         self.ekeyctlOK("remove", "1")
-        self.assertEqual([k["number"] for k in self.ekeyctlJSON("list")], [3])
+        self.assertEqual([k["number"] for k in self.ekeyctlJSON("list")], [4])
         log = daemonLog(self.daemon)
         self.assertIn(": removed key 2: ", log)
         self.assertIn(": added key 3: ", log)
