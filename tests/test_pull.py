@@ -162,6 +162,26 @@ class PolicyTests(unittest.TestCase):
         self.policy.lost(a)
         self.assertEqual((self.policy.testingOf(a), self.policy.inFlightOf(a)), (0, 0))
 
+    def test_drainedDuringRefillAskedAgain(self):
+        """
+        A refill that cannot reach the high watermark (its last bytes still
+        under test, the pool no bigger than the watermark) asks again when
+        readers empty the pool, instead of waiting for deliveries nobody
+        asked for (a relay whose pool size equals its high watermark
+        stalled so).
+        """
+        pool = EntropyPool(3008)
+        policy = PullPolicy(pool, 1000, 3008, clock=self.clock, stallTimeout=2)
+        a = FakeMember(policy, "a")
+        policy.connected(a)
+        self.assertEqual(a.asked, 3008)
+        a.deliver(2976)
+        policy.received(a, 32)
+        self.assertTrue(policy.filling)
+        self.assertEqual(policy.inFlight, 0)
+        pool.take(2976)
+        self.assertEqual(a.asked, 3008 + 2976)
+
     def test_neverMoreThanThePoolCanTake(self):
         """
         Bytes asked of anybody, and bytes under test, never add up to more

@@ -161,6 +161,7 @@ class PullPolicy:
         self._dry = False
         self._step = max(READ_SIZE, (highWater - lowWater) // 4)
         self._wasDown = False
+        self._levelBefore = pool.level
         pool.observeLevel(self._levelChanged)
 
     # Members ---------------------------------------------------------------------------
@@ -392,16 +393,27 @@ class PullPolicy:
         self._dry = False
 
     def _levelChanged(self, pool: EntropyPool) -> None:
+        level = pool.level
         if self.filling:
-            if not pool.level and self.inFlight:
+            if not level and self.inFlight:
                 self._dry = True
-            if pool.level > self.highWater - BLOCK_SIZE:
+            if level > self.highWater - BLOCK_SIZE:
                 # Nothing more to ask for in whole blocks: the refill is over.
                 self.filling = False
                 self._refillDone()
-        elif pool.level < self.refillAt:
+            elif level < self._levelBefore:
+                # Readers took bytes during the refill: there is room to ask
+                # for again (a refill whose last bytes are still under test
+                # may otherwise wait for deliveries that nobody asked for).
+                self._levelBefore = level
+                self.kick()
+            self._levelBefore = level
+        elif level < self.refillAt:
+            self._levelBefore = level
             self.filling = True
             self.kick()
+        else:
+            self._levelBefore = level
 
     # Up and down -----------------------------------------------------------------------
 
