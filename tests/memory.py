@@ -37,6 +37,28 @@ def startKeyManager(testCase, reactor, pool, keyringPath: str) -> KeyManager:
     return manager
 
 
+def startMemoryDaemon(testCase) -> None:
+    """
+    Give C{testCase} a daemon's parts on a L{MemoryReactorClock}: C{reactor},
+    C{keyringPath} (the test vectors' keyring), C{pool}, C{keys} (a started
+    L{KeyManager}), C{daemon} (a L{Daemon}) and C{shutdowns} (one entry per
+    shutdown asked of it).
+    """
+    from twisted.internet.testing import MemoryReactorClock
+
+    from ekey.core.pool import EntropyPool
+    from ekey.services.daemon import Daemon
+
+    testCase.reactor = MemoryReactorClock()
+    testCase.keyringPath = writeKeyring(testCase)
+    testCase.pool = EntropyPool(1 << 16)
+    testCase.keys = startKeyManager(testCase, testCase.reactor, testCase.pool,
+                                    testCase.keyringPath)
+    testCase.shutdowns = []
+    testCase.daemon = Daemon(testCase.keys, testCase.pool, testCase.reactor,
+                             lambda: testCase.shutdowns.append(True))
+
+
 def boundSocket(testCase, path: str) -> str:
     """
     Bind a Unix socket at C{path} (closed when the test ends), so that the

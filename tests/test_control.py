@@ -50,7 +50,7 @@ from ekey.services.server import EGDServerFactory, EGDServerProtocol
 from ekey.services.peers import Credentials
 from ekey.core.pool import EntropyPool
 from ekey.services.upstream import PullPolicy, Upstream
-from tests.memory import boundSocket, connectKey, startKeyManager, writeKeyring
+from tests.memory import boundSocket, connectKey, startMemoryDaemon
 from tests.vectors import SESSION, VECTORS, deviceFrames
 
 SERIAL_PEM = SESSION["serial_pem"]
@@ -99,13 +99,7 @@ class _DaemonMixin:
     """
 
     def setUp(self):
-        self.reactor = MemoryReactorClock()
-        self.keyringPath = writeKeyring(self)
-        self.pool = EntropyPool(1 << 16)
-        self.keys = startKeyManager(self, self.reactor, self.pool, self.keyringPath)
-        self.shutdowns = []
-        self.daemon = Daemon(self.keys, self.pool, self.reactor,
-                             lambda: self.shutdowns.append(True))
+        startMemoryDaemon(self)
         self.keysDirectory = self.mktemp()
         os.makedirs(self.keysDirectory)
         self.factory = ControlFactory(self.daemon, deviceDirs=[self.keysDirectory],

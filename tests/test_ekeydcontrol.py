@@ -13,7 +13,7 @@ import os
 import struct
 
 from twisted.internet.address import IPv4Address, UNIXAddress
-from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.testing import StringTransport
 from twisted.internet.task import Clock
 from twisted.logger import Logger, LogLevel, formatEvent
 from twisted.trial import unittest
@@ -23,13 +23,11 @@ from ekey.core.ekeydcontrol import (BANNER, EKEYD_STATISTICS, MAX_LINE_LENGTH, C
                                     EkeydControlSession, ProtocolError, Request,
                                     ekeydStatistics, findKey, formatReply, formatValue,
                                     parseRequest)
-from ekey.core.pool import EntropyPool
 from ekey.core.session import KeyState
 from ekey.core.status import KeyReadings, KeyStatus
 from ekey.services.control import ControlAccess
-from ekey.services.daemon import Daemon
 from ekey.services.ekeydcontrol import EkeydControlFactory, targetFromDaemon
-from tests.memory import boundSocket, connectKey, startKeyManager, writeKeyring
+from tests.memory import boundSocket, connectKey, startMemoryDaemon
 from tests.vectors import SESSION, deviceFrames
 
 SERIAL = "E52jaQ2jxAYlra1N"
@@ -735,13 +733,7 @@ class DaemonTargetTests(unittest.TestCase):
     """
 
     def setUp(self):
-        self.reactor = MemoryReactorClock()
-        self.keyringPath = writeKeyring(self)
-        self.pool = EntropyPool(1 << 16)
-        self.keys = startKeyManager(self, self.reactor, self.pool, self.keyringPath)
-        self.shutdowns = []
-        self.daemon = Daemon(self.keys, self.pool, self.reactor,
-                             lambda: self.shutdowns.append(True))
+        startMemoryDaemon(self)
         self.deviceDir = self.mktemp()
         os.mkdir(self.deviceDir)
         self.session = EkeydControlSession(targetFromDaemon(self.daemon, [self.deviceDir]))
