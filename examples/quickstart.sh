@@ -16,8 +16,8 @@
 # The simulator is NOT a hardware entropy source: use it to try things out,
 # never to feed a real system.  Ctrl-C stops both.
 set -eu
-# Twisted finds the ekey plugin in twisted/plugins/ beside the package; an
-# editable install does not put this checkout on sys.path, so put it there.
+# Twisted finds the ekey plugin in twisted/plugins/ on sys.path: put this
+# checkout there too, so that it is found however ekey was installed.
 root=$(cd "$(dirname "$0")/.." && pwd)
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
 dir=${1:-$(mktemp -d "${TMPDIR:-/tmp}/ekey-demo.XXXXXX")}
