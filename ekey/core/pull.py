@@ -393,7 +393,10 @@ class PullPolicy:
         self._dry = False
 
     def _levelChanged(self, pool: EntropyPool) -> None:
+        # The previous level is replaced first: a kick may add bytes and
+        # bring us back here.
         level = pool.level
+        before, self._levelBefore = self._levelBefore, level
         if self.filling:
             if not level and self.inFlight:
                 self._dry = True
@@ -401,19 +404,14 @@ class PullPolicy:
                 # Nothing more to ask for in whole blocks: the refill is over.
                 self.filling = False
                 self._refillDone()
-            elif level < self._levelBefore:
+            elif level < before:
                 # Readers took bytes during the refill: there is room to ask
                 # for again (a refill whose last bytes are still under test
                 # may otherwise wait for deliveries that nobody asked for).
-                self._levelBefore = level
                 self.kick()
-            self._levelBefore = level
         elif level < self.refillAt:
-            self._levelBefore = level
             self.filling = True
             self.kick()
-        else:
-            self._levelBefore = level
 
     # Up and down -----------------------------------------------------------------------
 
