@@ -6,6 +6,7 @@ from twisted.trial import unittest
 
 from ekey.core.egd import (
     MAX_RUN,
+    BlockingReadClient,
     EGDClientParser,
     EGDServerParser,
     GetLevel,
@@ -114,6 +115,33 @@ class ClientParserTests(unittest.TestCase):
         ])
         self.assertEqual(parser.outstanding, 0)
 
+    def test_repliesInOneChunk(self):
+        """
+        Many replies arriving in one chunk, and in chunks cut at every
+        size, give the same replies: the parser's offsets carry across
+        replies and chunks.
+        """
+        commands = [ReadBlocking(224), Read(10), GetLevel(), ReadBlocking(3)] * 50
+        stream = b"".join(
+            bytes([i]) * 224 + encodeRead(bytes([i]) * 10) + encodeLevel(i) + b"abc"
+            for i in range(50))
+        whole = EGDClientParser()
+        for command in commands:
+            whole.sent(command)
+        expected = whole.receiveData(stream)
+        self.assertEqual(len(expected), 200)
+        self.assertEqual(expected[4], Reply(ReadBlocking(224), b"\x01" * 224))
+        self.assertEqual(expected[6], Reply(GetLevel(), 1))
+        for size in (1, 7, 223, 225, 1000):
+            parser = EGDClientParser()
+            for command in commands:
+                parser.sent(command)
+            out = []
+            for i in range(0, len(stream), size):
+                out.extend(parser.receiveData(stream[i : i + size]))
+            self.assertEqual(out, expected, f"chunks of {size}")
+            self.assertEqual(parser.outstanding, 0)
+
     def test_unaskedBytes(self):
         """
         Bytes nobody asked for, or too many for a read, are remote errors.
@@ -133,3 +161,51 @@ class ClientParserTests(unittest.TestCase):
         self.assertRaises(LocalProtocolError, encodeRead, b"x" * 256)
         self.assertEqual(encodeLevel(2 ** 40), b"\xff\xff\xff\xff")
         self.assertEqual(encodePID("-1"), b"\x02-1")
+
+
+class BlockingReadClientTests(unittest.TestCase):
+    """
+    A client of blocking reads only: requests out, owed bytes counted.
+    """
+
+    def test_requests(self):
+        """
+        A request for C{n} bytes is blocking reads of the read size and one
+        of the rest, and every byte of it is owed.
+        """
+        client = BlockingReadClient(224)
+        self.assertEqual(client.request(500), b"\x02\xe0\x02\xe0\x02\x34")
+        self.assertEqual(client.request(224), b"\x02\xe0")
+        self.assertEqual(client.request(0), b"")
+        self.assertEqual(client.owed, 724)
+        self.assertEqual(BlockingReadClient().request(256), b"\x02\xff\x02\x01")
+
+    def test_bytesAsTheyArrive(self):
+        """
+        Owed bytes are handed back as they arrive, however cut, and the
+        count of what is owed falls with them.
+        """
+        client = BlockingReadClient(224)
+        client.request(300)
+        self.assertEqual(client.receiveData(b"a" * 100), b"a" * 100)
+        self.assertEqual(client.receiveData(b"b" * 200), b"b" * 200)
+        self.assertEqual(client.owed, 0)
+
+    def test_unaskedBytes(self):
+        """
+        More bytes than were asked for are a remote error, and none of the
+        chunk is counted.
+        """
+        client = BlockingReadClient()
+        self.assertRaises(RemoteProtocolError, client.receiveData, b"x")
+        client.request(10)
+        self.assertRaises(RemoteProtocolError, client.receiveData, b"x" * 11)
+        self.assertEqual(client.owed, 10)
+
+    def test_badSizes(self):
+        """
+        A read size outside 1-255, or a negative request, is a local error.
+        """
+        self.assertRaises(LocalProtocolError, BlockingReadClient, 0)
+        self.assertRaises(LocalProtocolError, BlockingReadClient, 256)
+        self.assertRaises(LocalProtocolError, BlockingReadClient().request, -1)

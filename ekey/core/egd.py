@@ -282,40 +282,106 @@ class EGDClientParser:
         @raise RemoteProtocolError: on bytes nobody asked for, or a reply
             that breaks the protocol.
         """
-        self._buffer += data
+        # Parse at an offset and keep only the unparsed rest: a chunk holding
+        # many replies is read once, not copied again for each reply.
+        buffer = self._buffer + data if self._buffer else data
+        offset = 0
+        end = len(buffer)
+        expected = self._expected
         out: List[Reply] = []
-        while self._expected:
-            command = self._expected[0]
-            if isinstance(command, Write):
+        while expected:
+            command = expected[0]
+            kind = type(command)
+            if kind is Write:
                 out.append(Reply(command, None))
-            elif isinstance(command, GetLevel):
-                if len(self._buffer) < 4:
+            elif kind is ReadBlocking or kind is ReadBlockingRun:
+                need = command.n - len(self._partial)
+                piece = buffer[offset : offset + need]
+                offset += len(piece)
+                if len(piece) < need:
+                    self._partial += piece
                     break
-                out.append(Reply(command, _U32.unpack(self._buffer[:4])[0]))
-                self._buffer = self._buffer[4:]
-            elif isinstance(command, (Read, GetPID)):
-                if not self._buffer:
+                out.append(Reply(command, self._partial + piece if self._partial else piece))
+                self._partial = b""
+            elif kind is Read or kind is GetPID:
+                if offset >= end:
                     break
-                count = self._buffer[0]
-                if isinstance(command, Read) and count > command.n:
+                count = buffer[offset]
+                if kind is Read and count > command.n:
                     raise RemoteProtocolError(
                         f"server sent {count} bytes for a {command.n}-byte read")
-                if len(self._buffer) < 1 + count:
+                if end - offset < 1 + count:
                     break
-                body, self._buffer = self._buffer[1 : 1 + count], self._buffer[1 + count :]
-                if isinstance(command, GetPID):
+                body = buffer[offset + 1 : offset + 1 + count]
+                offset += 1 + count
+                if kind is GetPID:
                     out.append(Reply(command, body.decode("ascii", "replace")))
                 else:
                     out.append(Reply(command, body))
-            else:
-                need = command.n - len(self._partial)
-                self._partial += self._buffer[:need]
-                self._buffer = self._buffer[need:]
-                if len(self._partial) < command.n:
+            elif kind is GetLevel:
+                if end - offset < 4:
                     break
-                out.append(Reply(command, self._partial))
-                self._partial = b""
-            self._expected.popleft()
-        if self._buffer and not self._expected:
+                out.append(Reply(command, _U32.unpack_from(buffer, offset)[0]))
+                offset += 4
+            else:
+                raise LocalProtocolError(f"not an EGD command: {command!r}")
+            expected.popleft()
+        self._buffer = buffer[offset:] if offset < end else b""
+        if self._buffer and not expected:
             raise RemoteProtocolError(f"server sent {len(self._buffer)} bytes nobody asked for")
         return out
+
+
+class BlockingReadClient:
+    """
+    The client side of an EGD connection that only ever sends blocking
+    reads (0x02), as a relay's upstream connection does.
+
+    The replies to blocking reads are the bytes asked for, unframed and in
+    order, so every byte that arrives is entropy owed to the client, and
+    can be used as it arrives, whichever read it completes: nothing is
+    parsed, and a chunk holding hundreds of replies costs one comparison.
+
+    @ivar owed: bytes asked for and not yet received.
+    """
+
+    def __init__(self, readSize: int = MAX_READ):
+        """
+        @param readSize: the most one read asks for (1 to L{MAX_READ}).
+        @raise LocalProtocolError: if it is out of range.
+        """
+        _checkCount(readSize)
+        if readSize < 1:
+            raise LocalProtocolError("a blocking read asks for at least 1 byte")
+        self.owed = 0
+        self._readSize = readSize
+        self._fullRead = bytes((READ_BLOCKING, readSize))
+
+    def request(self, n: int) -> bytes:
+        """
+        Ask for C{n} more bytes.
+
+        @return: the requests to send: blocking reads of the read size and
+            one of the rest.
+        @raise LocalProtocolError: if C{n} is negative.
+        """
+        if n < 0:
+            raise LocalProtocolError(f"cannot ask for {n} bytes")
+        full, rest = divmod(n, self._readSize)
+        self.owed += n
+        requests = self._fullRead * full
+        if rest:
+            requests += bytes((READ_BLOCKING, rest))
+        return requests
+
+    def receiveData(self, data: bytes) -> bytes:
+        """
+        @return: C{data}, all of it owed.
+        @raise RemoteProtocolError: if the server sent more than was asked
+            for (nothing of C{data} is then counted).
+        """
+        if len(data) > self.owed:
+            raise RemoteProtocolError(
+                f"server sent {len(data) - self.owed} bytes nobody asked for")
+        self.owed -= len(data)
+        return data

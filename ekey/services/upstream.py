@@ -14,8 +14,9 @@ to backups (a higher C{priority=}) only while the primaries are down or
 stalled.
 
 An upstream connection is an EGD client that only ever sends blocking
-reads (0x02); L{EGDClientParser} matches the replies to them, and a server
-that sends what was not asked for is disconnected.  Every byte received
+reads (0x02), whose replies are the bytes asked for, unframed
+(L{BlockingReadClient}): every byte is used as it arrives, and a server
+that sends more than was asked for is disconnected.  Every byte received
 goes through the connection's own L{HealthMonitor}, the same tests a key's
 bytes pass, and only bytes that passed reach the pool, in order and each
 once.  An upstream whose bytes fail is disconnected, the bytes it sent
@@ -38,7 +39,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from ekey.core import pull
-from ekey.core.egd import EGDClientParser, ReadBlocking, encodeRequest
+from ekey.core.egd import BlockingReadClient
 from ekey.core.errors import RemoteProtocolError
 from ekey.core.health import HealthMonitor
 from ekey.core.pull import (
@@ -58,10 +59,6 @@ __all__ = [
     "READ_SIZE", "PullPolicy", "Upstream", "UpstreamProtocol", "UpstreamService",
     "checkUpstreamDescription",
 ]
-
-_READ = ReadBlocking(READ_SIZE)
-_READ_REQUEST = encodeRequest(_READ)
-
 
 class PullPolicy(pull.PullPolicy):
     """
@@ -88,7 +85,7 @@ class UpstreamProtocol(Protocol):
     One connection to an upstream: blocking reads out, replies in.
 
     It asks for what its L{Upstream} is told to pull, in reads of
-    L{READ_SIZE} bytes, and hands every completed reply's bytes to it.
+    L{READ_SIZE} bytes, and hands every byte to it as it arrives.
     Over TLS the upstream counts as connected only once the handshake (and
     the check of its name) has succeeded.
 
@@ -101,7 +98,7 @@ class UpstreamProtocol(Protocol):
     def __init__(self, upstream: "Upstream"):
         self.upstream = upstream
         self.monitor = HealthMonitor()
-        self._parser = EGDClientParser()
+        self._requests = BlockingReadClient(READ_SIZE)
         self._up = False
         self.connected = False
         self.dropReason: Optional[str] = None
@@ -130,15 +127,7 @@ class UpstreamProtocol(Protocol):
         """
         if not (self._up and self.connected) or n <= 0:
             return
-        full, rest = divmod(n, READ_SIZE)
-        parser = self._parser
-        for _ in range(full):
-            parser.sent(_READ)
-        requests = _READ_REQUEST * full
-        if rest:
-            last = ReadBlocking(rest)
-            parser.sent(last)
-            requests += encodeRequest(last)
+        requests = self._requests.request(n)
         self.upstream.requested(n)
         self.transport.write(requests)
 
@@ -146,17 +135,13 @@ class UpstreamProtocol(Protocol):
         if not self._up:
             return
         try:
-            replies = self._parser.receiveData(data)
+            data = self._requests.receiveData(data)
         except RemoteProtocolError as e:
             self.log.warn("Upstream {upstream} broke the EGD protocol ({reason}); "
                           "disconnecting", upstream=self.upstream.description, reason=str(e))
             self.drop(f"it broke the EGD protocol: {e}")
             return
-        if replies:
-            self.upstream.received(self, b"".join([reply.value for reply in replies]))
-        else:
-            # Part of a reply: the upstream is delivering, however slowly.
-            self.upstream.heard()
+        self.upstream.received(self, data)
 
     def drop(self, reason: str) -> None:
         """
@@ -305,12 +290,6 @@ class Upstream(Factory):
         """
         self.bytesRequested += n
         self.policy.requested(self, n)
-
-    def heard(self) -> None:
-        """
-        Part of a reply arrived.
-        """
-        self.policy.received(self, 0)
 
     def received(self, connection: UpstreamProtocol, data: bytes) -> None:
         """
