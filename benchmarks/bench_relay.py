@@ -474,6 +474,23 @@ def spread(values: List[float], spec: str, scale: float = 1.0) -> str:
             f"{format(max(values), spec)})")
 
 
+def cpuText(cpu: Dict[str, float]) -> str:
+    """
+    @return: each process's share of a core, in the chain's order.
+    """
+    return " ".join(f"{name} {share:.0f}" for name, share in cpu.items())
+
+
+def cpuColumn(runs: List[dict]) -> str:
+    """
+    @return: the median share of a core of each process of a chain over
+        the repeats, in the chain's order.
+    """
+    names = list(runs[0]["cpu"]) if runs else []
+    return " ".join(f"{name} {median([r['cpu'].get(name) for r in runs]):.0f}"
+                    for name in names if median([r['cpu'].get(name) for r in runs]) is not None)
+
+
 KINDS = {"ekey": "ekey (default watermarks)", "ekey-tuned": "ekey (--watermarks)",
          "stunnel": "stunnel"}
 
@@ -485,8 +502,9 @@ def table(cases: Dict[tuple, List[dict]], hops: int) -> List[str]:
     stunnel chain of the same length, taken pair by pair (the two measured
     one after the other in the same repeat).
     """
-    lines = ["| chain | hops | MiB/s | p50 ms | p99 ms | added p99 ms/hop | / stunnel (paired) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| chain | hops | MiB/s | p50 ms | p99 ms | added p99 ms/hop | / stunnel (paired) "
+             "| cpu % of a core (median) |",
+             "|---|---|---|---|---|---|---|---|"]
     zero = cases.get(("ekey", 0), [])
     for kind in KINDS:
         for h in range(0, hops + 1):
@@ -505,7 +523,8 @@ def table(cases: Dict[tuple, List[dict]], hops: int) -> List[str]:
                 f"| {KINDS[kind]} | {h} | {spread([r['bps'] for r in runs], '.1f', 1 << 20)} "
                 f"| {spread([r.get('p50') for r in runs], '.2f')} "
                 f"| {spread([r.get('p99') for r in runs], '.2f')} "
-                f"| {spread(added, '+.2f')} | {spread(ratios, '.2f') if ratios else '-'} |")
+                f"| {spread(added, '+.2f')} | {spread(ratios, '.2f') if ratios else '-'} "
+                f"| {cpuColumn(runs)} |")
     return lines
 
 
@@ -646,7 +665,8 @@ def main() -> None:
                         bench.procs.stop(p)
                     print(f"  repeat {repeat + 1}/{args.repeats} {kind} {hops}: "
                           f"{row['bps'] / (1 << 20):.1f} MiB/s"
-                          + (" STALLED" if row.get("stalled") else ""), flush=True)
+                          + (" STALLED" if row.get("stalled") else "")
+                          + f" (cpu % of a core: {cpuText(row['cpu'])})", flush=True)
     finally:
         bench.stopAll()
         if args.keep:
