@@ -7,7 +7,7 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from ekey.core.pool import EntropyPool
-from ekey.core.pull import MAX_PIPELINE, READ_SIZE, PullPolicy
+from ekey.core.pull import MAX_PIPELINE, MIN_BATCH, READ_SIZE, PullPolicy
 
 
 class FakeMember:
@@ -241,6 +241,34 @@ class PolicyTests(unittest.TestCase):
         a = FakeMember(policy, "a")
         policy.connected(a)
         self.assertEqual(a.asked, MAX_PIPELINE * READ_SIZE)
+
+    def test_smallTakesAskedTogether(self):
+        """
+        While a member has demand in flight, what readers take a few blocks
+        at a time is asked of it in batches of L{MIN_BATCH} bytes, not one
+        request per take; a member with nothing in flight is asked at once,
+        however little is wanted.
+        """
+        pool = EntropyPool(1 << 20)
+        policy = PullPolicy(pool, 65536, 262144, clock=self.clock)
+        a = FakeMember(policy, "a")
+        policy.connected(a)
+        self.assertEqual(a.asked, 262144)
+        pulls = []
+        a.pull = lambda n: (pulls.append(n), FakeMember.pull(a, n))
+        a.deliver(131072)
+        for _ in range(100):
+            pool.take(224)
+        # 22,400 bytes taken: asked once, when a batch had been taken; the
+        # rest waits for the next batch.
+        self.assertEqual(len(pulls), 1)
+        self.assertTrue(MIN_BATCH <= pulls[0] < MIN_BATCH + 224, pulls)
+        # Once nothing is in flight, what is wanted is asked at once,
+        # however little.
+        a.deliver(policy.inFlightOf(a))
+        self.assertEqual(len(pulls), 2)
+        self.assertLess(pulls[1], MIN_BATCH)
+        self.assertEqual(policy.inFlight + pool.level, 262144)
 
 
 class RefillPointTests(unittest.TestCase):

@@ -36,7 +36,10 @@ needs divided by the members asked and those still connecting, rounded up
 to whole blocks), so an upstream with nothing to give holds back at most
 its share, and the others fill the rest.  A member is asked again as soon
 as what it was asked arrives, so one that delivers fast carries most of a
-refill.
+refill.  While a member still has demand in flight, what readers take is
+asked of it in batches (L{MIN_BATCH}, or half the refill step if that is
+less), not a few blocks at a time: each ask is a write, and over TLS a
+record, and its own deliveries bring the policy back to ask the rest.
 
 Stalls.  A member that has been asked for bytes and has delivered nothing
 for C{stallTimeout} seconds (by the injected clock) is I{stalled}: what it
@@ -87,6 +90,10 @@ READ_SIZE = MAX_READ - MAX_READ % BLOCK_SIZE
 #: Blocking reads one upstream connection may have in flight, at most (the
 #: watermarks and shares usually bound them first).
 MAX_PIPELINE = 4096
+
+#: At most this many bytes are left unasked of a member that has demand
+#: in flight, to be asked together with what follows.
+MIN_BATCH = 16 * 1024
 
 DEFAULT_LOW_WATER = 64 * 1024
 DEFAULT_HIGH_WATER = 256 * 1024
@@ -160,6 +167,12 @@ class PullPolicy:
         self.ranDry = 0
         self._dry = False
         self._step = max(READ_SIZE, (highWater - lowWater) // 4)
+        # The least worth asking of a member that still has demand in flight
+        # (its deliveries will bring the policy back here): asking for every
+        # few blocks a reader takes would cost a write, and over TLS a
+        # record, per take.
+        self._batch = min(self._step // 2, MIN_BATCH)
+        self._batch -= self._batch % BLOCK_SIZE
         self._wasDown = False
         self._levelBefore = pool.level
         pool.observeLevel(self._levelChanged)
@@ -368,7 +381,7 @@ class PullPolicy:
         out = []
         for member, ledger in sorted(asked, key=lambda pair: pair[1].inFlight):
             give = min(share - ledger.inFlight, want)
-            if give <= 0:
+            if give <= 0 or (ledger.inFlight and give < self._batch):
                 continue
             out.append((member, give))
             want -= give
