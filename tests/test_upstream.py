@@ -538,8 +538,9 @@ class UpstreamServiceTests(unittest.TestCase):
 
 class NoDelayTests(unittest.TestCase):
     """
-    An upstream connection sends its small requests at once: Nagle's
-    algorithm is off on its TCP socket, under TLS too.
+    An upstream connection sends its small requests at once, and the EGD
+    server its small replies: Nagle's algorithm is off on both ends' TCP
+    sockets, under TLS too.
     """
 
     def connectUpstream(self, serverDescription: str, clientDescription):
@@ -547,7 +548,7 @@ class NoDelayTests(unittest.TestCase):
         Serve EGD on C{serverDescription}; connect an upstream to it.
 
         @return: a L{Deferred} firing with C{TCP_NODELAY} as the upstream
-            connection's TCP socket has it.
+            connection's TCP socket and the server's end of it have it.
         """
         from twisted.internet import reactor
 
@@ -567,10 +568,14 @@ class NoDelayTests(unittest.TestCase):
                 await deferLater(reactor, 0.05, lambda: None)
             protocol = service.upstream.connection
             self.assertIsNotNone(protocol, service.upstream.lastError)
-            transport = protocol.transport
-            if isinstance(transport, TLSMemoryBIOProtocol):
-                transport = transport.transport
-            return transport.getHandle().getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            [served] = factory.clients
+
+            def noDelay(transport):
+                if isinstance(transport, TLSMemoryBIOProtocol):
+                    transport = transport.transport
+                return transport.getHandle().getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+
+            return noDelay(protocol.transport), noDelay(served.transport)
 
         return Deferred.fromCoroutine(run())
 
@@ -579,7 +584,7 @@ class NoDelayTests(unittest.TestCase):
         Over TCP.
         """
         d = self.connectUpstream("tcp:0:interface=127.0.0.1", lambda p: f"tcp:127.0.0.1:{p}")
-        return d.addCallback(self.assertTrue)
+        return d.addCallback(self.assertEqual, (1, 1))
 
     def test_tls(self):
         """
@@ -596,4 +601,4 @@ class NoDelayTests(unittest.TestCase):
                   f":privateKey={directory}/host.key")
         d = self.connectUpstream(server, lambda p: (
             f"tls:localhost:{p}:trustRoots={directory}/trust:endpoint=tcp\\:127.0.0.1\\:{p}"))
-        return d.addCallback(self.assertTrue)
+        return d.addCallback(self.assertEqual, (1, 1))

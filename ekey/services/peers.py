@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.test_control -*-
 """
 Who is at the other end of a connection: one answer for logs, the control
-channel's checks and the EGD server's fair shares.
+channel's checks and the EGD server's fair shares; and how small writes
+reach it.
 """
 
 from __future__ import annotations
@@ -91,3 +92,22 @@ def peerGroups(transport, credentials: Credentials) -> Tuple[int, ...]:
         except (KeyError, OSError):
             pass
     return tuple(groups)
+
+
+def sendSmallWritesAtOnce(transport) -> None:
+    """
+    Turn off Nagle's algorithm on a TCP connection (through TLS, on the TCP
+    transport underneath; nothing on other transports).
+
+    EGD is requests and replies of a few bytes, pipelined: with Nagle's
+    algorithm a small write waits for the acknowledgement of the one
+    before it, which the other end delays (up to 40 ms on Linux) until it
+    has something to send.  Both a relay's requests and a server's replies
+    are such writes; stunnel turns it off on its sockets too.
+    """
+    setTcpNoDelay = getattr(transport, "setTcpNoDelay", None)
+    if setTcpNoDelay is not None:
+        try:
+            setTcpNoDelay(True)
+        except OSError:
+            pass

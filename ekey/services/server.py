@@ -48,7 +48,7 @@ from ekey.core.pool import EntropyPool
 from ekey.core.ratelimit import RateLimiter
 from ekey.core.status import ClientStatus, ListenerStatus
 from ekey.services._reactor import default
-from ekey.services.peers import describePeer, peerCredentials
+from ekey.services.peers import describePeer, peerCredentials, sendSmallWritesAtOnce
 
 __all__ = ["EGDServerFactory", "EGDServerProtocol", "ClientIdentity", "peerIdentity",
            "certificateIdentity", "ACTIVE_WINDOW", "DEFAULT_MAX_PENDING", "MAX_QUEUED_COMMANDS"]
@@ -156,6 +156,7 @@ class EGDServerProtocol(Protocol):
     def connectionMade(self):
         factory = self.factory
         self._coalesce = ISSLTransport.providedBy(self.transport)
+        sendSmallWritesAtOnce(self.transport)
         self.peer = describePeer(self.transport)
         self.connectedAt = now = factory.clock.seconds()
         if not factory.admit(self):

@@ -52,6 +52,7 @@ from ekey.core.pull import (
 from ekey.core.pool import EntropyPool
 from ekey.core.upstreamconfig import checkUpstreamDescription, splitPriority
 from ekey.core.status import UpstreamState, UpstreamStatus
+from ekey.services.peers import sendSmallWritesAtOnce
 from ekey.services.tlsclient import clientEndpoint
 
 __all__ = [
@@ -105,7 +106,7 @@ class UpstreamProtocol(Protocol):
 
     def connectionMade(self):
         self.connected = True
-        _noDelay(self.transport)
+        sendSmallWritesAtOnce(self.transport)
         if not ISSLTransport.providedBy(self.transport):
             self.handshakeCompleted()
 
@@ -159,21 +160,6 @@ class UpstreamProtocol(Protocol):
             self.upstream.disconnected(self, reason)
         else:
             self.upstream.connectionFailed(reason)
-
-
-def _noDelay(transport) -> None:
-    """
-    Send small writes at once on TCP (a relay's requests are a few bytes:
-    with Nagle's algorithm each would wait for the previous one's
-    acknowledgement, which the upstream delays).  Through TLS, the TCP
-    transport underneath.
-    """
-    setTcpNoDelay = getattr(transport, "setTcpNoDelay", None)
-    if setTcpNoDelay is not None:
-        try:
-            setTcpNoDelay(True)
-        except OSError:
-            pass
 
 
 class Upstream(Factory):
