@@ -140,6 +140,7 @@ class PythonImplementation:
     implementation = "python"
 
     def setUp(self):
+        super().setUp()
         self.functions = useImplementation(self, self.implementation)
 
 
