@@ -47,6 +47,23 @@ popcount64(uint64_t x)
     return (int)((x * 0x0101010101010101ULL) >> 56);
 }
 
+/* Eight bytes as one word, the first in its most significant end. */
+static ALWAYS_INLINE uint64_t
+loadBigEndian(const unsigned char *p)
+{
+#if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    uint64_t w;
+    memcpy(&w, p, 8);
+    return __builtin_bswap64(w);
+#else
+    uint64_t w = 0;
+    for (int j = 0; j < 8; j++) {
+        w = (w << 8) | p[j];
+    }
+    return w;
+#endif
+}
+
 /* Whether any of the 8 bytes of x is 0 (exact, whichever byte it is). */
 static inline int
 hasZeroByte(uint64_t x)
@@ -105,16 +122,23 @@ runsWord(Runs *r, uint64_t x, int hardware)
 static ALWAYS_INLINE void
 runsBlock(const unsigned char *data, Runs *ones, Runs *zeros, int hardware)
 {
-    for (int i = 0; i < WORDS; i++) {
+    for (int i = 0; i < BLOCK_BYTES / 8; i++) {
+        uint64_t w = loadBigEndian(data + 8 * i);
+        runsWord(ones, w, hardware);
+        runsWord(zeros, ~w, hardware);
+    }
+#if BLOCK_BYTES % 8
+    {
+        /* The last word, half padding, which is no run of zeros. */
+        const int bytes = BLOCK_BYTES % 8;
         uint64_t w = 0;
-        int bytes = BLOCK_BYTES - 8 * i < 8 ? BLOCK_BYTES - 8 * i : 8;
         for (int j = 0; j < 8; j++) {
-            w = (w << 8) | (j < bytes ? data[8 * i + j] : 0);
+            w = (w << 8) | (j < bytes ? data[BLOCK_BYTES - bytes + j] : 0);
         }
         runsWord(ones, w, hardware);
-        /* The padding of the last word is no run of zeros. */
         runsWord(zeros, ~w & (~(uint64_t)0 << (64 - 8 * bytes)), hardware);
     }
+#endif
 }
 
 static void
