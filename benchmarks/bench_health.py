@@ -161,6 +161,7 @@ def main() -> None:
     feedsBySize = {size: [stream[i:i + size] for i in range(0, len(stream), size)]
                    for size in FEED_SIZES}
     cases: Dict[Tuple[str, int], List[dict]] = {}
+    loadBefore = " ".join(f"{v:.2f}" for v in os.getloadavg())
     started = time.monotonic()
     for repeat in range(args.repeats):
         # Interleaved, the implementations' order alternating, so that a
@@ -181,7 +182,9 @@ def main() -> None:
         "",
         f"- command: `{command.strip()}`",
         f"- machine: {platform.machine()}, {os.cpu_count()} cores ({cpuModel()}), "
-        f"{platform.system()} {platform.release()}, Python {platform.python_version()}",
+        f"{platform.system()} {platform.release()}, Python {platform.python_version()}; "
+        f"load average at the start {loadBefore} (other processes share the cores: thread CPU "
+        "time still grows when they compete for caches and cores)",
         f"- C statistics (ekey.core._stattests): "
         f"{'built' if stattests.ACCELERATED else 'not built: python only'}",
         f"- each case {args.repeats} times, interleaved; {args.megabytes:g} MiB of os.urandom "
