@@ -1,14 +1,19 @@
 """
 Tests for L{ekey.core.health}: continuous tests on a key's output.
+
+The monitor's tests run on both implementations of the statistics (pure
+Python, and the C accelerator: skipped when not built, failed under
+C{EKEY_REQUIRE_INTEROP=1}).
 """
 
 import os
+import random
 from collections import Counter
 from itertools import groupby
 
 from twisted.trial import unittest
 
-from ekey.core import stattests
+from ekey.core import health, stattests
 from ekey.core.health import (
     FIPS_BLOCK_BYTES,
     HealthMonitor,
@@ -16,6 +21,7 @@ from ekey.core.health import (
     proportionCutoff,
     repetitionCutoff,
 )
+from tests.test_stattests import useImplementation
 
 
 def naiveRuns(block):
@@ -48,17 +54,50 @@ class CutoffTests(unittest.TestCase):
         self.assertEqual(repetitionCutoff(1), 41)
 
 
-class FIPSTests(unittest.TestCase):
+class PythonImplementation:
+    """
+    Mixin: the test runs on the pure-Python statistics.
+    """
+
+    implementation = "python"
+
+    def setUp(self):
+        super().setUp()
+        self.functions = useImplementation(self, self.implementation)
+
+
+class CImplementation(PythonImplementation):
+    """
+    Mixin: the test runs on the C accelerator's statistics.
+    """
+
+    implementation = "c"
+
+
+class FIPSTestsMixin:
     """
     The FIPS 140-2 tests.
     """
 
     def test_runsMatchNaiveCount(self):
         """
-        The big-integer run counting agrees with counting bit by bit, also
-        for blocks starting and ending with zeros.
+        The run counting agrees with counting bit by bit, also for blocks
+        starting and ending with zeros or ones.
         """
         for block in [os.urandom(FIPS_BLOCK_BYTES) for _ in range(20)] + [
+                bytes(3) + os.urandom(FIPS_BLOCK_BYTES - 6) + bytes(3),
+                b"\xff" * 3 + os.urandom(FIPS_BLOCK_BYTES - 6) + b"\xff" * 3]:
+            ones, sumSquares, runs, longRun = self.functions["fipsStatistics"](block)
+            expected, longest = naiveRuns(block)
+            self.assertEqual(list(runs), expected)
+            self.assertEqual(longRun, longest >= 26)
+
+    def test_bigIntegerRuns(self):
+        """
+        The pure-Python big-integer run counting agrees with counting bit by
+        bit.
+        """
+        for block in [os.urandom(FIPS_BLOCK_BYTES) for _ in range(5)] + [
                 bytes(3) + os.urandom(FIPS_BLOCK_BYTES - 6) + bytes(3)]:
             x = int.from_bytes(block, "big")
             ones, longOnes = stattests._runCounts(x)
@@ -85,7 +124,19 @@ class FIPSTests(unittest.TestCase):
         self.assertLessEqual(failures, 2)
 
 
-class MonitorTests(unittest.TestCase):
+class FIPSPythonTests(PythonImplementation, FIPSTestsMixin, unittest.TestCase):
+    """
+    L{FIPSTestsMixin} on the pure-Python statistics.
+    """
+
+
+class FIPSCTests(CImplementation, FIPSTestsMixin, unittest.TestCase):
+    """
+    L{FIPSTestsMixin} on the C accelerator.
+    """
+
+
+class MonitorTestsMixin:
     """
     L{HealthMonitor} releases only tested bytes and stops for good.
     """
@@ -180,7 +231,19 @@ class MonitorTests(unittest.TestCase):
         self.assertEqual(monitor.feed(good), [])
 
 
-class RepeatedBlockTests(unittest.TestCase):
+class MonitorPythonTests(PythonImplementation, MonitorTestsMixin, unittest.TestCase):
+    """
+    L{MonitorTestsMixin} on the pure-Python statistics.
+    """
+
+
+class MonitorCTests(CImplementation, MonitorTestsMixin, unittest.TestCase):
+    """
+    L{MonitorTestsMixin} on the C accelerator.
+    """
+
+
+class RepeatedBlockTestsMixin:
     """
     A repeated 32-byte block stops the stream however the bytes are fed:
     inside one large feed (an upstream's 224-byte replies), and across the
@@ -216,3 +279,142 @@ class RepeatedBlockTests(unittest.TestCase):
         for size in (1, 31, 32, 33, 224, 4096, 7):
             monitor.feed(os.urandom(size))
         self.assertIsNone(monitor.failure)
+
+
+class RepeatedBlockPythonTests(PythonImplementation, RepeatedBlockTestsMixin,
+                               unittest.TestCase):
+    """
+    L{RepeatedBlockTestsMixin} on the pure-Python statistics.
+    """
+
+
+class RepeatedBlockCTests(CImplementation, RepeatedBlockTestsMixin, unittest.TestCase):
+    """
+    L{RepeatedBlockTestsMixin} on the C accelerator.
+    """
+
+
+def feedAll(monitor, data, sizes):
+    """
+    Feed C{data} to C{monitor} in chunks of the sizes given, in turn.
+
+    @return: the bytes released, joined.
+    """
+    out, offset, turn = [], 0, 0
+    while offset < len(data):
+        size = sizes[turn % len(sizes)]
+        out.extend(monitor.feed(data[offset:offset + size]))
+        offset += size
+        turn += 1
+    return b"".join(out)
+
+
+class ChunkingTestsMixin:
+    """
+    What the monitor releases and why it fails depend only on the stream,
+    not on how it is cut into feeds: one large feed (a relay's) gives what
+    many small ones (a key's) give.
+    """
+
+    def setUp(self):
+        super().setUp()
+        self.random = random.Random(2026)
+
+    def stream(self, size):
+        """
+        @return: C{size} pseudo-random bytes, the same in every run (so that
+            no block fails FIPS 140-2 by chance, as one random block in
+            1,250 does), with no run of 7.
+        """
+        data = bytearray(self.random.randbytes(size))
+        for i in range(6, size, 6):
+            if data[i] == data[i - 1]:
+                data[i] ^= 0x01
+        return bytes(data)
+
+    def test_releasedSameWhateverTheFeeds(self):
+        """
+        Random data fed in one piece, in 32-byte, in odd-sized and in
+        growing pieces is released alike: every whole 32-byte block of the
+        FIPS blocks tested, in order.
+        """
+        data = self.stream(40000)
+        # Everything but the last incomplete proportion window is tested:
+        # 78 windows, 39,936 bytes, 15 FIPS blocks, 37,472 bytes released.
+        blocks = len(data) // health.APT_WINDOW * health.APT_WINDOW // FIPS_BLOCK_BYTES
+        expected = data[:blocks * FIPS_BLOCK_BYTES // 32 * 32]
+        self.assertEqual(len(expected), 37472)
+        for sizes in ([len(data)], [32], [1, 255, 511, 4096], [65536], [513, 2500, 7]):
+            monitor = HealthMonitor()
+            released = feedAll(monitor, data, sizes)
+            self.assertIsNone(monitor.failure, sizes)
+            self.assertEqual(released, expected, sizes)
+            self.assertEqual(monitor.fipsBlocks, blocks, sizes)
+
+    def test_proportionFailureLateInOneFeed(self):
+        """
+        A window failing the adaptive proportion test deep inside one large
+        feed, after a window held from the feed before, stops the monitor
+        with that window's byte; nothing of the feed is released.
+        """
+        cutoff = proportionCutoff(7)
+        for sizes in ([300, 30000], [30300], [100, 200, 30000]):
+            data = bytearray(self.stream(30300))
+            # The 40th window (bytes 19968 to 20479) starts with 0x42 and
+            # has it cutoff times.
+            start = 39 * health.APT_WINDOW
+            for i in range(cutoff):
+                data[start + 10 * i] = 0x42
+            monitor = HealthMonitor()
+            feedAll(monitor, bytes(data), sizes)
+            self.assertIn("byte 0x42 appeared", monitor.failure)
+            self.assertIn("adaptive proportion", monitor.failure)
+            self.assertLessEqual(monitor.fipsBlocks, start // FIPS_BLOCK_BYTES)
+
+    def test_proportionPassesBelowCutoff(self):
+        """
+        One fewer than the cut-off passes, in any window of a large feed.
+        """
+        cutoff = proportionCutoff(7)
+        data = bytearray(self.stream(30000))
+        start = 20 * health.APT_WINDOW
+        marked = {start + 10 * i for i in range(cutoff - 1)}
+        for i in range(start, start + health.APT_WINDOW):
+            if i in marked:
+                data[i] = 0x42
+            elif data[i] == 0x42:
+                data[i] = 0x43
+        monitor = HealthMonitor()
+        feedAll(monitor, bytes(data), [len(data)])
+        self.assertIsNone(monitor.failure)
+
+    def test_fipsFailureInsideOneFeed(self):
+        """
+        Blocks failing FIPS 140-2 inside one large feed are dropped and the
+        others released in order; the fifth failure stops the monitor at
+        once, releasing nothing of that feed.
+        """
+        blocks = [bytearray(self.stream(FIPS_BLOCK_BYTES)) for _ in range(8)]
+        for i in (1, 2):
+            # Top bit of every byte set: fails monobit only.
+            blocks[i] = bytearray(b | 0x80 for b in blocks[i])
+        monitor = HealthMonitor()
+        released = feedAll(monitor, b"".join(blocks) + self.stream(600), [100000])
+        passed = b"".join(bytes(blocks[i]) for i in (0, 3, 4, 5, 6, 7))
+        self.assertEqual(released, passed[:len(passed) // 32 * 32])
+        self.assertEqual((monitor.fipsBlocks, monitor.fipsFailed), (8, 2))
+        biased = [bytes(b | 0x80 for b in self.stream(FIPS_BLOCK_BYTES)) for _ in range(3)]
+        self.assertEqual(monitor.feed(b"".join(biased) + self.stream(600)), [])
+        self.assertIn("5 of the last 11 FIPS 140-2 blocks failed", monitor.failure)
+
+
+class ChunkingPythonTests(PythonImplementation, ChunkingTestsMixin, unittest.TestCase):
+    """
+    L{ChunkingTestsMixin} on the pure-Python statistics.
+    """
+
+
+class ChunkingCTests(CImplementation, ChunkingTestsMixin, unittest.TestCase):
+    """
+    L{ChunkingTestsMixin} on the C accelerator.
+    """

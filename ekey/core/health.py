@@ -32,8 +32,9 @@ import math
 from collections import deque
 from typing import List, Optional
 
+from ekey.core import stattests
 from ekey.core.stattests import BLOCK_BYTES as FIPS_BLOCK_BYTES
-from ekey.core.stattests import fipsFailures, repeatAtDistance, repeatedRun
+from ekey.core.stattests import fipsFailures
 from ekey.core.units import BLOCK_SIZE
 
 FIPS_WINDOW = 100
@@ -85,18 +86,25 @@ class HealthMonitor:
         self.fipsBlocks = 0
         self.fipsFailed = 0
         self._recentFIPS: deque = deque(maxlen=FIPS_WINDOW)
-        # Bytes not yet released; the last len(_window) of them are in an
+        # Bytes not yet FIPS-tested; the last _pending of them are in an
         # adaptive proportion window not yet complete.
-        self._held = bytearray()
-        self._window = b""
+        self._held = b""
+        self._pending = 0
         # The end of what came before, so that runs and repeated blocks
         # across the boundary of two feeds are seen.
         self._tail = b""
+        # Bytes of passed FIPS blocks not yet released (less than a whole
+        # 32-byte block between feeds).
         self._passed = b""
 
     def feed(self, data: bytes) -> List[bytes]:
         """
         Test more of the stream.
+
+        The work is linear in the size of C{data}: windows and blocks are
+        found by offset in one buffer, not by slicing off what was tested.
+        The statistics come from L{ekey.core.stattests} (in C where it is
+        built), looked up there at each call.
 
         @return: the chunks that are now cleared to be used (bytes of FIPS
             blocks that passed, and whose adaptive proportion windows
@@ -106,29 +114,33 @@ class HealthMonitor:
             return []
         stream = self._tail + data
         # Repetition count test, across the boundary with earlier data.
-        run = repeatedRun(stream, self.repetitionCutoff)
+        run = stattests.repeatedRun(stream, self.repetitionCutoff)
         if run is not None:
             return self._fail(f"byte 0x{stream[run]:02x} repeated "
                               f"{self.repetitionCutoff} times (repetition count test)")
         # A 256-bit stretch equal to the one before it: a stuck generator
         # (random data does this with probability 2**-256).
-        if repeatAtDistance(stream, BLOCK_SIZE, BLOCK_SIZE) is not None:
+        if stattests.repeatAtDistance(stream, BLOCK_SIZE, BLOCK_SIZE) is not None:
             return self._fail("a 32-byte block repeated: the generator is stuck")
         self._tail = stream[-(2 * BLOCK_SIZE - 1):]
-        # Adaptive proportion test, on whole windows.
-        window = self._window + data
-        while len(window) >= APT_WINDOW:
-            current, window = window[:APT_WINDOW], window[APT_WINDOW:]
-            count = current.count(current[0])
-            if count >= self.proportionCutoff:
-                return self._fail(f"byte 0x{current[0]:02x} appeared {count} times in "
-                                  f"{APT_WINDOW} (adaptive proportion test)")
-        self._window = window
-        self._held += data
-        released = []
-        while len(self._held) - len(self._window) >= FIPS_BLOCK_BYTES:
-            block = bytes(self._held[:FIPS_BLOCK_BYTES])
-            del self._held[:FIPS_BLOCK_BYTES]
+        # Adaptive proportion test, on whole windows: the incomplete one
+        # held from before, completed by data, and those after it.  (Bytes,
+        # not a bytearray: slicing a large bytearray is far slower.)
+        held = self._held + data
+        start = len(self._held) - self._pending
+        found = stattests.proportionFailure(held, start, APT_WINDOW, self.proportionCutoff)
+        if found is not None:
+            index, count = found
+            return self._fail(f"byte 0x{held[index]:02x} appeared {count} times in "
+                              f"{APT_WINDOW} (adaptive proportion test)")
+        self._pending = (len(held) - start) % APT_WINDOW
+        # FIPS 140-2 on every whole block whose windows all passed.
+        testable = len(held) - self._pending
+        offset = 0
+        passed = [self._passed]
+        while testable - offset >= FIPS_BLOCK_BYTES:
+            block = held[offset:offset + FIPS_BLOCK_BYTES]
+            offset += FIPS_BLOCK_BYTES
             failed = fipsFailures(block)
             self.fipsBlocks += 1
             self._recentFIPS.append(bool(failed))
@@ -139,12 +151,14 @@ class HealthMonitor:
                         f"{sum(self._recentFIPS)} of the last {len(self._recentFIPS)} "
                         f"FIPS 140-2 blocks failed (last: {', '.join(failed)})")
                 continue
-            self._passed += block
-        whole = len(self._passed) - len(self._passed) % BLOCK_SIZE
-        if whole:
-            released.append(self._passed[:whole])
-            self._passed = self._passed[whole:]
-        return released
+            passed.append(block)
+        self._held = held[offset:]
+        if len(passed) == 1:
+            return []
+        passed = b"".join(passed)
+        whole = len(passed) - len(passed) % BLOCK_SIZE
+        self._passed = passed[whole:]
+        return [passed[:whole]] if whole else []
 
     def streamEnded(self) -> int:
         """
@@ -157,15 +171,15 @@ class HealthMonitor:
         @return: how many bytes were dropped.
         """
         dropped = len(self._held) + len(self._passed)
-        self._held.clear()
+        self._held = b""
         self._passed = b""
-        self._window = b""
+        self._pending = 0
         self._tail = b""
         return dropped
 
     def _fail(self, reason: str) -> List[bytes]:
         self.failure = reason
-        self._held.clear()
+        self._held = b""
         self._passed = b""
-        self._window = b""
+        self._pending = 0
         return []

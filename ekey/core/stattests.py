@@ -1,15 +1,21 @@
 # -*- test-case-name: tests.test_stattests -*-
 """
-The statistical tests every verified byte goes through, written for speed
-in pure Python: the FIPS 140-2 tests (monobit, poker, runs, long run) on
-one 20,000-bit block, as rngd applies them (change notice 1 bounds), and
-the search for a run of one byte value that SP 800-90B's repetition count
-test fails on.
+The statistical tests every verified byte goes through: the FIPS 140-2
+tests (monobit, poker, runs, long run) on one 20,000-bit block, as rngd
+applies them (change notice 1 bounds), and the search for a run of one byte
+value that SP 800-90B's repetition count test fails on.
 
-Every byte a key or an upstream delivers goes through these, so they are
-written for speed in pure Python: the block is one big integer, and each
-test is a handful of whole-block operations (shifts, ANDs, popcounts) that
-run in C, rather than a loop over 20,000 bits.
+Each test is two steps: the raw statistics of the data (bit and nibble
+counts, run counts, where a repeat starts), then the decision against the
+bounds.  The statistics come from the optional C module
+C{ekey.core._stattests} when it is built (L{ACCELERATED}), else from the
+pure-Python code below, which is kept as the fallback and as the yardstick
+the tests hold the C code to; the decisions are one Python function,
+L{fipsDecision}, whichever computed the statistics.
+
+The pure-Python statistics are written for speed: the block is one big
+integer, and each test is a handful of whole-block operations (shifts, ANDs,
+popcounts) that run in C, rather than a loop over 20,000 bits.
 
   - C{y_k}, the bits that start C{k} ones in a row, is
     C{y_{k-1} & (y_{k-1} >> 1)}; a run of length C{L >= k} is one run of
@@ -19,11 +25,28 @@ run in C, rather than a loop over 20,000 bits.
     then C{y_26 = y_24 & (y_2 >> 24)};
   - the poker test's nibble counts come from the four bit planes of the
     nibbles, combined two by two.
+
+The C module does the same on 64-bit words, and the nibble counts from a
+byte histogram.
 """
 
 from __future__ import annotations
 
 from typing import List, Optional, Tuple
+
+try:
+    from ekey.core import _stattests
+except ImportError:  # not built: no compiler where ekey was installed
+    _stattests = None
+
+#: Whether the statistics come from the C module C{ekey.core._stattests}.
+ACCELERATED = _stattests is not None
+
+#: What L{fipsStatistics} gives: the number of one bits, the sum over the 16
+#: nibble values of their count squared, the runs of ones of lengths 1 to 5
+#: and 6 or more then the same for zeros, and whether a run of L{LONG_RUN}
+#: or more of either bit occurs.
+FIPSStatistics = Tuple[int, int, Tuple[int, ...], bool]
 
 BLOCK_BYTES = 2500
 BLOCK_BITS = 8 * BLOCK_BYTES
@@ -79,33 +102,58 @@ def _nibbleCounts(x: int) -> List[int]:
     return counts
 
 
-def fipsFailures(block: bytes) -> List[str]:
+def _fipsStatisticsPython(block) -> FIPSStatistics:
     """
-    Run the FIPS 140-2 tests on one 2,500-byte block.
+    The raw FIPS 140-2 statistics of one block, in pure Python.
 
-    @return: the names of the tests it failed (empty when it passed), in
-        the order monobit, poker, runs, long run.
+    @param block: 2,500 bytes (any bytes-like object).
+    @return: see L{FIPSStatistics}.
     @raise ValueError: unless the block is 2,500 bytes.
     """
     if len(block) != BLOCK_BYTES:
         raise ValueError("a FIPS 140-2 block is 2,500 bytes")
-    failed = []
     number = int.from_bytes(block, "big")
-    if not MONOBIT[0] < number.bit_count() < MONOBIT[1]:
-        failed.append("monobit")
-    poker = 16 / 5000 * sum(c * c for c in _nibbleCounts(number)) - 5000
-    if not POKER[0] < poker < POKER[1]:
-        failed.append("poker")
+    sumSquares = sum(c * c for c in _nibbleCounts(number))
     ones, longOnes = _runCounts(number)
     zeros, longZeros = _runCounts(number ^ _MASK)
-    if any(not low <= count <= high for count, (low, high) in zip(ones + zeros, RUNS * 2)):
+    return number.bit_count(), sumSquares, tuple(ones + zeros), longOnes or longZeros
+
+
+def fipsDecision(statistics: FIPSStatistics) -> List[str]:
+    """
+    Judge a block's FIPS 140-2 statistics against the bounds.
+
+    @param statistics: from L{fipsStatistics} (either implementation).
+    @return: the names of the tests failed (empty when all passed), in the
+        order monobit, poker, runs, long run.
+    """
+    ones, sumSquares, runs, longRun = statistics
+    failed = []
+    if not MONOBIT[0] < ones < MONOBIT[1]:
+        failed.append("monobit")
+    poker = 16 / 5000 * sumSquares - 5000
+    if not POKER[0] < poker < POKER[1]:
+        failed.append("poker")
+    if any(not low <= count <= high for count, (low, high) in zip(runs, RUNS * 2)):
         failed.append("runs")
-    if longOnes or longZeros:
+    if longRun:
         failed.append("long run")
     return failed
 
 
-def repeatAtDistance(data: bytes, distance: int, length: int) -> Optional[int]:
+def fipsFailures(block) -> List[str]:
+    """
+    Run the FIPS 140-2 tests on one 2,500-byte block.
+
+    @param block: any bytes-like object.
+    @return: the names of the tests it failed (empty when it passed), in
+        the order monobit, poker, runs, long run.
+    @raise ValueError: unless the block is 2,500 bytes.
+    """
+    return fipsDecision(fipsStatistics(block))
+
+
+def _repeatAtDistancePython(data, distance: int, length: int) -> Optional[int]:
     """
     Find C{length} bytes in a row that equal the C{length} bytes
     C{distance} before them: with C{distance} 1, a run of C{length + 1}
@@ -117,6 +165,7 @@ def repeatAtDistance(data: bytes, distance: int, length: int) -> Optional[int]:
     of two big integers and one substring search, instead of a regular
     expression or a loop stepping through every byte.
 
+    @param data: any bytes-like object.
     @return: the index where the first repeated stretch starts (counting
         from the earlier copy), or C{None}.
     @raise ValueError: unless C{distance} and C{length} are at least 1.
@@ -132,7 +181,39 @@ def repeatAtDistance(data: bytes, distance: int, length: int) -> Optional[int]:
     return None if index < 0 else index
 
 
-def repeatedRun(data: bytes, length: int) -> Optional[int]:
+def _proportionFailurePython(data, start: int, window: int,
+                             cutoff: int) -> Optional[Tuple[int, int]]:
+    """
+    SP 800-90B's adaptive proportion test on the complete windows of
+    C{data} that begin at C{start}, C{start + window}, ...
+
+    @param data: any bytes-like object.
+    @return: the index of the first window whose first byte appears
+        C{cutoff} times or more in it, and that count; or C{None}.
+    @raise ValueError: unless C{start >= 0} and C{window >= 1}.
+    """
+    if start < 0 or window < 1:
+        raise ValueError("a proportion window starts at 0 or later and is at least 1 byte")
+    if not isinstance(data, (bytes, bytearray)):
+        data = bytes(data)
+    for index in range(start, len(data) - window + 1, window):
+        count = data.count(data[index], index, index + window)
+        if count >= cutoff:
+            return index, count
+    return None
+
+
+if _stattests is not None:
+    fipsStatistics = _stattests.fipsStatistics
+    repeatAtDistance = _stattests.repeatAtDistance
+    proportionFailure = _stattests.proportionFailure
+else:
+    fipsStatistics = _fipsStatisticsPython
+    repeatAtDistance = _repeatAtDistancePython
+    proportionFailure = _proportionFailurePython
+
+
+def repeatedRun(data, length: int) -> Optional[int]:
     """
     Find C{length} equal bytes in a row (SP 800-90B's repetition count
     test fails on a run of C{length}).
