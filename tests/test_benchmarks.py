@@ -25,10 +25,10 @@ class BenchmarkScriptTests(unittest.TestCase):
 
     def test_found(self):
         """
-        The four benchmarks are there.
+        The five benchmarks are there.
         """
         self.assertEqual(scripts(), ["bench_egd.py", "bench_frames.py", "bench_hardening.py",
-                                     "bench_relay.py"])
+                                     "bench_health.py", "bench_relay.py"])
 
     def test_help(self):
         """
