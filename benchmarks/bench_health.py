@@ -51,6 +51,7 @@ FEED_SIZES = (255, 4096, 65536)
 
 PYTHON_STATISTICS = {
     "fipsStatistics": stattests._fipsStatisticsPython,
+    "fipsScan": stattests._fipsScanPython,
     "repeatAtDistance": stattests._repeatAtDistancePython,
     "proportionFailure": stattests._proportionFailurePython,
 }

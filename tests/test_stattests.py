@@ -11,6 +11,7 @@ CI), where they fail.
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import sys
@@ -51,10 +52,12 @@ def implementation(name: str) -> dict:
     """
     if name == "python":
         return {"fipsStatistics": stattests._fipsStatisticsPython,
+                "fipsScan": stattests._fipsScanPython,
                 "repeatAtDistance": stattests._repeatAtDistancePython,
                 "proportionFailure": stattests._proportionFailurePython}
     requireAccelerator()
     return {"fipsStatistics": _stattests.fipsStatistics,
+            "fipsScan": stattests._fipsScanC,
             "repeatAtDistance": _stattests.repeatAtDistance,
             "proportionFailure": _stattests.proportionFailure}
 
@@ -252,6 +255,35 @@ def withOnes(rng: random.Random, ones: int) -> bytes:
     for position in positions:
         number |= 1 << position
     return number.to_bytes(BLOCK_BYTES, "big")
+
+
+@functools.lru_cache(maxsize=None)
+def onlyRunsFail(more: bool) -> bytes:
+    """
+    A block that fails the runs test alone, with too many runs of one bit
+    (C{more}) or too few: random bits, in which the middle bit of three
+    equal ones (or a lone bit between two others) is flipped, ones and
+    zeros in turn so that the monobit and poker tests keep passing, until
+    the runs test fails.  Seeded, so always the same block.
+    """
+    rng = random.Random(7 if more else 9)
+    bits = [rng.getrandbits(1) for _ in range(8 * BLOCK_BYTES)]
+    flip = 1
+    flips = 0
+    while True:
+        i = rng.randrange(1, len(bits) - 1)
+        alike = bits[i - 1] == bits[i + 1]
+        if bits[i] != flip or not alike or (bits[i - 1] == bits[i]) != more:
+            continue
+        bits[i] ^= 1
+        flip ^= 1
+        flips += 1
+        if flips % 20 == 0:
+            block = int("".join(map(str, bits)), 2).to_bytes(BLOCK_BYTES, "big")
+            failed = referenceFailures(block)
+            if failed:
+                assert failed == ["runs"], failed
+                return block
 
 
 def crafted(rng: random.Random) -> bytes:
@@ -469,6 +501,49 @@ class StatisticsTestsMixin:
                     block = withBits(rng.randbytes(BLOCK_BYTES), position, fill, length)
                     self.assertEqual(fipsStatistics(block)[3], fails, (length, fill, position))
 
+    def test_scanFindsTheFirstFailingBlock(self):
+        """
+        The scan of many blocks gives the offset of the first block that
+        the decision fails, counting from where it starts and stopping at
+        the last whole block before its end; None when all pass.  Its
+        blocks include ones exactly at the bounds (9725 and 10275 ones
+        fail, 9726 and 10274 pass; runs of 25 pass, 26 fail).
+        """
+        fipsScan = self.functions["fipsScan"]
+        rng = random.Random(11)
+        end = 8 * BLOCK_BYTES
+        edgeBlocks = [withOnes(rng, 9725), withOnes(rng, 9726), withOnes(rng, 10274),
+                      withOnes(rng, 10275), withBits(rng.randbytes(BLOCK_BYTES), 61, "1", 25),
+                      withBits(rng.randbytes(BLOCK_BYTES), 61, "1", 26),
+                      withBits(rng.randbytes(BLOCK_BYTES), end - 26, "0", 26),
+                      b"\x55" * BLOCK_BYTES, onlyRunsFail(True), onlyRunsFail(False),
+                      crafted(rng), crafted(rng), crafted(rng)]
+        passing = [block for block in (rng.randbytes(BLOCK_BYTES) for _ in range(20))
+                   if not fipsFailures(block)][:6]
+        self.assertEqual(len(passing), 6)
+        for edge in edgeBlocks:
+            data = b"xyz" + b"".join(passing[:3]) + edge + b"".join(passing[3:]) + b"tail"
+            expected = 3 + 3 * BLOCK_BYTES if fipsFailures(edge) else None
+            self.assertEqual(fipsScan(data, 3, len(data)), expected)
+            # Started past it, or stopped before it, the scan does not see it.
+            self.assertIsNone(fipsScan(data, 3 + 4 * BLOCK_BYTES, len(data)))
+            self.assertIsNone(fipsScan(data, 3, 3 + 4 * BLOCK_BYTES - 1))
+        # Both outcomes were tried: 9725 and 10275 ones, a run of 26, the
+        # pattern, too many and too few runs fail; 9726, 10274 and a run of
+        # 25 pass.
+        self.assertEqual([bool(fipsFailures(edge)) for edge in edgeBlocks[:10]],
+                         [True, False, False, True, False, True, True, True, True, True])
+        self.assertIsNone(fipsScan(b"".join(passing), 0, 0))
+
+    def test_scanErrors(self):
+        """
+        A range outside the data is a ValueError.
+        """
+        fipsScan = self.functions["fipsScan"]
+        data = bytes(3 * BLOCK_BYTES)
+        for start, end in ((-1, 10), (10, 5), (0, len(data) + 1)):
+            self.assertRaises(ValueError, fipsScan, data, start, end)
+
     def test_types(self):
         """
         Any bytes-like block gives the same statistics; a block of another
@@ -597,6 +672,39 @@ class StatisticsCTests(CImplementation, StatisticsTestsMixin, TestCase):
                                  stattests._repeatAtDistancePython(data, distance, length))
             self.assertEqual(_stattests.proportionFailure(data, 3, 16, 6),
                              stattests._proportionFailurePython(data, 3, 16, 6))
+
+
+class PassingBoundsTests(TestCase):
+    """
+    The ranges the C scan checks are those the one decision passes.
+    """
+
+    def test_boundsAreTheDecisions(self):
+        """
+        Just inside each range the decision passes that statistic, just
+        outside it fails it: monobit, poker (on the sum of squares) and
+        every run count.
+        """
+        onesLow, onesHigh, squaresLow, squaresHigh, runsLow, runsHigh = stattests._PASSING
+        middle = ((2500, 1250, 625, 312, 156, 156) * 2)
+
+        def failed(ones=10000, squares=1570000, runs=middle, longRun=False):
+            return stattests.fipsDecision((ones, squares, tuple(runs), longRun))
+
+        self.assertEqual(failed(), [])
+        self.assertEqual(failed(longRun=True), ["long run"])
+        for ones, expected in ((onesLow - 1, ["monobit"]), (onesLow, []), (onesHigh, []),
+                               (onesHigh + 1, ["monobit"])):
+            self.assertEqual(failed(ones=ones), expected, ones)
+        for squares, expected in ((squaresLow - 1, ["poker"]), (squaresLow, []),
+                                  (squaresHigh, []), (squaresHigh + 1, ["poker"])):
+            self.assertEqual(failed(squares=squares), expected, squares)
+        for k in range(12):
+            for count, expected in ((runsLow[k] - 1, ["runs"]), (runsLow[k], []),
+                                    (runsHigh[k], []), (runsHigh[k] + 1, ["runs"])):
+                runs = list(middle)
+                runs[k] = count
+                self.assertEqual(failed(runs=runs), expected, (k, count))
 
 
 class AcceleratorTests(TestCase):

@@ -4,10 +4,13 @@
  * Every byte a key or an upstream delivers goes through the FIPS 140-2
  * tests and the SP 800-90B repetition searches; in pure Python these cost
  * about 100 ns a byte, which limits a relay to about 10 MiB/s a core.  This
- * module computes the same statistics (never the pass/fail decisions: those
- * stay in one Python function, fed by either implementation) with the same
- * bit order: a block is read as one big-endian bit string, most significant
- * bit of the first byte first, runs continuing across byte boundaries.
+ * module computes the same statistics with the same bit order: a block is
+ * read as one big-endian bit string, most significant bit of the first byte
+ * first, runs continuing across byte boundaries.  The pass/fail decision is
+ * one Python function (ekey.core.stattests.fipsDecision); fipsScan, which
+ * finds the first failing block of many in one call, checks the statistics
+ * against inclusive ranges that ekey.core.stattests derives from that
+ * function, and the caller judges the block it points at with the function.
  *
  * It is optional: ekey.core.stattests falls back to pure Python when this
  * module is not built, and the tests compare the two.
@@ -177,25 +180,21 @@ PyDoc_STRVAR(fipsStatistics_doc,
 "and 6 or more, then the same for zeros) and whether a run of 26 or more\n"
 "of either bit occurs.  Raises ValueError unless the block is 2,500 bytes.");
 
-static PyObject *
-fipsStatistics(PyObject *module, PyObject *arg)
+/* The raw statistics of one block (see fipsStatistics). */
+typedef struct {
+    long ones;
+    long long sumSquares;
+    long runs[12];
+    int longRun;
+} Statistics;
+
+static void
+blockStatistics(const unsigned char *data, Statistics *out)
 {
-    Py_buffer view;
-    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) {
-        return NULL;
-    }
-    if (view.len != BLOCK_BYTES) {
-        PyBuffer_Release(&view);
-        PyErr_SetString(PyExc_ValueError, "a FIPS 140-2 block is 2,500 bytes");
-        return NULL;
-    }
-    const unsigned char *data = (const unsigned char *)view.buf;
     /* Four histograms, so that consecutive equal bytes do not wait for
        each other's increment. */
     uint32_t histogram[4][256];
     long nibbles[16] = {0};
-    long runs[12];
-    long onesCount;
     Runs ones, zeros;
 
     memset(&ones, 0, sizeof(ones));
@@ -220,19 +219,116 @@ fipsStatistics(PyObject *module, PyObject *arg)
         nibbles[v >> 4] += n;
         nibbles[v & 15] += n;
     }
-    onesCount = ones.counts[0];
-    exactRuns(&ones, runs);
-    exactRuns(&zeros, runs + 6);
-
-    PyBuffer_Release(&view);
-    long long sumSquares = 0;
+    out->ones = ones.counts[0];
+    exactRuns(&ones, out->runs);
+    exactRuns(&zeros, out->runs + 6);
+    out->sumSquares = 0;
     for (int v = 0; v < 16; v++) {
-        sumSquares += (long long)nibbles[v] * nibbles[v];
+        out->sumSquares += (long long)nibbles[v] * nibbles[v];
     }
-    return Py_BuildValue("lL(llllllllllll)N", onesCount, sumSquares,
-                         runs[0], runs[1], runs[2], runs[3], runs[4], runs[5],
-                         runs[6], runs[7], runs[8], runs[9], runs[10], runs[11],
-                         PyBool_FromLong(ones.longRun || zeros.longRun));
+    out->longRun = ones.longRun || zeros.longRun;
+}
+
+static PyObject *
+fipsStatistics(PyObject *module, PyObject *arg)
+{
+    Py_buffer view;
+    Statistics s;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    if (view.len != BLOCK_BYTES) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "a FIPS 140-2 block is 2,500 bytes");
+        return NULL;
+    }
+    blockStatistics((const unsigned char *)view.buf, &s);
+    PyBuffer_Release(&view);
+    return Py_BuildValue("lL(llllllllllll)N", s.ones, s.sumSquares,
+                         s.runs[0], s.runs[1], s.runs[2], s.runs[3], s.runs[4], s.runs[5],
+                         s.runs[6], s.runs[7], s.runs[8], s.runs[9], s.runs[10], s.runs[11],
+                         PyBool_FromLong(s.longRun));
+}
+
+PyDoc_STRVAR(fipsScan_doc,
+"fipsScan(data, start, end, passing) -> int or None\n\n"
+"The offset of the first of the 2,500-byte blocks of data at start,\n"
+"start + 2500, ... (each ending at or before end) whose statistics fall\n"
+"outside passing, or None when all are inside.  passing is the tuple\n"
+"(onesLow, onesHigh, sumSquaresLow, sumSquaresHigh, runsLow, runsHigh)\n"
+"of inclusive bounds, runsLow and runsHigh 12 each, in the order of\n"
+"fipsStatistics; a long run always fails.  It says only where to look:\n"
+"the caller judges that block itself.  Raises ValueError on a bad range\n"
+"or bounds.");
+
+static int
+readBounds(PyObject *sequence, long *out, Py_ssize_t count)
+{
+    PyObject *fast = PySequence_Fast(sequence, "passing bounds must be a sequence");
+    if (fast == NULL) {
+        return -1;
+    }
+    if (PySequence_Fast_GET_SIZE(fast) != count) {
+        Py_DECREF(fast);
+        PyErr_SetString(PyExc_ValueError, "passing bounds of the wrong length");
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        out[i] = PyLong_AsLong(PySequence_Fast_GET_ITEM(fast, i));
+        if (out[i] == -1 && PyErr_Occurred()) {
+            Py_DECREF(fast);
+            return -1;
+        }
+    }
+    Py_DECREF(fast);
+    return 0;
+}
+
+static PyObject *
+fipsScan(PyObject *module, PyObject *args)
+{
+    Py_buffer view;
+    Py_ssize_t start, end;
+    long onesLow, onesHigh;
+    long long squaresLow, squaresHigh;
+    PyObject *runsLowObject, *runsHighObject;
+    long runsLow[12], runsHigh[12];
+    if (!PyArg_ParseTuple(args, "y*nn(llLLOO):fipsScan", &view, &start, &end, &onesLow,
+                          &onesHigh, &squaresLow, &squaresHigh, &runsLowObject,
+                          &runsHighObject)) {
+        return NULL;
+    }
+    if (readBounds(runsLowObject, runsLow, 12) < 0
+            || readBounds(runsHighObject, runsHigh, 12) < 0) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    if (start < 0 || end < start || end > view.len) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "the blocks must lie within the data");
+        return NULL;
+    }
+    const unsigned char *data = (const unsigned char *)view.buf;
+    Py_ssize_t found = -1;
+    for (Py_ssize_t offset = start; end - offset >= BLOCK_BYTES; offset += BLOCK_BYTES) {
+        Statistics s;
+        int fails;
+        blockStatistics(data + offset, &s);
+        fails = s.longRun || s.ones < onesLow || s.ones > onesHigh
+            || s.sumSquares < squaresLow || s.sumSquares > squaresHigh;
+        for (int k = 0; k < 12 && !fails; k++) {
+            fails = s.runs[k] < runsLow[k] || s.runs[k] > runsHigh[k];
+        }
+        if (fails) {
+            found = offset;
+            break;
+        }
+    }
+    PyBuffer_Release(&view);
+    if (found < 0) {
+        Py_RETURN_NONE;
+    }
+    return PyLong_FromSsize_t(found);
 }
 
 PyDoc_STRVAR(repeatAtDistance_doc,
@@ -349,6 +445,7 @@ proportionFailure(PyObject *module, PyObject *args)
 }
 
 static PyMethodDef methods[] = {
+    {"fipsScan", fipsScan, METH_VARARGS, fipsScan_doc},
     {"fipsStatistics", fipsStatistics, METH_O, fipsStatistics_doc},
     {"repeatAtDistance", repeatAtDistance, METH_VARARGS, repeatAtDistance_doc},
     {"proportionFailure", proportionFailure, METH_VARARGS, proportionFailure_doc},

@@ -134,11 +134,23 @@ class HealthMonitor:
             return self._fail(f"byte 0x{held[index]:02x} appeared {count} times in "
                               f"{APT_WINDOW} (adaptive proportion test)")
         self._pending = (len(held) - start) % APT_WINDOW
-        # FIPS 140-2 on every whole block whose windows all passed.
+        # FIPS 140-2 on every whole block whose windows all passed: the scan
+        # finds the next failing block, if any; the blocks before it passed.
         testable = len(held) - self._pending
+        end = testable - testable % FIPS_BLOCK_BYTES
         offset = 0
         passed = [self._passed]
-        while testable - offset >= FIPS_BLOCK_BYTES:
+        while offset < end:
+            failing = stattests.fipsScan(held, offset, end)
+            stop = end if failing is None else failing
+            if stop > offset:
+                count = (stop - offset) // FIPS_BLOCK_BYTES
+                self.fipsBlocks += count
+                self._recentFIPS.extend([False] * min(count, FIPS_WINDOW))
+                passed.append(held[offset:stop])
+                offset = stop
+            if failing is None:
+                break
             block = held[offset:offset + FIPS_BLOCK_BYTES]
             offset += FIPS_BLOCK_BYTES
             failed = fipsFailures(block)

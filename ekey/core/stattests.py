@@ -119,6 +119,14 @@ def _fipsStatisticsPython(block) -> FIPSStatistics:
     return number.bit_count(), sumSquares, tuple(ones + zeros), longOnes or longZeros
 
 
+def _pokerPasses(sumSquares: int) -> bool:
+    """
+    The poker test on a block's sum of squared nibble counts.
+    """
+    poker = 16 / 5000 * sumSquares - 5000
+    return POKER[0] < poker < POKER[1]
+
+
 def fipsDecision(statistics: FIPSStatistics) -> List[str]:
     """
     Judge a block's FIPS 140-2 statistics against the bounds.
@@ -131,14 +139,53 @@ def fipsDecision(statistics: FIPSStatistics) -> List[str]:
     failed = []
     if not MONOBIT[0] < ones < MONOBIT[1]:
         failed.append("monobit")
-    poker = 16 / 5000 * sumSquares - 5000
-    if not POKER[0] < poker < POKER[1]:
+    if not _pokerPasses(sumSquares):
         failed.append("poker")
     if any(not low <= count <= high for count, (low, high) in zip(runs, RUNS * 2)):
         failed.append("runs")
     if longRun:
         failed.append("long run")
     return failed
+
+
+def _passingBounds() -> Tuple[int, int, int, int, Tuple[int, ...], Tuple[int, ...]]:
+    """
+    The statistics L{fipsDecision} passes, as inclusive integer ranges, for
+    the C scan (L{fipsScan}): derived from the decision itself, the poker
+    test's by searching the sums of squares it passes (the poker value only
+    grows with the sum, so they are one range).
+
+    @return: C{(onesLow, onesHigh, sumSquaresLow, sumSquaresHigh, runsLow,
+        runsHigh)}.
+    """
+    # 5,000 nibbles: the sum of their 16 counts squared lies between an
+    # even spread's and all alike's.
+    least, most = 5000 ** 2 // 16, 5000 ** 2
+    center = least
+    while not _pokerPasses(center):
+        center += 1000
+    low, high = least, center
+    while low < high:  # the least passing sum
+        middle = (low + high) // 2
+        if _pokerPasses(middle):
+            high = middle
+        else:
+            low = middle + 1
+    squaresLow = low
+    low, high = center, most
+    while low < high:  # the greatest passing sum
+        middle = (low + high + 1) // 2
+        if _pokerPasses(middle):
+            low = middle
+        else:
+            high = middle - 1
+    squaresHigh = low
+    runs = RUNS * 2
+    return (MONOBIT[0] + 1, MONOBIT[1] - 1, squaresLow, squaresHigh,
+            tuple(low for low, _ in runs), tuple(high for _, high in runs))
+
+
+_PASSING = _passingBounds()
 
 
 def fipsFailures(block) -> List[str]:
@@ -203,12 +250,41 @@ def _proportionFailurePython(data, start: int, window: int,
     return None
 
 
+def _fipsScanPython(data, start: int, end: int) -> Optional[int]:
+    """
+    Find where to look among the 2,500-byte blocks of C{data} at C{start},
+    C{start + 2500}, ... (each ending at or before C{end}): the offset of
+    the first block that fails a FIPS 140-2 test, or C{None} when all pass.
+    Judge that block with L{fipsFailures}: the scan says where, the one
+    decision says what.  (L{fipsScan} is this or L{_fipsScanC}.)
+
+    @param data: any bytes-like object.
+    @raise ValueError: unless C{0 <= start <= end <= len(data)}.
+    """
+    if start < 0 or end < start or end > len(data):
+        raise ValueError("the blocks must lie within the data")
+    for offset in range(start, end - BLOCK_BYTES + 1, BLOCK_BYTES):
+        if fipsDecision(_fipsStatisticsPython(data[offset:offset + BLOCK_BYTES])):
+            return offset
+    return None
+
+
+def _fipsScanC(data, start: int, end: int) -> Optional[int]:
+    """
+    L{fipsScan} with the C module, against the bounds that
+    L{fipsDecision} passes (L{_passingBounds}).
+    """
+    return _stattests.fipsScan(data, start, end, _PASSING)
+
+
 if _stattests is not None:
     fipsStatistics = _stattests.fipsStatistics
+    fipsScan = _fipsScanC
     repeatAtDistance = _stattests.repeatAtDistance
     proportionFailure = _stattests.proportionFailure
 else:
     fipsStatistics = _fipsStatisticsPython
+    fipsScan = _fipsScanPython
     repeatAtDistance = _repeatAtDistancePython
     proportionFailure = _proportionFailurePython
 
