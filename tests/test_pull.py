@@ -245,9 +245,10 @@ class PolicyTests(unittest.TestCase):
     def test_smallTakesAskedTogether(self):
         """
         While a member has demand in flight, what readers take a few blocks
-        at a time is asked of it in batches of L{MIN_BATCH} bytes, not one
-        request per take; a member with nothing in flight is asked at once,
-        however little is wanted.
+        at a time is asked of it in batches of L{MIN_BATCH} bytes (the
+        watermarks here are more than twice that apart), not one request
+        per take; a member with nothing in flight is asked at once, however
+        little is wanted.
         """
         pool = EntropyPool(1 << 20)
         policy = PullPolicy(pool, 65536, 262144, clock=self.clock)
@@ -257,9 +258,9 @@ class PolicyTests(unittest.TestCase):
         pulls = []
         a.pull = lambda n: (pulls.append(n), FakeMember.pull(a, n))
         a.deliver(131072)
-        for _ in range(100):
+        for _ in range(400):
             pool.take(224)
-        # 22,400 bytes taken: asked once, when a batch had been taken; the
+        # 89,600 bytes taken: asked once, when a batch had been taken; the
         # rest waits for the next batch.
         self.assertEqual(len(pulls), 1)
         self.assertTrue(MIN_BATCH <= pulls[0] < MIN_BATCH + 224, pulls)

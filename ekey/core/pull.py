@@ -37,8 +37,8 @@ to whole blocks), so an upstream with nothing to give holds back at most
 its share, and the others fill the rest.  A member is asked again as soon
 as what it was asked arrives, so one that delivers fast carries most of a
 refill.  While a member still has demand in flight, what readers take is
-asked of it in batches (L{MIN_BATCH}, or half the refill step if that is
-less), not a few blocks at a time: each ask is a write, and over TLS a
+asked of it in batches (L{MIN_BATCH}, or half the distance between the
+watermarks if that is less), not a few blocks at a time: each ask is a write, and over TLS a
 record, and its own deliveries bring the policy back to ask the rest.
 
 Stalls.  A member that has been asked for bytes and has delivered nothing
@@ -92,8 +92,9 @@ READ_SIZE = MAX_READ - MAX_READ % BLOCK_SIZE
 MAX_PIPELINE = 4096
 
 #: At most this many bytes are left unasked of a member that has demand
-#: in flight, to be asked together with what follows.
-MIN_BATCH = 16 * 1024
+#: in flight, to be asked together with what follows (less when the
+#: watermarks are closer together than twice this).
+MIN_BATCH = 64 * 1024
 
 DEFAULT_LOW_WATER = 64 * 1024
 DEFAULT_HIGH_WATER = 256 * 1024
@@ -170,8 +171,8 @@ class PullPolicy:
         # The least worth asking of a member that still has demand in flight
         # (its deliveries will bring the policy back here): asking for every
         # few blocks a reader takes would cost a write, and over TLS a
-        # record, per take.
-        self._batch = min(self._step // 2, MIN_BATCH)
+        # record, per take, on both ends.
+        self._batch = min((highWater - lowWater) // 2, MIN_BATCH)
         self._batch -= self._batch % BLOCK_SIZE
         self._wasDown = False
         self._levelBefore = pool.level
