@@ -367,6 +367,10 @@ class PullPolicy:
             return []
         asked = [(member, ledger) for member, ledger in self._members.items()
                  if ledger.delivering]
+        if want < self._batch and all(ledger.inFlight for _, ledger in asked):
+            # Less than a batch for members that all have demand in flight:
+            # nothing to ask yet (the common case while readers draw).
+            return []
         if not asked:
             return []
         best = min(ledger.priority for _, ledger in asked)
