@@ -16,10 +16,15 @@
 # The simulator is NOT a hardware entropy source: use it to try things out,
 # never to feed a real system.  Ctrl-C stops both.
 set -eu
-# Twisted finds the ekey plugin in twisted/plugins/ on sys.path: put this
-# checkout there too, so that it is found however ekey was installed.
+# Twisted finds the ekey plugin in twisted/plugins/ on sys.path.  An
+# installed ekey (pip install .) brings its plugin, and its compiled health
+# tests, with it; only where ekey is not installed is this checkout put on
+# sys.path (then the health tests run in pure Python unless built in place:
+# python3 setup.py build_ext --inplace).
 root=$(cd "$(dirname "$0")/.." && pwd)
-export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
+if ! (cd / && python3 -c 'import ekey' 2>/dev/null); then
+    export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
+fi
 dir=${1:-$(mktemp -d "${TMPDIR:-/tmp}/ekey-demo.XXXXXX")}
 port=${EKEY_PORT:-8888}
 mkdir -p "$dir"

@@ -268,6 +268,20 @@ class AssemblyTests(unittest.TestCase):
         [start] = [e for e in events if " starting: " in e["log_format"]]
         return service, formatEvent(start)
 
+    def test_healthTestsNamedAtStart(self):
+        """
+        The start line says whether the health tests are compiled or run in
+        pure Python (about ten times slower), and how to build them.
+        """
+        from ekey.core import stattests
+
+        for accelerated, expected in ((True, "health tests compiled"),
+                                      (False, "health tests in pure Python (about ten times "
+                                              "slower: install ekey where a C compiler")):
+            self.patch(stattests, "ACCELERATED", accelerated)
+            _, line = self.kernelDaemon(upstreams=("unix:/u",))
+            self.assertIn(expected, line)
+
     def test_kernelCreditUnverified(self):
         """
         A remote plain-TCP upstream is credited 0 by default, and the start

@@ -24,6 +24,7 @@ from twisted.application.service import MultiService
 from twisted.logger import Logger
 
 from ekey import __version__
+from ekey.core import stattests
 from ekey.core.keyring import Keyring, KeyringError
 from ekey.core.kernel import FeedPolicy, KernelError
 from ekey.core.pool import EntropyPool
@@ -236,7 +237,8 @@ def makeService(config: DaemonConfig, resources: Optional[Resources] = None,
     SystemdNotifier(keys.firstAttempts(), reactor=reactor).setServiceParent(top)
     log.info(
         "ekey {version} starting: {keys} key(s){directory}, {upstreams} upstream(s), keyring {keyring}, "
-        "pool of {size} bytes, EGD on {ports}{kernel}; at most {cap} client connections{source}",
+        "pool of {size} bytes, EGD on {ports}{kernel}; at most {cap} client connections; "
+        "health tests {health}{source}",
         version=__version__,
         keys=len(config.devices),
         upstreams=len(config.upstreams),
@@ -247,6 +249,9 @@ def makeService(config: DaemonConfig, resources: Optional[Resources] = None,
         kernel=(f"; feeding the kernel, crediting {credit} bits a byte ({creditReason})"
                 if resources.kernel is not None else ""),
         cap=limiter.maxConnections,
+        health=("compiled" if stattests.ACCELERATED else
+                "in pure Python (about ten times slower: install ekey where a C compiler "
+                "and the Python headers are, to build them)"),
         source=f"; settings from {config.configFile}" if config.configFile else "",
     )
     return top
