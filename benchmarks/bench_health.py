@@ -14,8 +14,9 @@ Every byte a key or an upstream delivers goes through a HealthMonitor
 per byte bounds what one relay hop can carry on one core.
 
 Each case feeds --megabytes of random bytes (drawn once from os.urandom) to
-a fresh HealthMonitor in feeds of 255 bytes (an EGD reply), 4,096 bytes and
-65,536 bytes (a relay's large reads), and times the feeds with the thread's
+a fresh HealthMonitor in feeds of 32 bytes (a key's block, as a key's
+pipeline feeds them), 255 bytes (an EGD reply), 4,096 bytes and 65,536 bytes
+(a relay's large reads), and times the feeds with the thread's
 CPU time (time.thread_time_ns: what this thread spent, whatever else the
 machine runs) and with the wall clock.  "python" is the same monitor with
 ekey.core.stattests' statistics replaced, for that case only, by its
@@ -47,7 +48,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ekey.core import stattests  # noqa: E402
 from ekey.core.health import HealthMonitor  # noqa: E402
 
-FEED_SIZES = (255, 4096, 65536)
+FEED_SIZES = (32, 255, 4096, 65536)
 
 PYTHON_STATISTICS = {
     "fipsStatistics": stattests._fipsStatisticsPython,
