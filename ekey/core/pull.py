@@ -38,8 +38,9 @@ its share, and the others fill the rest.  A member is asked again as soon
 as what it was asked arrives, so one that delivers fast carries most of a
 refill.  While a member still has demand in flight, what readers take is
 asked of it in batches (L{MIN_BATCH}, or half the distance between the
-watermarks if that is less), not a few blocks at a time: each ask is a write, and over TLS a
-record, and its own deliveries bring the policy back to ask the rest.
+watermarks if that is less), not a few blocks at a time: each ask is a
+write, and over TLS a record, and the member's own deliveries bring the
+policy back to ask the rest.
 
 Stalls.  A member that has been asked for bytes and has delivered nothing
 for C{stallTimeout} seconds (by the injected clock) is I{stalled}: what it

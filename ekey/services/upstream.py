@@ -61,6 +61,7 @@ __all__ = [
     "checkUpstreamDescription",
 ]
 
+
 class PullPolicy(pull.PullPolicy):
     """
     L{ekey.core.pull.PullPolicy} on the reactor's clock unless told
