@@ -21,7 +21,7 @@ from ekey.core.health import (
     proportionCutoff,
     repetitionCutoff,
 )
-from tests.test_stattests import useImplementation
+from tests.test_stattests import CImplementation, PythonImplementation
 
 
 def naiveRuns(block):
@@ -52,26 +52,6 @@ class CutoffTests(unittest.TestCase):
         self.assertEqual(repetitionCutoff(7), 7)
         self.assertEqual(proportionCutoff(7), 27)
         self.assertEqual(repetitionCutoff(1), 41)
-
-
-class PythonImplementation:
-    """
-    Mixin: the test runs on the pure-Python statistics.
-    """
-
-    implementation = "python"
-
-    def setUp(self):
-        super().setUp()
-        self.functions = useImplementation(self, self.implementation)
-
-
-class CImplementation(PythonImplementation):
-    """
-    Mixin: the test runs on the C accelerator's statistics.
-    """
-
-    implementation = "c"
 
 
 class FIPSTestsMixin:

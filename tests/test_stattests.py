@@ -362,15 +362,7 @@ class FIPSTestsMixin:
         for length, fails in ((25, False), (26, True)):
             for fill in ("1", "0"):
                 for position in (0, 7000, 8 * BLOCK_BYTES - length):
-                    bits = list(format(int.from_bytes(base, "big"), f"0{8 * BLOCK_BYTES}b"))
-                    bits[position:position + length] = fill * length
-                    # Break the run where it would join its neighbours.
-                    other = "0" if fill == "1" else "1"
-                    if position:
-                        bits[position - 1] = other
-                    if position + length < len(bits):
-                        bits[position + length] = other
-                    block = int("".join(bits), 2).to_bytes(BLOCK_BYTES, "big")
+                    block = withBits(bytes(base), position, fill, length)
                     self.assertEqual("long run" in fipsFailures(block), fails,
                                      (length, fill, position))
 
