@@ -160,24 +160,16 @@ def referenceFailures(block: bytes) -> List[str]:
     FIPS 140-2 as the standard words it, one bit at a time: slow and plain,
     the yardstick for the fast version.
     """
-    bits = "".join(format(byte, "08b") for byte in block)
+    ones, sumSquares, runs, longRun = referenceStatistics(block)
     failed = []
-    if not MONOBIT[0] < bits.count("1") < MONOBIT[1]:
+    if not MONOBIT[0] < ones < MONOBIT[1]:
         failed.append("monobit")
-    nibbles = [int(bits[i:i + 4], 2) for i in range(0, len(bits), 4)]
-    poker = 16 / 5000 * sum(nibbles.count(v) ** 2 for v in range(16)) - 5000
+    poker = 16 / 5000 * sumSquares - 5000
     if not POKER[0] < poker < POKER[1]:
         failed.append("poker")
-    runs = {"0": [0] * 6, "1": [0] * 6}
-    longest = 0
-    for bit, group in groupby(bits):
-        length = len(list(group))
-        runs[bit][min(length, 6) - 1] += 1
-        longest = max(longest, length)
-    if any(not low <= count <= high
-           for counts in (runs["1"], runs["0"]) for count, (low, high) in zip(counts, RUNS)):
+    if any(not low <= count <= high for count, (low, high) in zip(runs, RUNS * 2)):
         failed.append("runs")
-    if longest >= LONG_RUN:
+    if longRun:
         failed.append("long run")
     return failed
 
