@@ -487,8 +487,8 @@ def cpuColumn(runs: List[dict]) -> str:
         the repeats, in the chain's order.
     """
     names = list(runs[0]["cpu"]) if runs else []
-    return " ".join(f"{name} {median([r['cpu'].get(name) for r in runs]):.0f}"
-                    for name in names if median([r['cpu'].get(name) for r in runs]) is not None)
+    shares = {name: median([r["cpu"].get(name) for r in runs]) for name in names}
+    return cpuText({name: share for name, share in shares.items() if share is not None})
 
 
 KINDS = {"ekey": "ekey (default watermarks)", "ekey-tuned": "ekey (--watermarks)",
