@@ -125,10 +125,14 @@ runsWord(Runs *r, uint64_t x, int hardware)
 static ALWAYS_INLINE void
 runsBlock(const unsigned char *data, Runs *ones, Runs *zeros, int hardware)
 {
+    /* Local copies: the data, read through unsigned char, may alias the
+       caller's Runs as far as the compiler knows, which would keep every
+       count in memory (stored and loaded again for every word). */
+    Runs o = *ones, z = *zeros;
     for (int i = 0; i < BLOCK_BYTES / 8; i++) {
         uint64_t w = loadBigEndian(data + 8 * i);
-        runsWord(ones, w, hardware);
-        runsWord(zeros, ~w, hardware);
+        runsWord(&o, w, hardware);
+        runsWord(&z, ~w, hardware);
     }
 #if BLOCK_BYTES % 8
     {
@@ -138,10 +142,12 @@ runsBlock(const unsigned char *data, Runs *ones, Runs *zeros, int hardware)
         for (int j = 0; j < 8; j++) {
             w = (w << 8) | (j < bytes ? data[BLOCK_BYTES - bytes + j] : 0);
         }
-        runsWord(ones, w, hardware);
-        runsWord(zeros, ~w & (~(uint64_t)0 << (64 - 8 * bytes)), hardware);
+        runsWord(&o, w, hardware);
+        runsWord(&z, ~w & (~(uint64_t)0 << (64 - 8 * bytes)), hardware);
     }
 #endif
+    *ones = o;
+    *zeros = z;
 }
 
 static void
