@@ -7,6 +7,7 @@ are verified, what the kernel is credited, private Unix listeners).
 from twisted.trial import unittest
 
 from ekey.core.kernel import DEFAULT_SHANNONS_PER_BYTE
+from ekey.core.pull import DEFAULT_HIGH_WATER
 from ekey.services.config import (
     DaemonConfig,
     isVerifiedSource,
@@ -54,6 +55,24 @@ class CheckTests(unittest.TestCase):
         self.assertRefused("--shannons-per-byte", shannonsPerByte=9, **key)
         self.assertRefused("--low-water", upstreams=("unix:/u",), lowWater=10, highWater=5,
                            ports=("tcp:1",))
+
+    def test_defaultHighWater(self):
+        """
+        Without C{highWater} the high watermark is L{DEFAULT_HIGH_WATER}, or
+        the pool size when that is smaller, so that C{--pool-size} alone is
+        a whole configuration; a given one is used as it is, and checked.
+        """
+        relay = {"upstreams": ("unix:/u",), "ports": ("tcp:1",)}
+        self.assertEqual(DaemonConfig(**relay).pullHighWater, DEFAULT_HIGH_WATER)
+        self.assertEqual(DEFAULT_HIGH_WATER, 512 * 1024)
+        small = DaemonConfig(poolSize=300000, **relay)
+        self.assertEqual(small.pullHighWater, 300000)
+        small.check()
+        self.assertEqual(DaemonConfig(poolSize=300000, highWater=4096, **relay).pullHighWater,
+                         4096)
+        self.assertRefused("--high-water (600000) <= --pool-size (300000)", poolSize=300000,
+                           highWater=600000, **relay)
+        self.assertRefused("--low-water (65536) < --high-water (65536)", poolSize=65536, **relay)
 
     def test_kernelWithUID(self):
         """

@@ -414,13 +414,22 @@ class WiringTests(OptionsFixture, unittest.TestCase):
         """
         An C{ssl:} upstream is refused with a hint; C{priority=} is taken
         off before Twisted reads the endpoint; the stall time-out reaches
-        the pull policy.
+        the pull policy, and so does the high watermark: 512 KiB by
+        default, the pool size when that is smaller, or as given.
         """
         self.assertUsage("use tls:", *self.base(), "--upstream", "ssl:example.net:8888")
         options = self.parse(*self.base(), "--upstream", "unix:/run/a:priority=1",
                              "--upstream-stall-timeout", "7.5")
         service = self.build(options)
         self.assertEqual(service.pullPolicy.stallTimeout, 7.5)
+        self.assertEqual(service.pullPolicy.highWater, 524288)
+        for extra, high in ((["--pool-size", "300000"], 300000),
+                            (["--pool-size", "300000", "--high-water", "200000"], 200000)):
+            options = self.parse(*self.base(), "--upstream", "unix:/run/a", *extra)
+            self.assertEqual(self.build(options).pullPolicy.highWater, high)
+        self.assertUsage("--high-water (600000) <= --pool-size (300000)", *self.base(),
+                         "--upstream", "unix:/run/a", "--pool-size", "300000",
+                         "--high-water", "600000")
 
     def test_systemdNotified(self):
         """

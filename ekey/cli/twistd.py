@@ -85,8 +85,9 @@ class Options(usage.Options):
         ["pool-size", None, DEFAULT_POOL_SIZE, "Bytes of entropy the pool holds.", int],
         ["low-water", None, DEFAULT_LOW_WATER,
          "Pull from upstreams when the pool holds fewer bytes than this.", int],
-        ["high-water", None, DEFAULT_HIGH_WATER,
-         "Stop pulling from upstreams when the pool holds this many bytes.", int],
+        ["high-water", None, None,
+         f"Stop pulling from upstreams when the pool holds this many bytes. Default: "
+         f"{DEFAULT_HIGH_WATER}, or --pool-size if that is smaller.", int],
         ["shannons-per-byte", None, None,
          f"Entropy credited to the kernel per byte (0 to 8). Default: "
          f"{DEFAULT_SHANNONS_PER_BYTE} when every source is verified (keys, unix:, "

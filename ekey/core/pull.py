@@ -98,7 +98,12 @@ MAX_PIPELINE = 4096
 MIN_BATCH = 64 * 1024
 
 DEFAULT_LOW_WATER = 64 * 1024
-DEFAULT_HIGH_WATER = 256 * 1024
+#: Half the default pool. A relay keeps at most this much in its pool and
+#: in flight together, so a link carries at most this much per round trip:
+#: at 256 KiB two relays in a row ran dry dozens of times a second on a
+#: loaded 2-core machine and carried less than the same chain of stunnel
+#: hops (benchmarks/results/relay-2026-11-30-high-water-ab.md).
+DEFAULT_HIGH_WATER = 512 * 1024
 
 #: Seconds an upstream may hold demand without delivering a byte before
 #: its demand is asked of the others.

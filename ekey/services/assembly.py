@@ -192,7 +192,7 @@ def makeService(config: DaemonConfig, resources: Optional[Resources] = None,
         KeyDirectoryService(directory, appeared, keys.removePath,
                             exclude=list(config.devices), reactor=reactor).setServiceParent(top)
     if config.upstreams:
-        policy = PullPolicy(pool, config.lowWater, config.highWater,
+        policy = PullPolicy(pool, config.lowWater, config.pullHighWater,
                             stallTimeout=config.upstreamStallTimeout, reactor=reactor)
         top.pullPolicy = daemon.pullPolicy = policy
         for description in config.upstreams:

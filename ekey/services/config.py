@@ -115,7 +115,8 @@ class DaemonConfig:
     @ivar outputMaxBytes: the most bytes a regular output file grows to.
     @ivar poolSize: bytes the pool holds.
     @ivar lowWater: pull from upstreams below this pool level.
-    @ivar highWater: stop pulling at this pool level.
+    @ivar highWater: stop pulling at this pool level; C{None} for the
+        default (L{pullHighWater}).
     @ivar kernel: feed the kernel's pool.
     @ivar shannonsPerByte: kernel credit per byte; C{None} for the default,
         which depends on the sources (L{kernelCredit}).
@@ -156,7 +157,7 @@ class DaemonConfig:
     outputMaxBytes: int = DEFAULT_OUTPUT_MAX_BYTES
     poolSize: int = DEFAULT_POOL_SIZE
     lowWater: int = DEFAULT_LOW_WATER
-    highWater: int = DEFAULT_HIGH_WATER
+    highWater: Optional[int] = None
     kernel: bool = False
     shannonsPerByte: Optional[int] = None
     kernelInterval: float = DEFAULT_INTERVAL
@@ -192,6 +193,17 @@ class DaemonConfig:
             return self
         return replace(self, deviceDirs=tuple(DEFAULT_DEVICE_DIRS), defaultSources=True)
 
+    @property
+    def pullHighWater(self) -> int:
+        """
+        The high watermark: C{highWater} if given, else L{DEFAULT_HIGH_WATER}
+        or the pool size if that is smaller (so that a smaller C{--pool-size}
+        alone is still a whole configuration).
+        """
+        if self.highWater is not None:
+            return self.highWater
+        return min(DEFAULT_HIGH_WATER, self.poolSize)
+
     def check(self) -> None:
         """
         Check what can be checked from the values alone.
@@ -223,9 +235,9 @@ class DaemonConfig:
         for name in ("tlsHandshakeTimeout", "upstreamStallTimeout"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"--{_optionName(name)} must be more than 0 seconds")
-        if self.upstreams and not 0 <= self.lowWater < self.highWater <= self.poolSize:
+        if self.upstreams and not 0 <= self.lowWater < self.pullHighWater <= self.poolSize:
             raise ValueError(
-                f"need 0 <= --low-water ({self.lowWater}) < --high-water ({self.highWater}) "
+                f"need 0 <= --low-water ({self.lowWater}) < --high-water ({self.pullHighWater}) "
                 f"<= --pool-size ({self.poolSize})")
         if self.logLevel not in LOG_LEVELS:
             raise ValueError(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
