@@ -121,14 +121,17 @@ runsWord(Runs *r, uint64_t x, int hardware)
     r->previous24 = y24;
 }
 
-/* The runs of ones and of zeros of a block, into zeroed Runs. */
+/* The runs of ones and of zeros of a block, into ones and zeros. */
 static ALWAYS_INLINE void
 runsBlock(const unsigned char *data, Runs *ones, Runs *zeros, int hardware)
 {
-    /* Local copies: the data, read through unsigned char, may alias the
-       caller's Runs as far as the compiler knows, which would keep every
-       count in memory (stored and loaded again for every word). */
-    Runs o = *ones, z = *zeros;
+    /* Counted in locals, copied out at the end: the data, read through
+       unsigned char, may alias the caller's Runs as far as the compiler
+       knows, which would keep every count in memory (stored and loaded
+       again for every word). */
+    Runs o, z;
+    memset(&o, 0, sizeof(o));
+    memset(&z, 0, sizeof(z));
     for (int i = 0; i < BLOCK_BYTES / 8; i++) {
         uint64_t w = loadBigEndian(data + 8 * i);
         runsWord(&o, w, hardware);
@@ -203,8 +206,6 @@ blockStatistics(const unsigned char *data, Statistics *out)
     long nibbles[16] = {0};
     Runs ones, zeros;
 
-    memset(&ones, 0, sizeof(ones));
-    memset(&zeros, 0, sizeof(zeros));
     memset(histogram, 0, sizeof(histogram));
 #if defined(POPCNT_DISPATCH)
     if (__builtin_cpu_supports("popcnt")) {
